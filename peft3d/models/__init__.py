@@ -1,0 +1,1 @@
+"""Shared model parts: point tokenizer, positional encodings, head, and the assembled PointModel."""

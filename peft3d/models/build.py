@@ -1,0 +1,25 @@
+"""Build the model of a RunSpec: backbone (with its weights), tokenizer, head, then the method's attach."""
+from __future__ import annotations
+
+import torch
+
+from peft3d.backbones import BACKBONES
+from peft3d.methods import METHODS
+from peft3d.models.model import PointModel
+from peft3d.spec import RunSpec
+
+
+def build_model(spec: RunSpec, num_classes: int, device: str = "cpu") -> tuple[PointModel, object]:
+    """Returns ``(model, method)``. Seeds torch so random weights and method init follow the spec's seed."""
+    torch.manual_seed(spec.seed)
+    backbone = BACKBONES.get(spec.backbone)(weights=spec.weights, device=device)
+    blocks = backbone.block_param_count()
+    with torch.device(device):
+        model = PointModel(backbone, num_classes, spec.tokenizer, spec.head_hidden, spec.head_dropout)
+    method = METHODS.get(spec.method)()
+    cfg = method.config_cls.resolve(spec.method_cfg, None, where=f"method {spec.method}")
+    model.freeze_backbone()
+    with torch.device(device):
+        method.attach(model, cfg)
+    model.pretrained_block_params = blocks
+    return model, method

@@ -1,0 +1,127 @@
+"""The one model every method trains (DESIGN.md): tokenizer -> positional encoding -> [cls] + tokens ->
+embed norm -> frozen backbone blocks (as modified by the method) -> final norm -> head."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from peft3d.backbones.base import Backbone
+from peft3d.models.tokenizer import PointTokenizer
+from peft3d.spec import TokenizerCfg
+
+
+@dataclass
+class ForwardContext:
+    """Per-forward facts that method modules deep inside the blocks need (set by ``PointModel.forward``).
+
+    ``centres``: token centres ``(B, G, 3)``; ``num_prefix``: tokens before the point tokens in the
+    sequence the blocks see (1: the cls token); ``cache``: per-forward scratch space for methods
+    (e.g. projections computed once and reused by every block).
+    """
+
+    centres: torch.Tensor | None = None
+    num_prefix: int = 1
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def reset(self, centres: torch.Tensor, num_prefix: int = 1) -> None:
+        self.centres, self.num_prefix, self.cache = centres, num_prefix, {}
+
+
+class MLPPosEncoder(nn.Module):
+    """Learned positional encoding of token centres: a small 3D MLP (Point-BERT / Point-MAE style)."""
+
+    def __init__(self, width: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def forward(self, centres: torch.Tensor) -> torch.Tensor:  # (B, G, 3) -> (B, G, D)
+        return self.net(centres)
+
+
+class Head(nn.Module):
+    """cls ⊕ max-pool (2D) -> Linear -> BN -> ReLU -> Dropout -> Linear -> BN -> ReLU -> Dropout -> Linear."""
+
+    def __init__(self, width: int, num_classes: int, hidden: int = 256, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(2 * width, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, C)
+        return self.net(torch.cat([x[:, 0], x[:, 1:].amax(dim=1)], dim=-1))
+
+
+class PointModel(nn.Module):
+    # Parameters outside the backbone that every method trains (the "shared" trainable group).
+    SHARED = ("tokenizer", "pos_embed", "cls_token", "cls_pos", "backbone.final_norm")
+
+    def __init__(self, backbone: Backbone, num_classes: int, tokenizer: TokenizerCfg,
+                 head_hidden: int = 256, head_dropout: float = 0.5) -> None:
+        super().__init__()
+        width = backbone.spec.width
+        self.backbone = backbone
+        self.tokenizer = PointTokenizer(tokenizer, width)
+        self.pos_embed: nn.Module = MLPPosEncoder(width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.cls_pos = nn.Parameter(torch.zeros(1, 1, width))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.cls_pos, std=0.02)
+        self.head = Head(width, num_classes, head_hidden, head_dropout)
+        self.context = ForwardContext()
+        self.backbone_train_mode = False  # frozen backbone runs without dropout unless a method asks
+
+    def freeze_backbone(self) -> None:
+        """Freeze every pretrained weight except the final norm (trained by all methods, as in Any2Point)."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        for p in self.backbone.final_norm.parameters():
+            p.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> "PointModel":
+        super().train(mode)
+        if mode and not self.backbone_train_mode:
+            # Keep pretrained dropout / drop-path off; method modules inside blocks still train.
+            for m in self.backbone.modules():
+                if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d)) or type(m).__name__ == "DropPath":
+                    m.eval()
+        return self
+
+    def forward(self, xyz: torch.Tensor) -> torch.Tensor:  # (B, N, 3) -> logits (B, C)
+        tokens, centres = self.tokenizer(xyz)  # (B, G, D), (B, G, 3)
+        self.context.reset(centres, num_prefix=1)
+        x = torch.cat([(self.cls_token + self.cls_pos).expand(len(xyz), -1, -1),
+                       tokens + self.pos_embed(centres)], dim=1)  # (B, 1+G, D)
+        x = self.backbone(self.backbone.embed_norm(x))
+        return self.head(x)
+
+
+def param_groups(model: PointModel, prefix: str) -> dict[str, int]:
+    """Trainable-parameter accounting, generic over methods (protocol.md "What counts as trainable").
+
+    method: trainable parameters inside the backbone (adapters, LoRA, prompts, or the whole backbone for
+    ``full``) or carrying the method's prefix anywhere; shared: tokenizer, positional encoding, cls, final
+    norm; head: the classifier. ``trainable_excluding_head`` = method + shared.
+    """
+    method = shared = head = 0
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        parts = name.split(".")
+        if name.startswith("head."):
+            head += p.numel()
+        elif (name.startswith("backbone.") and not name.startswith("backbone.final_norm.")) or (
+                prefix and any(part.startswith(prefix) for part in parts)):
+            method += p.numel()
+        else:
+            shared += p.numel()
+    total = sum(p.numel() for p in model.parameters())
+    return {"method": method, "shared": shared, "trainable_excluding_head": method + shared, "head": head,
+            "trainable": method + shared + head, "total": total,
+            "blocks": getattr(model, "pretrained_block_params", model.backbone.block_param_count())}

@@ -1,0 +1,140 @@
+"""RunSpec and its parts: everything a run does follows from one frozen, hashable description."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, TypeVar
+
+from peft3d.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys raise (no silent typos in grids)."""
+    data = dict(data or {})
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in data and isinstance(data[f.name], list):
+            data[f.name] = tuple(data[f.name])  # YAML lists -> hashable tuples
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training budget and optimisation settings; identical for every method in a comparison."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    min_lr: float = 1e-6
+    grad_clip: float = 10.0
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("epochs, batch_size and eval_batch_size must be >= 1")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} must lie in [0, epochs={self.epochs}]")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class TokenizerCfg:
+    """Point-PN style tokenizer (any2point.md §1.1). Output tokens G = num_points / 2**num_stages."""
+
+    num_stages: int = 3
+    embed_dim: int = 96  # width after the raw embedding; doubles every stage
+    k: int = 32  # neighbours per group, same in every stage
+    lga_blocks: tuple[int, ...] = (2, 1, 1)  # residual blocks per stage
+    last_bottleneck: int = 32  # bottleneck width of the last stage's blocks (paper: 32)
+    group_norm: str = "scan"  # "scan": per-axis max|offset| per group; "std": per-sample scalar std
+    alpha: float = 1000.0  # PosE frequency base
+    beta: float = 100.0  # PosE scale
+    out_norm: bool = True  # BatchNorm on the output tokens: frozen blocks need normalised inputs (DESIGN.md)
+
+    def __post_init__(self) -> None:
+        if len(self.lga_blocks) != self.num_stages:
+            raise ValueError(f"lga_blocks {self.lga_blocks} must have num_stages={self.num_stages} entries")
+        if self.group_norm not in ("scan", "std"):
+            raise ValueError(f"group_norm must be 'scan' or 'std', got {self.group_norm!r}")
+
+    @property
+    def out_dim(self) -> int:
+        return self.embed_dim * 2**self.num_stages
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of a grid at one seed. ``run_id`` is a stable hash of the canonical dict."""
+
+    backbone: str
+    method: str
+    dataset: str = "synthetic"
+    variant: str = "scan"
+    weights: str = "pretrained"  # pretrained | random | path:/local/dir/or/file
+    method_cfg: Mapping[str, Any] = field(default_factory=dict)  # resolved (defaults filled in)
+    preset: str | None = None  # name of the method preset method_cfg came from, for display
+    protocol: str = "plain"  # data protocol preset: augmentation + point count
+    num_points: int = 1024
+    seed: int = 0
+    budget: Budget = field(default_factory=Budget)
+    tokenizer: TokenizerCfg = field(default_factory=TokenizerCfg)
+    head_hidden: int = 256
+    head_dropout: float = 0.5
+    data_root: str | None = None  # machine-specific: not part of run_id
+    device: str = "cpu"  # execution detail: not part of run_id
+    grid: str | None = None  # the grid that scheduled it: not part of run_id
+
+    NON_IDENTITY = ("data_root", "device", "grid")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["method_cfg"] = _plain(dict(self.method_cfg))
+        return _plain(d)
+
+    def identity(self) -> dict[str, Any]:
+        d = self.to_dict()
+        for k in self.NON_IDENTITY:
+            d.pop(k)
+        return d
+
+    @property
+    def run_id(self) -> str:
+        canon = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
+        d = dict(d)
+        d["budget"] = from_mapping(Budget, d.get("budget"), "budget")
+        d["tokenizer"] = from_mapping(TokenizerCfg, d.get("tokenizer"), "tokenizer")
+        return from_mapping(cls, d, "run spec")
+
+    def replace(self, **changes: Any) -> "RunSpec":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backbone}[{self.weights}]/{self.method}/{self.dataset}:{self.variant}/s{self.seed}"
+
+
+def _plain(x: Any) -> Any:
+    """Tuples -> lists, recursively, so the canonical JSON is the same whatever built the spec."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
