@@ -1,0 +1,108 @@
+"""Dataset contract: every family yields train / val / test arrays plus an identity record.
+
+Arrays: ``points`` float32 ``(N, P, 3)``, ``labels`` int64 ``(N,)``. The validation split is carved from the
+training set, class-stratified and seeded (protocol.md); its member indices are part of the identity.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from peft3d.errors import DataError
+
+
+@dataclass
+class Split:
+    points: np.ndarray  # (N, P, 3) float32
+    labels: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: np.ndarray) -> "Split":
+        return Split(self.points[idx], self.labels[idx])
+
+
+@dataclass
+class PointCloudData:
+    name: str
+    variant: str
+    class_names: list[str]
+    train: Split
+    val: Split
+    test: Split
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def validate_split(split: Split, num_classes: int, where: str) -> None:
+    """Shape, dtype, finiteness and label range; one clear line on failure."""
+    p, y = split.points, split.labels
+    if p.ndim != 3 or p.shape[-1] != 3:
+        raise DataError(f"{where}: points must have shape (N, P, 3), got {p.shape}")
+    if y.ndim != 1 or len(y) != len(p):
+        raise DataError(f"{where}: labels must have shape ({len(p)},), got {y.shape}")
+    if not np.isfinite(p).all():
+        bad = int((~np.isfinite(p)).any(axis=(1, 2)).sum())
+        raise DataError(f"{where}: {bad} sample(s) contain NaN/Inf coordinates; re-download or fix the file")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(f"{where}: labels must lie in [0, {num_classes - 1}], found [{y.min()}, {y.max()}]")
+
+
+def stratified_val_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx): ``round(fraction * n_c)`` samples of each class c (at least 1 when the class
+    has >= 2 samples) go to validation, chosen by a seeded permutation. Deterministic across machines."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    val: list[np.ndarray] = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n_val = int(round(fraction * len(idx)))
+        n_val = max(n_val, 1) if len(idx) >= 2 else 0
+        val.append(rng.permutation(idx)[:n_val])
+    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    return train_idx, val_idx
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+class DatasetFamily:
+    """Subclasses implement ``load_raw``: returns (train Split, test Split, class_names, source identity)."""
+
+    name: ClassVar[str]
+    variants: ClassVar[tuple[str, ...]]
+    default_variant: ClassVar[str]
+    needs_root: ClassVar[bool] = True
+
+    def load_raw(self, variant: str, root: str | None) -> tuple[Split, Split, list[str], dict[str, Any]]:
+        raise NotImplementedError
+
+    def load(self, variant: str | None, root: str | None, val_fraction: float = 0.1,
+             split_seed: int = 0) -> PointCloudData:
+        variant = variant or self.default_variant
+        if variant not in self.variants:
+            raise DataError(f"{self.name}: unknown variant {variant!r}; choose one of {list(self.variants)}")
+        train_full, test, names, source = self.load_raw(variant, root)
+        for split, which in ((train_full, "train"), (test, "test")):
+            validate_split(split, len(names), f"{self.name}/{variant} {which}")
+        tr, va = stratified_val_split(train_full.labels, val_fraction, split_seed)
+        identity = dict(source, name=self.name, variant=variant, val_fraction=val_fraction,
+                        split_seed=split_seed, val_indices_sha256=array_digest(va),
+                        counts={"train": int(len(tr)), "val": int(len(va)), "test": int(len(test))})
+        return PointCloudData(self.name, variant, names, train_full.subset(tr), train_full.subset(va), test,
+                              identity)
