@@ -1,11 +1,29 @@
-"""Method registry: ``name -> "peft3d.methods.<name>.method:<Class>"``. Adding a method = a folder + a line."""
+"""Method registry: ``name -> "peft3d.methods.<name>.method:<Class>"``. Adding a method = a folder + a line.
+
+``config`` metadata names the (torch-free) config class so ``bench validate`` can check method settings
+without importing torch.
+"""
 from peft3d.registry import Registry
 
 METHODS = Registry("method")
-METHODS.register("linear", "peft3d.methods.linear.method:Linear", summary="frozen backbone; only tokenizer, "
-                 "positional encoding, cls, final norm and head train")
-METHODS.register("full", "peft3d.methods.full.method:Full", summary="every weight trains (reference)")
-METHODS.register("prompt", "peft3d.methods.prompt.method:Prompt", summary="VPT-deep: P learnable tokens per block")
-METHODS.register("adapter", "peft3d.methods.adapter.method:Adapter",
-                 summary="AdaptFormer: bottleneck adapter parallel to each FFN")
-METHODS.register("lora", "peft3d.methods.lora.method:LoRA", summary="Hugging Face peft LoRA on attention projections")
+
+
+def register(name: str, cls: str, config: str, summary: str) -> None:
+    METHODS.register(name, f"peft3d.methods.{name}.method:{cls}",
+                     config=f"peft3d.methods.{name}.config:{config}", summary=summary)
+
+
+register("linear", "Linear", "LinearConfig",
+         "frozen backbone; only tokenizer, positional encoding, cls, final norm and head train")
+register("full", "Full", "FullConfig", "every weight trains (reference)")
+register("prompt", "Prompt", "PromptConfig", "VPT-deep: P learnable tokens per block")
+register("adapter", "Adapter", "AdapterConfig", "AdaptFormer: bottleneck adapter parallel to each FFN")
+register("lora", "LoRA", "LoRAConfig", "Hugging Face peft LoRA on attention projections")
+
+
+def config_class(name: str):
+    """The method's config dataclass, imported without torch."""
+    import importlib
+
+    module, attr = METHODS.meta(name)["config"].split(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,3 @@
+from peft3d.bench.cli import main
+
+main()

@@ -1,0 +1,75 @@
+"""The ``bench`` command line. Light at import: torch is imported only by commands that train or build.
+
+User errors (:class:`peft3d.errors.Peft3dError`) print one line and exit 2.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from peft3d.errors import Peft3dError
+from peft3d.registry import RegistryError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="peft3d: which pretrained modality transfers best to 3D point clouds, under which PEFT method.")
+
+
+def fail(msg: str, code: int = 2) -> None:
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def _ls_rows(what: str) -> list[dict]:
+    from peft3d.bench import listing
+
+    return listing.rows(what)
+
+
+@app.command("ls")
+def ls(what: str = typer.Argument(..., help="backbones | methods | datasets | grids | presets"),
+       as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """List registered names (never imports torch)."""
+    try:
+        rows = _ls_rows(what)
+    except ValueError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=what)
+    for col in rows[0] if rows else ["name"]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*[str(v) for v in r.values()])
+    Console().print(table)
+
+
+def _mount() -> None:
+    """Sub-commands that live in their own modules (kept import-light)."""
+    from peft3d.bench import commands  # noqa: F401  (registers run/table/validate/...)
+
+    for mod in ("peft3d.bench.cli_data", "peft3d.bench.cli_params", "peft3d.bench.cli_tune",
+                "peft3d.bench.cli_report", "peft3d.bench.cli_perf"):
+        try:
+            __import__(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+
+
+def main() -> None:
+    _mount()
+    try:
+        app()
+    except (Peft3dError, RegistryError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+
+
+Optional  # re-exported for sub-command modules' annotations

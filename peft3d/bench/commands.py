@@ -1,0 +1,160 @@
+"""``bench run``, ``bench table``, ``bench validate``."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from peft3d.bench.cli import app, fail
+
+GridOpt = typer.Option(..., "--grid", "-g", help="grid name (bench ls grids) or path to a .yaml file")
+ResultsOpt = typer.Option(None, "--results", help="results folder (default ./results or $PEFT3D_RESULTS)")
+
+
+def _roots(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for it in items or []:
+        fam, sep, path = it.partition("=")
+        if not sep or not path:
+            fail(f"--data-root expects FAMILY=PATH (e.g. scanobjectnn=/data/ScanObjectNN/h5_files), got {it!r}")
+        out[fam] = path
+    return out
+
+
+def _seeds(s: str | None) -> list[int] | None:
+    if s is None:
+        return None
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--seeds expects a comma-separated list of integers, got {s!r}")
+        return None
+
+
+def _check_roots(specs) -> None:
+    from peft3d.datasets import DATASETS
+    import peft3d.datasets as ds
+
+    check = getattr(ds, "check_root", None)
+    seen = set()
+    for s in specs:
+        key = (s.dataset, s.variant, s.data_root)
+        if key in seen:
+            continue
+        seen.add(key)
+        if DATASETS.meta(s.dataset).get("needs_root", True) and not s.data_root:
+            fail(f"dataset {s.dataset} needs its files: set data_root in the grid or pass "
+                 f"--data-root {s.dataset}=PATH (see: bench data info {s.dataset})")
+        if check and s.data_root:
+            problem = check(s.dataset, s.variant, s.data_root)
+            if problem:
+                fail(problem)
+
+
+@app.command("validate")
+def validate(grid: str = GridOpt, data_root: Optional[list[str]] = typer.Option(None, "--data-root"),
+             seeds: Optional[str] = typer.Option(None, "--seeds")) -> None:
+    """Check a grid (names, settings, data roots) without running it. Never imports torch."""
+    from peft3d.bench.grids import expand
+
+    specs = expand(grid, _seeds(seeds), _roots(data_root))
+    _check_roots(specs)
+    cells = {(s.backbone, s.weights, s.dataset, s.variant, s.method, s.preset) for s in specs}
+    typer.echo(f"grid {grid}: OK — {len(specs)} runs ({len(cells)} cells × seeds)")
+
+
+@app.command("run")
+def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
+        jobs: int = typer.Option(1, "--jobs", "-j", help="runs in parallel (each its own process)"),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help="override the grid's seeds, e.g. 0,1,2"),
+        data_root: Optional[list[str]] = typer.Option(None, "--data-root", help="FAMILY=PATH"),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N"),
+        tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow backend URI"),
+        no_mlflow: bool = typer.Option(False, "--no-mlflow", help="do not mirror runs to MLflow"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="list what would run")) -> None:
+    """Run every missing run of a grid (resumable), then write its table."""
+    from peft3d.bench.grids import expand
+    from peft3d.bench.results import results_dir
+    from peft3d.bench.runner import pending
+
+    specs = expand(grid, _seeds(seeds), _roots(data_root), device)
+    _check_roots(specs)
+    root = results_dir(results)
+    todo = pending(specs, root)
+    typer.echo(f"grid {grid}: {len(specs)} runs, {len(specs) - len(todo)} already done, {len(todo)} to run "
+               f"→ {root}")
+    if dry_run:
+        for s in todo:
+            typer.echo(f"  {s.run_id}  {s.label}")
+        return
+    t0 = time.time()
+    if todo:
+        _run_with_progress(todo, root, jobs, None if no_mlflow else tracking_uri, no_mlflow, grid)
+    _write_table(grid, specs, root, echo=True)
+    typer.echo(f"wall time {time.time() - t0:.0f} s")
+
+
+def _run_with_progress(todo, root: Path, jobs: int, uri: str | None, no_mlflow: bool, grid: str) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from peft3d.bench.runner import run_specs
+
+    mirror = None
+    if not no_mlflow:
+        from peft3d.bench.tracking import Mirror, tracking_uri
+
+        mirror = Mirror(tracking_uri(root, uri), experiment=f"peft3d/{Path(grid).stem}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}")) as bar:
+        total = bar.add_task("grid", total=len(todo), info="")
+        tasks: dict[str, int] = {}
+
+        def on_event(job) -> None:
+            rid = job.spec.run_id
+            if rid not in tasks:
+                tasks[rid] = bar.add_task(f"  {job.spec.label}", total=job.spec.budget.epochs, info="starting")
+            if job.last:
+                bar.update(tasks[rid], completed=job.last["epoch"],
+                           info=f"loss {job.last['train_loss']:.3f} val {100 * job.last['val_acc']:.1f}")
+
+        def on_done(job, result) -> None:
+            rid = job.spec.run_id
+            status = result.get("status", "?")
+            info = (f"test {100 * result['metrics']['test_acc']:.1f}" if status == "success"
+                    else f"[red]failed: {str(result.get('error'))[:80]}")
+            if rid in tasks:
+                bar.update(tasks[rid], info=info)
+                bar.remove_task(tasks[rid])
+            bar.console.print(f"{'✓' if status == 'success' else '✗'} {job.spec.label}  {info}")
+            bar.advance(total)
+            if mirror is not None and result:
+                try:
+                    mirror.log(result)
+                except Exception as e:  # the mirror is secondary: never lose a run over it
+                    bar.console.print(f"[yellow]MLflow mirror failed for {rid}: {e}")
+
+        run_specs(todo, root, jobs, on_event, on_done)
+
+
+def _write_table(grid: str, specs, root: Path, echo: bool) -> None:
+    from peft3d.bench.tables import runs_frame, write_tables
+
+    df = runs_frame(specs, root)
+    md_path, csv_path, md = write_tables(Path(grid).stem, df, root)
+    if echo:
+        typer.echo(md)  # plain markdown: pastes into a paper draft or an issue as is
+        typer.echo(f"wrote {md_path} and {csv_path}")
+
+
+@app.command("table")
+def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
+          seeds: Optional[str] = typer.Option(None, "--seeds"),
+          data_root: Optional[list[str]] = typer.Option(None, "--data-root")) -> None:
+    """Rebuild a grid's tables from its result JSONs only (no training)."""
+    from peft3d.bench.grids import expand
+    from peft3d.bench.results import results_dir
+
+    specs = expand(grid, _seeds(seeds), _roots(data_root))
+    _write_table(grid, specs, results_dir(results), echo=True)

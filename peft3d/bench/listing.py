@@ -1,0 +1,48 @@
+"""Rows for ``bench ls``; torch-free."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def _weights_status(name: str) -> str:
+    from peft3d.backbones import sources
+
+    fn = getattr(sources, "weights_available", None)
+    if fn is None:
+        return "?"
+    ok, where = fn(name)
+    return "yes" if ok else f"no ({where})"
+
+
+def rows(what: str) -> list[dict[str, Any]]:
+    if what == "backbones":
+        from peft3d.backbones import BACKBONES
+
+        out = []
+        for n in BACKBONES.names():
+            m = BACKBONES.meta(n)
+            out.append({"name": n, "modality": m.get("modality"), "pretrain": m.get("pretrain"),
+                        "size": f"{m.get('width')}×{m.get('depth')}",
+                        "block_params": f"{m['params'] / 1e6:.1f}M" if m.get("params") else "tiny",
+                        "source": m.get("source"), "weights_here": _weights_status(n)})
+        return out
+    if what == "methods":
+        from peft3d.methods import METHODS
+
+        return [{"name": n, "summary": METHODS.meta(n).get("summary", "")} for n in METHODS.names()]
+    if what == "datasets":
+        from peft3d.datasets import DATASETS
+
+        return [{"name": n, "variants": ", ".join(DATASETS.meta(n).get("variants", ())),
+                 "classes": DATASETS.meta(n).get("classes"), "summary": DATASETS.meta(n).get("summary", "")}
+                for n in DATASETS.names()]
+    if what == "grids":
+        from peft3d.bench.grids import list_grids, load_grid
+
+        return [{"name": g, "description": " ".join(str(load_grid(g).get("description", "")).split())}
+                for g in list_grids()]
+    if what == "presets":
+        from peft3d.methods import METHODS, config_class
+
+        return [{"method": n, "presets": ", ".join(sorted(config_class(n).presets)) or "—"} for n in METHODS.names()]
+    raise ValueError(f"unknown listing {what!r}; choose backbones, methods, datasets, grids or presets")

@@ -1,0 +1,121 @@
+"""Scheduler: expand a grid, skip runs whose result records success, run the rest each in its own process.
+
+A crash or out-of-memory costs one cell, not the grid. Ctrl-C stops the running children and writes
+nothing for them, so a re-run finishes exactly what is missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from peft3d.bench.results import failure_result, read_result, succeeded, write_result
+from peft3d.spec import RunSpec
+
+
+@dataclass
+class Job:
+    spec: RunSpec
+    proc: subprocess.Popen | None = None
+    spec_file: Path | None = None
+    last: dict = field(default_factory=dict)
+    failed_line: str | None = None
+    started: float = 0.0
+    reader: threading.Thread | None = None
+    output: list[str] = field(default_factory=list)
+
+
+def pending(specs: list[RunSpec], root: Path) -> list[RunSpec]:
+    return [s for s in specs if not succeeded(root, s.run_id)]
+
+
+def _reader(job: Job, on_event: Callable[[Job], None]) -> None:
+    assert job.proc is not None and job.proc.stdout is not None
+    for line in job.proc.stdout:
+        line = line.rstrip("\n")
+        if line.startswith("@progress "):
+            job.last = json.loads(line[len("@progress "):])
+            on_event(job)
+        elif line.startswith("@failed "):
+            job.failed_line = line[len("@failed "):]
+        else:
+            job.output.append(line)
+            del job.output[:-40]
+
+
+def _start(job: Job, root: Path, threads: int, on_event: Callable[[Job], None]) -> None:
+    fd, name = tempfile.mkstemp(prefix=f"peft3d-{job.spec.run_id}-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(job.spec.to_dict(), f)
+    job.spec_file = Path(name)
+    env = dict(os.environ, PEFT3D_THREADS=str(threads), HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
+               PYTHONUNBUFFERED="1")
+    job.proc = subprocess.Popen([sys.executable, "-m", "peft3d.bench.worker", name, str(root)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)  # Ctrl-C reaches the parent only; we stop children
+    job.started = time.time()
+    job.reader = threading.Thread(target=_reader, args=(job, on_event), daemon=True)
+    job.reader.start()
+
+
+def _finish(job: Job, root: Path) -> dict:
+    """Collect a finished child; a child that died without writing a result gets a failure record."""
+    assert job.proc is not None
+    if job.reader:
+        job.reader.join(timeout=5)
+    if job.spec_file:
+        job.spec_file.unlink(missing_ok=True)
+    result = read_result(root, job.spec.run_id)
+    code = job.proc.returncode
+    if code != 0 and (result is None or result.get("status") == "success"):
+        tail = " | ".join(job.output[-3:])
+        why = "killed (out of memory?)" if code in (-9, 137) else f"exited with code {code}"
+        result = failure_result(job.spec.to_dict(), job.spec.run_id, f"worker {why}: {tail}"[:500])
+        write_result(root, result)
+    return result or {}
+
+
+def run_specs(specs: list[RunSpec], root: Path, jobs: int = 1, on_event: Callable[[Job], None] | None = None,
+              on_done: Callable[[Job, dict], None] | None = None) -> list[dict]:
+    """Run ``specs`` with at most ``jobs`` processes; returns their result dicts in completion order."""
+    on_event = on_event or (lambda j: None)
+    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    queue, running, done = list(specs), [], []
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                job = Job(queue.pop(0))
+                _start(job, root, threads, on_event)
+                running.append(job)
+                on_event(job)
+            time.sleep(0.2)
+            for job in [j for j in running if j.proc and j.proc.poll() is not None]:
+                running.remove(job)
+                result = _finish(job, root)
+                done.append(result)
+                if on_done:
+                    on_done(job, result)
+    except KeyboardInterrupt:
+        for job in running:
+            _stop(job)
+        raise
+    return done
+
+
+def _stop(job: Job) -> None:
+    if job.proc and job.proc.poll() is None:
+        job.proc.terminate()
+        try:
+            job.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            job.proc.kill()
+    if job.spec_file:
+        job.spec_file.unlink(missing_ok=True)
+    # A child stopped mid-run writes nothing (results are written atomically at the end): nothing to clean.

@@ -1,0 +1,183 @@
+"""Train and evaluate one RunSpec (protocol.md): select the epoch on validation, read test there."""
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from peft3d.backbones.base import state_checksum
+from peft3d.bench.environment import environment
+from peft3d.bench.results import SCHEMA
+from peft3d.datasets import DATASETS, split_name
+from peft3d.datasets.base import PointCloudData
+from peft3d.datasets.protocols import eval_points, get_protocol, train_batch
+from peft3d.models.build import build_model
+from peft3d.models.model import param_groups
+from peft3d.spec import RunSpec
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def load_data(spec: RunSpec) -> PointCloudData:
+    family, variant = split_name(spec.dataset)
+    return DATASETS.get(family)().load(variant or spec.variant, spec.data_root)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def optimizer_for(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW; biases, norms (1-D tensors) and tokens get no weight decay (as in the Any2Point recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") or "token" in name else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def lr_lambda(total: int, warmup: int, lr: float, min_lr: float) -> Callable[[int], float]:
+    """Linear warm-up then cosine decay to ``min_lr``, per optimizer step (factor of the base lr)."""
+    floor = min(min_lr / lr, 1.0)
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return max(floor, (step + 1) / warmup)
+        t = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return f
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int, device: str,
+             num_classes: int) -> dict[str, float]:
+    model.eval()
+    preds = []
+    for i in range(0, len(x), batch):
+        preds.append(model(torch.from_numpy(x[i:i + batch]).to(device)).argmax(-1).cpu().numpy())
+    pred = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+    correct = pred == y
+    per_class = [correct[y == c].mean() for c in range(num_classes) if (y == c).any()]
+    return {"acc": float(correct.mean()) if len(y) else float("nan"),
+            "macc": float(np.mean(per_class)) if per_class else float("nan")}
+
+
+@dataclass
+class Curves:
+    epoch: list[int]
+    train_loss: list[float]
+    train_acc: list[float]
+    val_acc: list[float]
+    test_acc: list[float]
+    test_macc: list[float]
+    lr: list[float]
+
+    @classmethod
+    def empty(cls) -> "Curves":
+        return cls([], [], [], [], [], [], [])
+
+
+def select(curves: Curves) -> dict[str, Any]:
+    """Best validation epoch (earliest on ties) -> its test accuracy; optimistic and last alongside."""
+    v, t = np.asarray(curves.val_acc), np.asarray(curves.test_acc)
+    sel, best_t = int(np.argmax(v)), int(np.argmax(t))
+    return {"selected_epoch": curves.epoch[sel], "val_acc": float(v[sel]), "test_acc": float(t[sel]),
+            "test_macc": float(curves.test_macc[sel]),
+            "test_acc_best_test": float(t[best_t]), "best_test_epoch": curves.epoch[best_t],
+            "test_acc_last": float(t[-1])}
+
+
+def frozen_checksum(model: nn.Module) -> str:
+    frozen = nn.ParameterDict({n.replace(".", "/"): p for n, p in model.named_parameters() if not p.requires_grad})
+    return state_checksum(frozen)
+
+
+def train_run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
+    t0 = time.time()
+    device = spec.device
+    seed_everything(spec.seed)
+    data = load_data(spec)
+    proto = get_protocol(spec.protocol)
+    val_x = eval_points(data.val.points, spec.num_points, proto)
+    test_x = eval_points(data.test.points, spec.num_points, proto)
+    model, method = build_model(spec, data.num_classes, device=device)
+    model.to(device)
+    params = param_groups(model, method.prefix)
+    frozen_before = frozen_checksum(model)
+    b = spec.budget
+    n = len(data.train)
+    steps_per_epoch = max(1, n // b.batch_size)  # drop the last partial batch (BatchNorm needs > 1 sample)
+    opt = optimizer_for(model, b.lr, b.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(b.epochs * steps_per_epoch,
+                                                             b.warmup_epochs * steps_per_epoch, b.lr, b.min_lr))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=b.label_smoothing)
+    rng = np.random.default_rng(spec.seed)
+    curves, train_s, eval_s, steps = Curves.empty(), 0.0, 0.0, 0
+    for epoch in range(1, b.epochs + 1):
+        model.train()
+        ts, losses, correct, seen = time.time(), 0.0, 0, 0
+        order = rng.permutation(n)
+        for s in range(steps_per_epoch):
+            idx = np.sort(order[s * b.batch_size:(s + 1) * b.batch_size])
+            x = torch.from_numpy(train_batch(data.train.points[idx], spec.num_points, proto, rng)).to(device)
+            y = torch.from_numpy(data.train.labels[idx]).to(device)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss at epoch {epoch} step {s}: lower the lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], b.grad_clip)
+            opt.step()
+            sched.step()
+            losses += loss.item() * len(idx)
+            correct += int((logits.argmax(-1) == y).sum())
+            seen += len(idx)
+            steps += 1
+        train_s += time.time() - ts
+        te = time.time()
+        va = evaluate(model, val_x, data.val.labels, b.eval_batch_size, device, data.num_classes)
+        tst = evaluate(model, test_x, data.test.labels, b.eval_batch_size, device, data.num_classes)
+        eval_s += time.time() - te
+        for k, v in (("epoch", epoch), ("train_loss", losses / seen), ("train_acc", correct / seen),
+                     ("val_acc", va["acc"]), ("test_acc", tst["acc"]), ("test_macc", tst["macc"]),
+                     ("lr", opt.param_groups[0]["lr"])):
+            getattr(curves, k).append(v)
+        if progress:
+            progress({"epoch": epoch, "epochs": b.epochs, "train_loss": losses / seen, "val_acc": va["acc"],
+                      "test_acc": tst["acc"]})
+    frozen_after = frozen_checksum(model)
+    metrics = select(curves)
+    metrics.update(n_val=len(data.val), n_test=len(data.test), curves=curves.__dict__)
+    peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    return {
+        "schema": SCHEMA, "run_id": spec.run_id, "status": "success", "error": None, "spec": spec.to_dict(),
+        "label": spec.label, "dataset": data.identity, "metrics": metrics,
+        "params": dict(params, method_name=spec.method),
+        "method": {"name": spec.method, "trains_backbone": method.trains_backbone, "cfg": dict(spec.method_cfg)},
+        "backbone": {"name": spec.backbone, "modality": model.backbone.spec.modality,
+                     "pretrain_modality": model.backbone.spec.pretrain_modality, "width": model.backbone.spec.width,
+                     "depth": model.backbone.spec.depth, "dropout_in_training": model.backbone_train_mode},
+        "weights": model.backbone.weights_info,
+        "frozen_weights_unchanged": frozen_before == frozen_after,
+        "time": {"total_s": time.time() - t0, "train_s": train_s, "eval_s": eval_s,
+                 "step_ms": 1000 * train_s / max(steps, 1), "steps": steps},
+        "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "peak_cuda_mb": peak_cuda},
+        "selection": "best validation epoch; test read at that epoch. test_acc_best_test is optimistic "
+                     "(selected on test, as papers do) and never the headline.",
+        "environment": environment(device),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
