@@ -92,8 +92,12 @@ def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     t0 = time.time()
     if todo:
         _run_with_progress(todo, root, jobs, None if no_mlflow else tracking_uri, no_mlflow, grid)
-    _write_table(grid, specs, root, echo=True)
+    n_bad = _write_table(grid, specs, root, echo=True)
     typer.echo(f"wall time {time.time() - t0:.0f} s")
+    if n_bad:
+        typer.secho(f"{n_bad} run(s) did not succeed (see 'Not in the table'); re-run to retry them", fg="yellow",
+                    err=True)
+        raise typer.Exit(1)
 
 
 def _run_with_progress(todo, root: Path, jobs: int, uri: str | None, no_mlflow: bool, grid: str) -> None:
@@ -138,7 +142,8 @@ def _run_with_progress(todo, root: Path, jobs: int, uri: str | None, no_mlflow: 
         run_specs(todo, root, jobs, on_event, on_done)
 
 
-def _write_table(grid: str, specs, root: Path, echo: bool) -> None:
+def _write_table(grid: str, specs, root: Path, echo: bool) -> int:
+    """Write the grid's tables; returns the number of runs that are not successes."""
     from peft3d.bench.tables import runs_frame, write_tables
 
     df = runs_frame(specs, root)
@@ -146,6 +151,7 @@ def _write_table(grid: str, specs, root: Path, echo: bool) -> None:
     if echo:
         typer.echo(md)  # plain markdown: pastes into a paper draft or an issue as is
         typer.echo(f"wrote {md_path} and {csv_path}")
+    return int((df["status"] != "success").sum())
 
 
 @app.command("table")
