@@ -20,6 +20,12 @@ from peft3d.bench.results import failure_result, read_result, succeeded, write_r
 from peft3d.spec import RunSpec
 
 
+# glibc serves allocations above its mmap threshold with fresh pages and unmaps them on free, so every
+# large CPU activation pays page faults again. Measured on the Point-PN tokenizer (256 points, batch 16,
+# 2 cores): 0.43-0.68 s per forward with the defaults vs 0.08-0.10 s with these (benchmarks/README.md).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+
+
 @dataclass
 class Job:
     spec: RunSpec
@@ -57,6 +63,7 @@ def _start(job: Job, root: Path, threads: int, on_event: Callable[[Job], None]) 
     job.spec_file = Path(name)
     env = dict(os.environ, PEFT3D_THREADS=str(threads), HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
                PYTHONUNBUFFERED="1")
+    env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
     job.proc = subprocess.Popen([sys.executable, "-m", "peft3d.bench.worker", name, str(root)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True)  # Ctrl-C reaches the parent only; we stop children
