@@ -124,6 +124,7 @@ def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str]
     """All RunSpecs of a grid, validated (names, method configs, budget) without importing torch."""
     from peft3d.backbones import BACKBONES
     from peft3d.datasets import DATASETS, split_name
+    from peft3d.datasets.protocols import get_protocol
     from peft3d.methods import METHODS, config_class
 
     grid = load_grid(name)
@@ -158,6 +159,7 @@ def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str]
         cfg = cfg_cls.resolve(overrides, preset, where=f"grid {grid_name}: method {entry.name}")
         protocol = grid.get("protocol", "plain")
         protocol = protocol.get(family, "plain") if isinstance(protocol, dict) else protocol
+        get_protocol(protocol)
         specs.append(RunSpec(
             backbone=backbone, method=entry.name, dataset=family, variant=variant, weights=str(weights),
             method_cfg=cfg.to_dict(), preset=preset, protocol=protocol, num_points=int(grid.get("num_points", 1024)),

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from peft3d.errors import ConfigError
 
@@ -74,6 +73,8 @@ def train_batch(points: np.ndarray, num_points: int, proto: Protocol, rng: np.ra
 
 def eval_points(points: np.ndarray, num_points: int, proto: Protocol, chunk: int = 256) -> np.ndarray:
     """Deterministic FPS to ``num_points`` then centring: the fixed evaluation input."""
+    import torch  # lazily: grids validate protocol names without importing torch
+
     from peft3d.models.geometry import farthest_point_sample, gather
 
     if num_points > points.shape[1]:
