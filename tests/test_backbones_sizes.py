@@ -1,0 +1,70 @@
+"""Full-size architectures on the meta device (no weights, no memory): parameter counts match the published
+architectures exactly (backbones.md), positional tables have the published shapes, and ``bench params``
+reports the same numbers."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from peft3d.backbones import BACKBONES
+
+PLAIN, EXTRA = 85_054_464, 85_072_896  # 12 x 7,087,872; + 12 x 1,536 (layer scale / bias_k, bias_v)
+PUBLISHED = {  # name: (block params, pos table shape, canvas, patch)
+    "clip_text": (PLAIN, (77, 768), None, None),
+    "roberta": (PLAIN, (512, 768), None, None),
+    "dinov2": (EXTRA, (37, 37, 768), (518, 518), (14, 14)),
+    "deit": (PLAIN, (14, 14, 768), (224, 224), (16, 16)),
+    "imagebind_audio": (EXTRA, (12, 19, 768), (128, 204), (10, 10)),
+    "ssast": (PLAIN, (8, 64, 768), (128, 1024), (16, 16)),
+}
+REAL = [n for n in BACKBONES.names() if not BACKBONES.meta(n).get("test")]
+
+
+def test_every_real_backbone_has_a_published_size():
+    assert set(PUBLISHED) <= set(REAL)
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_full_size_block_params_on_meta(name):
+    bb = BACKBONES.get(name)(weights="random", device="meta")
+    assert bb.block_param_count() == BACKBONES.meta(name)["params"]
+    assert bb.weights_info["state_sha256"] == "meta"
+    if name in PUBLISHED:
+        params, shape, canvas, patch = PUBLISHED[name]
+        assert bb.block_param_count() == params
+        pt = bb.pos_table()
+        assert tuple(pt.table.shape) == shape and pt.canvas == canvas and pt.patch == patch
+        assert (bb.spec.width, bb.spec.depth, bb.spec.heads) == (768, 12, 12)
+        assert len(bb.blocks) == 12 and "position_table" in dict(bb.named_buffers())
+        assert all(not n.startswith("position_table") for n, _ in bb.named_parameters())
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_bench_params_full_size_json(name):
+    from peft3d.bench import cli_params  # noqa: F401  (registers the command)
+    from peft3d.bench.cli import app
+
+    r = CliRunner().invoke(app, ["params", "--backbone", name, "--method", "lora", "--full-size", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["backbone"] == name and out["method"] == "lora" and out["blocks"] == PUBLISHED[name][0]
+    per_block = 4608 if name in ("imagebind_audio", "ssast") else 6144  # fused vs separate q,k,v (pitfall 8)
+    assert out["method_params"] == 12 * per_block * 8  # r = 8
+    assert out["trainable_excluding_head"] == out["method_params"] + out["shared"]
+    assert out["trainable"] == out["trainable_excluding_head"] + out["head"]
+    assert out["total"] >= out["blocks"] + out["trainable"]  # + frozen non-block parts (embed norm)
+
+
+def test_bench_params_errors_and_text_output():
+    from peft3d.bench import cli_params  # noqa: F401
+    from peft3d.bench.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["params", "--backbone", "dinov3", "--method", "linear"])
+    assert r.exit_code == 2 and "did you mean 'dinov2'" in r.output
+    r = runner.invoke(app, ["params", "--backbone", "test_deit", "--method", "lora", "--preset", "nope"])
+    assert r.exit_code == 2 and "unknown preset" in r.output
+    r = runner.invoke(app, ["params", "--backbone", "test_deit", "--method", "adapter"])
+    assert r.exit_code == 0 and "backbone blocks" in r.stdout and "17,088" in r.stdout
