@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixtures_backbones import one_thread  # noqa: F401  (autouse fixture)
 
 from peft3d.backbones import BACKBONES
 from peft3d.methods import METHODS

@@ -9,6 +9,7 @@ import fixtures_backbones as fx
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures_backbones import one_thread  # noqa: F401  (autouse fixture)
 from torch import nn
 
 from peft3d.backbones import BACKBONES, bert, clip, hf_vit, imagebind, ssast

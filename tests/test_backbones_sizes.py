@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from fixtures_backbones import one_thread  # noqa: F401  (autouse fixture)
 from typer.testing import CliRunner
 
 from peft3d.backbones import BACKBONES
