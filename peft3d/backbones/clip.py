@@ -2,8 +2,9 @@
 
 Weights: the Hub checkpoint ``openai/clip-vit-large-patch14`` (a whole ``CLIPModel``: the vision tower is
 allow-listed as unused) or OpenAI's original ``ViT-L-14.pt`` (a TorchScript archive, sha256-checked, keys
-``transformer.resblocks.*`` mapped to the HF names). Blocks run bidirectionally: ``CLIPEncoderLayer`` needs its
-mask argument positionally, so each is wrapped in a :class:`CallBlock` that passes ``None`` (no causal mask).
+``transformer.resblocks.*`` mapped to the HF names). Blocks run bidirectionally: ``CLIPEncoderLayer``
+needs its mask argument positionally, so each is wrapped in a :class:`CallBlock` that passes ``None``
+(no causal mask).
 """
 from __future__ import annotations
 
@@ -29,22 +30,26 @@ from peft3d.backbones.loading import (
 from peft3d.backbones.preln import PreLNBackbone
 from peft3d.backbones.sources import parse_weights
 
-CLIP_L14_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12,
-                     "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
-                     "projection_dim": 768, "attention_dropout": 0.0, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
-TINY_TEXT = dict(CLIP_L14_TEXT, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
+CLIP_L14_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+                 "num_hidden_layers": 12, "max_position_embeddings": 77, "vocab_size": 49408,
+                 "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "projection_dim": 768,
+                 "attention_dropout": 0.0, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
+TINY_TEXT = dict(CLIP_L14_TEXT, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                 num_hidden_layers=2,
                  max_position_embeddings=16, vocab_size=64, projection_dim=32)
 ARCH_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
              "max_position_embeddings", "hidden_act")
 
 WEIGHTS_CHECK = "hub:openai/clip-vit-large-patch14|file:ViT-L-14.pt"
 HOW = ("huggingface-cli download openai/clip-vit-large-patch14 (then run offline), or put ViT-L-14.pt from "
-       "https://openaipublic.azureedge.net/clip/models/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a0"
-       "3836/ViT-L-14.pt in $PEFT3D_WEIGHTS (default ./weights), or pass weights: path:/dir_or_file")
+       "https://openaipublic.azureedge.net/clip/models/"
+       "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt in $PEFT3D_WEIGHTS "
+       "(default ./weights), or pass weights: path:/dir_or_file")
 # Hub CLIPModel checkpoint: everything outside the text tower.
 HF_UNUSED = ("vision_model.", "visual_projection.", "text_projection.", "logit_scale")
 # OpenAI checkpoint: the vision tower, the joint-space projection, and build_model's bookkeeping entries.
-OPENAI_UNUSED = ("visual.", "text_projection", "logit_scale", "input_resolution", "context_length", "vocab_size")
+OPENAI_UNUSED = ("visual.", "text_projection", "logit_scale", "input_resolution", "context_length",
+                 "vocab_size")
 
 CLIP_TEXT_SPEC = BackboneSpec(
     name="clip_text", modality="1d", pretrain_modality="language", width=768, depth=12, heads=12,

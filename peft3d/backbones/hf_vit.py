@@ -33,16 +33,20 @@ from peft3d.backbones.sources import parse_weights
 from peft3d.errors import WeightsError
 
 # -- configs (set every field: the config classes' defaults are not these checkpoints, pitfall 7) ----------
-DINOV2_B14 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "mlp_ratio": 4, "image_size": 518,
-                  "patch_size": 14, "num_channels": 3, "layer_norm_eps": 1e-6, "layerscale_value": 1.0, "qkv_bias": True,
-                  "use_swiglu_ffn": False, "drop_path_rate": 0.0, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+DINOV2_B14 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "mlp_ratio": 4,
+              "image_size": 518, "patch_size": 14, "num_channels": 3, "layer_norm_eps": 1e-6,
+              "layerscale_value": 1.0, "qkv_bias": True, "use_swiglu_ffn": False, "drop_path_rate": 0.0,
+              "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
                   "attention_probs_dropout_prob": 0.0}
-TINY_DINOV2 = dict(DINOV2_B14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=56)  # 4x4
+TINY_DINOV2 = dict(DINOV2_B14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   image_size=56)  # 4x4 grid
 DINOV2_ARCH = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio",
                "image_size", "patch_size", "use_swiglu_ffn")
-# eps 1e-12 is what the Hub's DeiT (ViT-format) config says; timm / the original use 1e-6 (set when reading them).
+# eps 1e-12 is what the Hub's DeiT (ViT-format) config says; timm / the original use 1e-6 (set when
+# reading their files).
 DEIT_B16 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-                "image_size": 224, "patch_size": 16, "num_channels": 3, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
+                "image_size": 224, "patch_size": 16, "num_channels": 3, "layer_norm_eps": 1e-12,
+                "hidden_act": "gelu",
                 "qkv_bias": True, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 TINY_DEIT = dict(DEIT_B16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                  image_size=(64, 80))  # 4x5 grid
@@ -56,8 +60,9 @@ DINOV2_HOW = ("huggingface-cli download facebook/dinov2-base (then run offline),
               "dinov2_vitb14_pretrain.pth in $PEFT3D_WEIGHTS (default ./weights), or pass weights: path:/...")
 DEIT_CHECK = ("hub:facebook/deit-base-patch16-224|hub:timm/deit_base_patch16_224.fb_in1k"
               "|file:deit_base_patch16_224-b5f2ef4d.pth")
-DEIT_HOW = ("huggingface-cli download facebook/deit-base-patch16-224 (or timm/deit_base_patch16_224.fb_in1k; then "
-            "run offline), or put deit_base_patch16_224-b5f2ef4d.pth from https://dl.fbaipublicfiles.com/deit/ in "
+DEIT_HOW = ("huggingface-cli download facebook/deit-base-patch16-224 (or timm/deit_base_patch16_224.fb_in1k; "
+            "then run offline), or put deit_base_patch16_224-b5f2ef4d.pth from "
+            "https://dl.fbaipublicfiles.com/deit/ in "
             "$PEFT3D_WEIGHTS (default ./weights), or pass weights: path:/...")
 DINOV2_HF_UNUSED: tuple[str, ...] = ("pooler.",)
 DEIT_HF_UNUSED = ("classifier.", "pooler.")  # ViTForImageClassification's head
@@ -83,7 +88,8 @@ def _pair(v: Any) -> tuple[int, int]:
 
 
 class HFViTBackbone(PreLNBackbone):
-    """``Dinov2Model`` (blocks ``encoder.layer``, layer scale ``layer_scale2``) or ``ViTModel`` (``layers``)."""
+    """``Dinov2Model`` (blocks ``encoder.layer``, layer scale ``layer_scale2``) or ``ViTModel``
+    (``layers``)."""
 
     def __init__(self, spec: BackboneSpec, hf: nn.Module) -> None:
         dinov2 = hasattr(hf, "encoder")
@@ -168,7 +174,8 @@ def build(spec: BackboneSpec, cfg: dict[str, Any], weights: str, device: str, di
             digest = verify_digest(spec.name, where)
             sd = read_state_dict(spec.name, where)
             if not any(k.startswith("blocks.") for k in sd):
-                raise WeightsError(f"{spec.name}: {where} is not a timm/original ViT checkpoint (no blocks.* keys); "
+                raise WeightsError(f"{spec.name}: {where} is not a timm/original ViT checkpoint "
+                                   "(no blocks.* keys); "
                                    f"fix: {how}")
             hf = _construct(dict(cfg, layer_norm_eps=TIMM_EPS), dinov2, "cpu")
             load_strict(spec.name, where, hf, timm_to_hf(sd, cfg["num_hidden_layers"], dinov2),

@@ -1,20 +1,21 @@
 """imagebind_audio: the audio trunk of ImageBind-Huge (backbones.md §5), re-implemented under the original
-key names so ``imagebind_huge.pth`` loads strictly (its audio keys; the other five modalities are allow-listed).
+key names so ``imagebind_huge.pth`` loads strictly (its audio keys; the other five modalities are
+allow-listed).
 
 Fidelity notes:
 - Attention is ``nn.MultiheadAttention(768, 12, bias=True, add_bias_kv=True, batch_first=True)``: the learned
-  ``bias_k``/``bias_v`` token is **kept** (L queries attend to L+1 keys, as in ImageBind). The released Any2Point
-  code loaded these weights with ``strict=False`` into a timm block and silently dropped ``bias_k``/``bias_v``;
-  that variant is not reproduced here. ``batch_first=True`` replaces ImageBind's sequence-first layout (same
-  weights, identical outputs on ``[B, L, D]``; §5.3).
-- Drop path is 0 in every block (ImageBind trains with linspace(0, 0.1)); a frozen backbone runs in eval anyway
-  (``PointModel.train``), and zero rates keep ``full`` fine-tuning deterministic too.
-- ``embed_norm`` is identity: the stem LayerNorm (eps 1e-5) normalises spectrogram patch tokens *before* the cls
-  concat and the positional add, so applying it to ``[cls; tokens + pos]`` would not reproduce pretraining
-  either; point tokens arrive normalised by the tokenizer, as for the other pre-LN families (and as in
-  Any2Point, which drops the conv stem). The stem is loaded (strictness) and then discarded.
-- LoRA targets ``attn``: peft wraps the whole ``nn.MultiheadAttention`` (``lora.MultiheadAttention``: LoRA on the
-  fused in_proj, A [r, D], B [3D, r], and on out_proj), which keeps bias_k/bias_v untouched.
+  ``bias_k``/``bias_v`` token is **kept** (L queries attend to L+1 keys, as in ImageBind). The released
+  Any2Point code loaded these weights with ``strict=False`` into a timm block and silently dropped
+  ``bias_k``/``bias_v``; that variant is not reproduced here. ``batch_first=True`` replaces ImageBind's
+  sequence-first layout (same weights, identical outputs on ``[B, L, D]``; §5.3).
+- Drop path is 0 in every block (ImageBind trains with linspace(0, 0.1)); a frozen backbone runs in eval
+  anyway (``PointModel.train``), and zero rates keep ``full`` fine-tuning deterministic too.
+- ``embed_norm`` is identity: the stem LayerNorm (eps 1e-5) normalises spectrogram patch tokens *before*
+  the cls concat and the positional add, so applying it to ``[cls; tokens + pos]`` would not reproduce
+  pretraining either; point tokens arrive normalised by the tokenizer, as for the other pre-LN families (and
+  as in Any2Point, which drops the conv stem). The stem is loaded (strictness) and then discarded.
+- LoRA targets ``attn``: peft wraps the whole ``nn.MultiheadAttention`` (``lora.MultiheadAttention``:
+  LoRA on the fused in_proj, A [r, D], B [3D, r], and on out_proj), which keeps bias_k/bias_v untouched.
 - Positional table: 12 (frequency) x 19 (time) cells of the 1 x 128 x 204 mel canvas; the stem is a 16 x 16
   kernel with stride 10, so ``PosTable.patch = (10, 10)`` is the stride (cells overlap by 6 px).
 """
@@ -39,12 +40,15 @@ from peft3d.backbones.preln import PreLNBackbone, grid_table
 from peft3d.backbones.sources import parse_weights
 from peft3d.errors import WeightsError
 
-IMAGEBIND_AUDIO = {"width": 768, "depth": 12, "heads": 12, "mlp_hidden": 3072, "canvas": (128, 204), "kernel": 16, "stride": 10,
+IMAGEBIND_AUDIO = {"width": 768, "depth": 12, "heads": 12, "mlp_hidden": 3072, "canvas": (128, 204),
+                   "kernel": 16, "stride": 10,
                        "out_dim": 1024}
-TINY_AUDIO = {"width": 32, "depth": 2, "heads": 2, "mlp_hidden": 128, "canvas": (46, 56), "kernel": 16, "stride": 10,
+TINY_AUDIO = {"width": 32, "depth": 2, "heads": 2, "mlp_hidden": 128, "canvas": (46, 56), "kernel": 16,
+              "stride": 10,
                   "out_dim": 16}  # 4 x 5 grid
 WEIGHTS_CHECK = "file:imagebind_huge.pth"
-HOW = ("put imagebind_huge.pth from https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth (CC-BY-NC 4.0) in "
+HOW = ("put imagebind_huge.pth from https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth "
+       "(CC-BY-NC 4.0) in "
        "$PEFT3D_WEIGHTS (default ./weights) or ./.checkpoints, or pass weights: path:/file.pth")
 OTHER_MODALITIES = ("vision", "text", "depth", "thermal", "imu")
 NOTES = ("bias_k/bias_v kept (Any2Point's released code dropped them); drop path zeroed; stem LayerNorm not "
@@ -63,14 +67,16 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1, self.act, self.fc2, self.drop = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(0.0)
+        self.fc1, self.act = nn.Linear(dim, hidden), nn.GELU()
+        self.fc2, self.drop = nn.Linear(hidden, dim), nn.Dropout(0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class BlockWithMasking(nn.Module):
-    """ImageBind's block, batch-first: x + attn(norm_1(x)), then x + mlp(norm_2(x)); no layer scale (audio)."""
+    """ImageBind's block, batch-first: x + attn(norm_1(x)), then x + mlp(norm_2(x)); no layer scale in
+    the audio trunk."""
 
     def __init__(self, dim: int, heads: int, mlp_hidden: int) -> None:
         super().__init__()

@@ -2,9 +2,9 @@
 
 Every loader follows the same steps: find the weights (Hub cache folder, checkpoint file, or ``path:``),
 verify the file's digest where a published one is known, read the tensors, rename them to the module's own
-names, and load them **strictly**: every key the module has must be in the checkpoint, and every checkpoint key
-the module lacks must be on the family's explicit allow-list (e.g. CLIP's vision tower). Anything else raises
-one :class:`~peft3d.errors.WeightsError` that lists the offending keys.
+names, and load them **strictly**: every key the module has must be in the checkpoint, and every checkpoint
+key the module lacks must be on the family's explicit allow-list (e.g. CLIP's vision tower). Anything else
+raises one :class:`~peft3d.errors.WeightsError` that lists the offending keys.
 """
 from __future__ import annotations
 
@@ -43,21 +43,24 @@ def resolve_weights(name: str, weights: str, weights_check: str, how: str) -> tu
         raise WeightsError(f"{name}: weights path {p} does not exist; fix: {how}")
     found = locate(weights_check)
     if found is None:
-        raise WeightsError(f"{name}: pretrained weights not found (looked in: {describe_search(weights_check)}); "
+        raise WeightsError(f"{name}: pretrained weights not found "
+                           f"(looked in: {describe_search(weights_check)}); "
                            f"fix: {how}")
     return ("dir" if found[0] == "hub" else "file"), found[1]
 
 
 def verify_digest(name: str, path: Path) -> str:
     """sha256 of ``path``; checked against the published digest when one is known: a file named like a
-    published checkpoint (``KNOWN_SHA256``) or a Hugging Face cache blob (LFS blobs are named by their sha256)."""
+    published checkpoint (``KNOWN_SHA256``) or a Hugging Face cache blob (LFS blobs are named by their
+    sha256)."""
     digest = file_sha256(str(path))
     expected = KNOWN_SHA256.get(path.name)
     resolved = path.resolve()
     if expected is None and resolved.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", resolved.name):
         expected = resolved.name
     if expected is not None and not digest.startswith(expected):
-        raise WeightsError(f"{name}: {path} has sha256 {digest[:16]}…, expected the published {expected[:16]}… "
+        raise WeightsError(f"{name}: {path} has sha256 {digest[:16]}…, expected the published "
+                           f"{expected[:16]}… "
                            "(truncated, corrupt or a different file); fix: delete it and download it again")
     return digest
 
@@ -100,7 +103,8 @@ def _read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
                 except Exception:  # noqa: BLE001
                     raise plain_err from None
     except Exception as e:  # noqa: BLE001  (any failure to read is reported as one WeightsError)
-        raise WeightsError(f"{name}: cannot read checkpoint {path}: {first_line(e)} (truncated or corrupt file?); "
+        raise WeightsError(f"{name}: cannot read checkpoint {path}: {first_line(e)} "
+                           "(truncated or corrupt file?); "
                            "fix: download it again") from None
     if isinstance(sd, (torch.nn.Module, torch.jit.ScriptModule)):  # torch.load dispatched to jit.load
         sd = sd.state_dict()
@@ -110,7 +114,8 @@ def _read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not any(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"{name}: {path} is not a state dict of tensors")
     # fp16 checkpoints (OpenAI CLIP) are loaded as fp32; non-tensor entries carry no weights.
-    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()
+            if isinstance(v, torch.Tensor)}
 
 
 def _is_allowed(key: str, allowed: tuple[str, ...] | Callable[[str], bool]) -> bool:
@@ -180,7 +185,8 @@ def _norm(v: Any) -> Any:
 
 
 def split_qkv(sd: dict[str, torch.Tensor], src: str, dst: Iterable[str]) -> None:
-    """Fused ``[3D, D]`` q/k/v (rows q, then k, then v) -> three tensors under the ``dst`` names (in place)."""
+    """Fused ``[3D, D]`` q/k/v (rows q, then k, then v) -> three tensors under the ``dst`` names
+    (in place)."""
     for d, t in zip(dst, sd.pop(src).chunk(3, dim=0)):
         sd[d] = t.contiguous()
 

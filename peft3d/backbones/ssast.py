@@ -3,9 +3,9 @@
 SSAST's code pins timm 0.4.5; its skeleton is timm's distilled DeiT-B (``deit_base_distilled_patch16_384``)
 with a 1-channel 16x16 patch embedding and a fresh 8 x 64 (+ cls + dist) position table for 128 mel bins x
 1024 frames. Here the same ``VisionTransformerDistilled`` is built in timm 1.x with ``img_size=(128, 1024)``,
-``in_chans=1``, ``num_classes=0``; the checkpoint's ``module.v.*`` keys load into it strictly. Pretraining-only
-heads (``cpredlayer``, ``gpredlayer``, ``mask_embed``) and the unused ImageNet classifiers (``v.head``,
-``v.head_dist``) are allow-listed; ``p_input_fdim``/``p_input_tdim`` are read to check the grid.
+``in_chans=1``, ``num_classes=0``; the checkpoint's ``module.v.*`` keys load into it strictly.
+Pretraining-only heads (``cpredlayer``, ``gpredlayer``, ``mask_embed``) and the unused ImageNet classifiers
+(``v.head``, ``v.head_dist``) are allow-listed; ``p_input_fdim``/``p_input_tdim`` are read to check the grid.
 Attention runs the explicit (non-fused) path, like the transformers backbones here run eager attention.
 """
 from __future__ import annotations
@@ -76,7 +76,8 @@ def check_grid(name: str, where: Any, sd: dict[str, torch.Tensor], cfg: dict[str
     """The pretraining input size stored in the checkpoint must give this backbone's grid."""
     if "module.p_input_fdim" not in sd or "module.p_input_tdim" not in sd:
         raise WeightsError(f"{name}: {where} lacks module.p_input_fdim / module.p_input_tdim: not an SSAST "
-                           f"pretraining checkpoint (keys with the DataParallel 'module.' prefix); fix: {HOW}")
+                           "pretraining checkpoint (keys with the DataParallel 'module.' prefix); "
+                           f"fix: {HOW}")
     f, t = int(sd["module.p_input_fdim"]), int(sd["module.p_input_tdim"])
     if (f, t) != tuple(cfg["input"]):
         raise WeightsError(f"{name}: {where} was pretrained on {f} mel bins x {t} frames "

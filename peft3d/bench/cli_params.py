@@ -47,8 +47,8 @@ def params(backbone: str = typer.Option(..., "--backbone", "-b", help="backbone 
            preset: str | None = typer.Option(None, "--preset", help="method preset (bench ls presets)"),
            full_size: bool = typer.Option(False, "--full-size",
                                           help="build on the meta device: no weights read, no memory used"),
-           weights: str = typer.Option("random", "--weights", help="without --full-size: random | pretrained | "
-                                       "path:/dir_or_file"),
+           weights: str = typer.Option("random", "--weights",
+                                       help="without --full-size: random | pretrained | path:/dir_or_file"),
            num_classes: int = typer.Option(15, "--num-classes"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Parameter breakdown: backbone blocks, method, shared (tokenizer, positional encoding, cls, final norm),
