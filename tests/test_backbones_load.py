@@ -251,8 +251,7 @@ def test_missing_weights_name_backbone_place_and_fix(empty_machine, name):
 
 def test_weights_available_finds_files_and_hub_snapshots(empty_machine):
     (empty_machine / "weights" / "SSAST-Base-Patch-400.pth").write_bytes(b"x")
-    assert weights_available("ssast") == (True, str(Path("weights").parent / empty_machine / "weights" /
-                                                   "SSAST-Base-Patch-400.pth"))
+    assert weights_available("ssast") == (True, str(empty_machine / "weights" / "SSAST-Base-Patch-400.pth"))
     snap = empty_machine / "hub" / "models--facebook--dinov2-base" / "snapshots" / "abc"
     snap.mkdir(parents=True)
     (snap / "config.json").write_text("{}")

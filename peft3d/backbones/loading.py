@@ -164,13 +164,19 @@ def strict_hf_load(cls: type, folder: Path, name: str, allowed: tuple[str, ...],
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    missing = [k for k in info.get("missing_keys", []) if not k.startswith(allowed)]
-    unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(allowed)]
+    missing = [k for k in info.get("missing_keys", []) if not _hf_ignorable(k, allowed)]
+    unexpected = [k for k in info.get("unexpected_keys", []) if not _hf_ignorable(k, allowed)]
     mismatched = [str(m) for m in info.get("mismatched_keys", [])]
     if missing or unexpected or mismatched:
         raise WeightsError(mismatch_message(name, folder, sorted(missing), sorted(unexpected), mismatched))
     check_arch(name, folder, {k: getattr(model.config, k, None) for k in (arch or {})}, arch or {})
     return model
+
+
+def _hf_ignorable(key: str, allowed: tuple[str, ...]) -> bool:
+    # Older Hub checkpoints (CLIP 2021, BERT-era) also saved index buffers such as
+    # ``embeddings.position_ids``: integer ranges, not weights.
+    return key.startswith(allowed) or key.rsplit(".", 1)[-1] in ("position_ids", "token_type_ids")
 
 
 def check_arch(name: str, where: Path | str, found: dict[str, Any], expected: dict[str, Any]) -> None:

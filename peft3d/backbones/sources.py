@@ -96,13 +96,18 @@ def locate(weights_check: str) -> tuple[str, Path] | None:
 
 def describe_search(weights_check: str) -> str:
     """Where ``locate`` looked, in words (for 'not found' errors and ``bench ls``)."""
-    parts = []
+    hubs, files = [], []
     for c in checks_of(weights_check):
         kind, _, arg = c.partition(":")
         if kind == "hub":
-            parts.append(f"Hugging Face cache {hf_cache_dir()}/models--{arg.replace('/', '--')}")
+            hubs.append(f"models--{arg.replace('/', '--')}")
         elif kind == "file":
-            parts.append(f"{arg} in " + ", ".join(str(r) for r in weight_roots()))
+            files.append(arg)
+    parts = []
+    if hubs:
+        parts.append(f"Hugging Face cache {hf_cache_dir()}: {', '.join(hubs)}")
+    if files:
+        parts.append(f"{' or '.join(files)} in {', '.join(str(r) for r in weight_roots())}")
     return "; ".join(parts)
 
 
