@@ -3,11 +3,45 @@ from peft3d.registry import Registry
 
 DATASETS = Registry("dataset")
 DATASETS.register("synthetic", "peft3d.datasets.synthetic:Synthetic", variants=("clean", "scan"), classes=12,
-                  default_variant="scan", needs_root=False,
+                  default_variant="scan", needs_root=False, counts={"clean": {"train": 480, "test": 240},
+                                                                    "scan": {"train": 480, "test": 240}},
                   summary="deterministic synthetic shapes (embedded default); scan = rotated, occluded, cluttered")
+DATASETS.register("scanobjectnn", "peft3d.datasets.scanobjectnn:ScanObjectNN",
+                  variants=("pb_t50_rs", "obj_bg", "obj_only"), classes=15, default_variant="pb_t50_rs",
+                  needs_root=True, counts={"pb_t50_rs": {"train": 11416, "test": 2882},
+                                           "obj_bg": {"train": 2309, "test": 581},
+                                           "obj_only": {"train": 2309, "test": 581}},
+                  summary="ScanObjectNN real scans, official h5_files (root = the h5_files folder)")
+DATASETS.register("modelnet40", "peft3d.datasets.modelnet40:ModelNet40",
+                  variants=("auto", "fps_cache", "ply_hdf5_2048", "normal_resampled"), classes=40,
+                  default_variant="auto", needs_root=True,
+                  counts={"fps_cache": {"train": 9843, "test": 2468}, "normal_resampled": {"train": 9843, "test": 2468},
+                          "ply_hdf5_2048": {"train": 9840, "test": 2468}},
+                  summary="ModelNet40 CAD; Point-BERT .dat cache, PointNet HDF5 or PointNet++ txt (auto-detected)")
 
 
 def split_name(name: str) -> tuple[str, str | None]:
     """``'scanobjectnn/pb_t50_rs'`` -> ``('scanobjectnn', 'pb_t50_rs')``; ``'modelnet40'`` -> (..., None)."""
     family, _, variant = name.partition("/")
     return family, (variant or None)
+
+
+def check_root(name: str, variant: str | None, root: str | None) -> str | None:
+    """One line describing what is wrong with ``root`` for dataset ``name`` (``family`` or ``family/variant``),
+    or None when its files are present and structurally right. Cheap (no full read) and torch-free: it is what
+    ``bench validate`` runs before any training."""
+    from peft3d.errors import DataError
+
+    family, v = split_name(name)
+    meta = DATASETS.meta(family)
+    variant = variant or v or meta["default_variant"]
+    if variant not in meta["variants"]:
+        return f"dataset {family} has no variant {variant!r}; choose one of {list(meta['variants'])}"
+    if not root:
+        return (f"dataset {family} needs its files: pass --data-root {family}=PATH "
+                f"(see: bench data info {family})") if meta.get("needs_root", True) else None
+    try:
+        DATASETS.get(family)().check_files(variant, root)
+    except DataError as e:
+        return str(e)
+    return None

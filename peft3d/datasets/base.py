@@ -22,7 +22,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, idx: np.ndarray) -> "Split":
+    def subset(self, idx: np.ndarray) -> Split:
         return Split(self.points[idx], self.labels[idx])
 
 
@@ -39,6 +39,11 @@ class PointCloudData:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def cache_key(self, split: str) -> str:
+        """A readable label for the on-disk evaluation-sampling cache of ``split`` (``eval_points(...,
+        cache_key=...)``); the cache also hashes the array content, so a stale label can never serve wrong data."""
+        return f"{self.name}-{self.variant}-{split}-{self.identity.get('val_indices_sha256', '')}"
 
 
 def validate_split(split: Split, num_classes: int, where: str) -> None:
@@ -92,6 +97,18 @@ class DatasetFamily:
     def load_raw(self, variant: str, root: str | None) -> tuple[Split, Split, list[str], dict[str, Any]]:
         raise NotImplementedError
 
+    def expected(self, variant: str, root: str | None) -> dict[str, Any] | None:
+        """What a complete copy holds: ``{"counts": {"train": n, "test": m}, "points": P, "classes": C,
+        "basis": "published" | ...}`` (``bench data check`` compares against it); None when nothing is known."""
+        return None
+
+    def check_files(self, variant: str, root: str | None) -> None:
+        """Cheap presence/structure check (no full read, no torch); raises DataError with the fix."""
+
+    def info(self) -> str:
+        """Expected layout and download sources (``bench data info``)."""
+        return (self.__doc__ or self.name).strip()
+
     def load(self, variant: str | None, root: str | None, val_fraction: float = 0.1,
              split_seed: int = 0) -> PointCloudData:
         variant = variant or self.default_variant
@@ -103,6 +120,6 @@ class DatasetFamily:
         tr, va = stratified_val_split(train_full.labels, val_fraction, split_seed)
         identity = dict(source, name=self.name, variant=variant, val_fraction=val_fraction,
                         split_seed=split_seed, val_indices_sha256=array_digest(va),
-                        counts={"train": int(len(tr)), "val": int(len(va)), "test": int(len(test))})
+                        counts={"train": len(tr), "val": len(va), "test": len(test)})
         return PointCloudData(self.name, variant, names, train_full.subset(tr), train_full.subset(va), test,
                               identity)

@@ -7,7 +7,8 @@ floating outliers) replace part of the cloud, and Gaussian jitter. Everything fo
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -151,9 +152,27 @@ class Synthetic(DatasetFamily):
     name, variants, default_variant, needs_root = "synthetic", ("clean", "scan"), "scan", False
     TRAIN_PER_CLASS, TEST_PER_CLASS, POINTS, SEED = 40, 20, 1024, 20240411
 
+    def splits(self, variant: str, points: int | None = None) -> tuple[Split, Split]:
+        """(train, test) as ``load_raw`` makes them; ``points`` per sample overrides ``POINTS`` (export uses
+        2048, ScanObjectNN's count)."""
+        n = points or self.POINTS
+        return (generate(variant, self.TRAIN_PER_CLASS, n, self.SEED),
+                generate(variant, self.TEST_PER_CLASS, n, self.SEED + 1))
+
     def load_raw(self, variant: str, root: str | None) -> tuple[Split, Split, list[str], dict[str, Any]]:
-        train = generate(variant, self.TRAIN_PER_CLASS, self.POINTS, self.SEED)
-        test = generate(variant, self.TEST_PER_CLASS, self.POINTS, self.SEED + 1)
+        train, test = self.splits(variant)
         source = {"source": f"synthetic(seed={self.SEED})", "sha256": {
             "train": array_digest(train.points, train.labels), "test": array_digest(test.points, test.labels)}}
         return train, test, list(SHAPES), source
+
+    def expected(self, variant: str, root: str | None) -> dict[str, Any]:
+        return {"counts": {"train": self.TRAIN_PER_CLASS * len(SHAPES), "test": self.TEST_PER_CLASS * len(SHAPES)},
+                "points": self.POINTS, "classes": len(SHAPES), "basis": "generator"}
+
+    def info(self) -> str:
+        return (f"synthetic — {len(SHAPES)} shape classes generated on the fly (seed {self.SEED}); no download, "
+                f"no root.\n  {self.TRAIN_PER_CLASS * len(SHAPES)} train / {self.TEST_PER_CLASS * len(SHAPES)} test, "
+                f"{self.POINTS} points per sample; variants: clean (canonical pose), scan (rotated, occluded, "
+                f"cluttered, jittered).\n  Export it in a published layout to exercise the real readers:\n"
+                f"    bench data export synthetic --format scanobjectnn --out DIR\n"
+                f"    bench data check scanobjectnn --root DIR")

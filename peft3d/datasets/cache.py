@@ -1,0 +1,79 @@
+"""On-disk cache for derived arrays (evaluation FPS indices, converted ModelNet40 text files).
+
+Default folder ``results/cache/`` (``$PEFT3D_CACHE`` overrides). Every entry is a single ``.npy`` file whose name
+is a sha256 over everything it depends on; it is written to a temporary file in the same folder and moved into
+place with ``os.replace``, so a crash, a full disk or a reader error never leaves a partial entry behind.
+A cache file that cannot be read is treated as missing and rewritten.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ENV = "PEFT3D_CACHE"
+DEFAULT = Path("results") / "cache"
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    return Path(override or os.environ.get(ENV) or DEFAULT)
+
+
+def key(*parts: object) -> str:
+    """Stable sha256 of the parts' string forms (order matters)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(str(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_save(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` (.npy) atomically: temp file in the same folder, fsync, ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path) -> np.ndarray | None:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def cached(name: str, compute: Callable[[], np.ndarray], directory: str | os.PathLike | None = None,
+           check: Callable[[np.ndarray], bool] | None = None) -> np.ndarray:
+    """Return the array stored under ``name`` (a file name, e.g. ``key(...) + '.npy'``), computing and storing
+    it on a miss. ``check`` rejects a stored array that does not fit (then it is recomputed)."""
+    path = cache_dir(directory) / name
+    if path.exists():
+        got = load(path)
+        if got is not None and (check is None or check(got)):
+            return got
+    value = compute()
+    try:
+        atomic_save(path, value)
+    except OSError:  # a read-only or full cache folder must not fail the run: the value is still correct
+        pass
+    return value
