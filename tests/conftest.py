@@ -5,3 +5,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_TRACKING_URI", "")  # tests pass explicit results dirs / URIs
 if not os.environ["MLFLOW_TRACKING_URI"]:
     del os.environ["MLFLOW_TRACKING_URI"]
+
+import torch  # noqa: E402
+
+# Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription (measured 50x slower
+# train steps with the default thread count while another process was busy).
+torch.set_num_threads(1)

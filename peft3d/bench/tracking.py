@@ -28,9 +28,10 @@ def _flat(prefix: str, d: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]
 
 class Mirror:
     def __init__(self, uri: str, experiment: str) -> None:
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
         import mlflow
+
+        for name in ("mlflow", "alembic"):  # after the import: mlflow configures its loggers on import
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         self.client = mlflow.MlflowClient(uri)
         exp = self.client.get_experiment_by_name(experiment)

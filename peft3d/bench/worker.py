@@ -18,10 +18,24 @@ def _progress(event: dict) -> None:
     print("@progress " + json.dumps(event), flush=True)
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the scheduler dies (even by kill -9), so no orphan keeps training."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str]) -> int:
     spec_json, root = argv[0], Path(argv[1])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        return 130
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # our own strict check reports key problems; keep stdout for progress
