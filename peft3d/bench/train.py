@@ -110,8 +110,9 @@ def train_run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]
     seed_everything(spec.seed)
     data = load_data(spec)
     proto = get_protocol(spec.protocol)
-    val_x = eval_points(data.val.points, spec.num_points, proto)
-    test_x = eval_points(data.test.points, spec.num_points, proto)
+    # Deterministic evaluation inputs, computed once per dataset and cached on disk (keyed by content).
+    val_x = eval_points(data.val.points, spec.num_points, proto, cache_key=data.cache_key("val"))
+    test_x = eval_points(data.test.points, spec.num_points, proto, cache_key=data.cache_key("test"))
     model, method = build_model(spec, data.num_classes, device=device)
     model.to(device)
     params = param_groups(model, method.prefix)

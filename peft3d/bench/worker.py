@@ -31,6 +31,7 @@ def _die_with_parent() -> None:
 def main(argv: list[str]) -> int:
     spec_json, root = argv[0], Path(argv[1])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("PEFT3D_CACHE", str(root / "cache"))  # evaluation FPS cache beside the results
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     parent = os.getppid()
     _die_with_parent()
