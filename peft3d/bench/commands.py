@@ -1,6 +1,7 @@
 """``bench run``, ``bench table``, ``bench validate``."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -67,7 +68,8 @@ def validate(grid: str = GridOpt, data_root: Optional[list[str]] = typer.Option(
 
 @app.command("run")
 def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
-        jobs: int = typer.Option(1, "--jobs", "-j", help="runs in parallel (each its own process)"),
+        jobs: int = typer.Option(0, "--jobs", "-j", help="runs in parallel, each its own process (0 = auto: one "
+                                 "single-threaded run per core on CPU, one run on a GPU)"),
         seeds: Optional[str] = typer.Option(None, "--seeds", help="override the grid's seeds, e.g. 0,1,2"),
         data_root: Optional[list[str]] = typer.Option(None, "--data-root", help="FAMILY=PATH"),
         device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N"),
@@ -90,6 +92,8 @@ def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
             typer.echo(f"  {s.run_id}  {s.label}")
         return
     t0 = time.time()
+    if jobs <= 0:
+        jobs = 1 if any(s.device.startswith("cuda") for s in todo) else max(1, min(os.cpu_count() or 1, 4))
     if todo:
         _run_with_progress(todo, root, jobs, None if no_mlflow else tracking_uri, no_mlflow, grid)
     n_bad = _write_table(grid, specs, root, echo=True)
@@ -101,6 +105,7 @@ def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
 
 
 def _run_with_progress(todo, root: Path, jobs: int, uri: str | None, no_mlflow: bool, grid: str) -> None:
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from peft3d.bench.runner import run_specs
@@ -118,7 +123,7 @@ def _run_with_progress(todo, root: Path, jobs: int, uri: str | None, no_mlflow: 
         def on_event(job) -> None:
             rid = job.spec.run_id
             if rid not in tasks:
-                tasks[rid] = bar.add_task(f"  {job.spec.label}", total=job.spec.budget.epochs, info="starting")
+                tasks[rid] = bar.add_task(f"  {escape(job.spec.label)}", total=job.spec.budget.epochs, info="starting")
             if job.last:
                 bar.update(tasks[rid], completed=job.last["epoch"],
                            info=f"loss {job.last['train_loss']:.3f} val {100 * job.last['val_acc']:.1f}")
@@ -127,17 +132,17 @@ def _run_with_progress(todo, root: Path, jobs: int, uri: str | None, no_mlflow: 
             rid = job.spec.run_id
             status = result.get("status", "?")
             info = (f"test {100 * result['metrics']['test_acc']:.1f}" if status == "success"
-                    else f"[red]failed: {str(result.get('error'))[:80]}")
+                    else f"[red]failed: {escape(str(result.get('error'))[:80])}")
             if rid in tasks:
                 bar.update(tasks[rid], info=info)
                 bar.remove_task(tasks[rid])
-            bar.console.print(f"{'✓' if status == 'success' else '✗'} {job.spec.label}  {info}")
+            bar.console.print(f"{'✓' if status == 'success' else '✗'} {escape(job.spec.label)}  {info}")
             bar.advance(total)
             if mirror is not None and result:
                 try:
                     mirror.log(result)
                 except Exception as e:  # the mirror is secondary: never lose a run over it
-                    bar.console.print(f"[yellow]MLflow mirror failed for {rid}: {e}")
+                    bar.console.print(f"[yellow]MLflow mirror failed for {rid}: {escape(str(e))}")
 
         run_specs(todo, root, jobs, on_event, on_done)
 
