@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from peft3d.bench.train import lr_lambda, select, Curves, train_run
+from peft3d.bench.train import Curves, lr_lambda, select, train_run
 from peft3d.errors import WeightsError
 from peft3d.models.build import build_model
 from peft3d.models.model import param_groups

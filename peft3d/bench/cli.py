@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
 
 import typer
 
@@ -71,5 +70,3 @@ def main() -> None:
         typer.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)
 
-
-Optional  # re-exported for sub-command modules' annotations

@@ -35,8 +35,8 @@ def _seeds(s: str | None) -> list[int] | None:
 
 
 def _check_roots(specs) -> None:
-    from peft3d.datasets import DATASETS
     import peft3d.datasets as ds
+    from peft3d.datasets import DATASETS
 
     check = getattr(ds, "check_root", None)
     seen = set()

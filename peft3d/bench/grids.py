@@ -151,7 +151,8 @@ def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str]
         meta = DATASETS.meta(family)
         variant = variant or meta["default_variant"]
         if variant not in meta["variants"]:
-            raise ConfigError(f"grid: dataset {family} has no variant {variant!r}; choose one of {list(meta['variants'])}")
+            raise ConfigError(f"grid: dataset {family} has no variant {variant!r}; "
+                              f"choose one of {list(meta['variants'])}")
         preset = entry.preset.format(backbone=backbone, dataset=family, dataset_tag=DATASET_TAGS.get(family, family)
                                      ) if entry.preset else None
         cfg_cls = config_class(entry.name)

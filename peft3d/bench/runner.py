@@ -19,7 +19,6 @@ from typing import Callable
 from peft3d.bench.results import failure_result, read_result, succeeded, write_result
 from peft3d.spec import RunSpec
 
-
 # glibc serves allocations above its mmap threshold with fresh pages and unmaps them on free, so every
 # large CPU activation pays page faults again. Measured on the Point-PN tokenizer (256 points, batch 16,
 # 2 cores): 0.43-0.68 s per forward with the defaults vs 0.08-0.10 s with these (benchmarks/README.md).

@@ -61,7 +61,7 @@ class Mirror:
         metrics = [Metric(k, float(v), 0, 0) for k, v in m.items() if isinstance(v, (int, float))]
         curves = m.get("curves") or {}
         for key in ("train_loss", "val_acc", "test_acc", "lr"):
-            for ep, v in zip(curves.get("epoch", []), curves.get(key, [])):
+            for ep, v in zip(curves.get("epoch", []), curves.get(key, []), strict=True):
                 metrics.append(Metric(f"curve.{key}", float(v), 0, int(ep)))
         for k, v in (result.get("params") or {}).items():
             if isinstance(v, (int, float)):
