@@ -69,7 +69,7 @@ def stratified_val_split(labels: np.ndarray, fraction: float, seed: int) -> tupl
     val: list[np.ndarray] = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        n_val = int(round(fraction * len(idx)))
+        n_val = round(fraction * len(idx))
         n_val = max(n_val, 1) if len(idx) >= 2 else 0
         val.append(rng.permutation(idx)[:n_val])
     val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)

@@ -224,7 +224,8 @@ def _parse_txt(path: Path, f: str) -> np.ndarray:
     return a[:, :3]
 
 
-def read_txt_split(d: Path, split: str, names: list[str], cache_dir: str | None = None) -> tuple[Split, str]:
+def txt_index(d: Path, split: str, names: list[str]) -> tuple[list[str], np.ndarray, list[Path]]:
+    """(shape ids, labels, files) of one split; every listed file must exist."""
     f = fix("normal_resampled", d)
     ids = txt_list(d, split)
     index = {n: i for i, n in enumerate(names)}
@@ -238,6 +239,13 @@ def read_txt_split(d: Path, split: str, names: list[str], cache_dir: str | None 
             raise DataError(f"{path} not found (listed in {TXT_LIST.format(split=split)}); {f}")
         labels[i] = index[cls]
         files.append(path)
+    return ids, labels, files
+
+
+def read_txt_split(d: Path, split: str, names: list[str], cache_dir: str | None = None,
+                   index: tuple[list[str], np.ndarray, list[Path]] | None = None) -> tuple[Split, str]:
+    f = fix("normal_resampled", d)
+    ids, labels, files = index or txt_index(d, split, names)
     stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     name = f"modelnet40-txt-{split}-{key('v1', d.resolve(), ids, names, stats, TXT_POINTS)[:24]}.npy"
 
@@ -307,7 +315,8 @@ Points are centred and scaled into the unit sphere per shape; normals are ignore
             splits = {s: read_h5_split(d, s, len(names)) for s in SPLITS}
             source["sha256"] = {s: key(*(file_sha256(p) for p in h5_files(d, s)))[:16] for s in SPLITS}
         else:
-            read = {s: read_txt_split(d, s, names, self.cache_dir) for s in SPLITS}
+            idx = {s: txt_index(d, s, names) for s in SPLITS}  # both lists complete before any conversion
+            read = {s: read_txt_split(d, s, names, self.cache_dir, idx[s]) for s in SPLITS}
             splits = {s: r[0] for s, r in read.items()}
             source["sha256"] = {s: array_digest(sp.points, sp.labels) for s, sp in splits.items()}
             source["converted"] = {s: r[1] for s, r in read.items()}
@@ -340,10 +349,7 @@ Points are centred and scaled into the unit sphere per shape; normals are ignore
         else:
             names = class_names(d, read_manifest(d), required=True)
             for s in SPLITS:
-                for sid in txt_list(d, s):
-                    cls, path = _shape_file(d, sid)
-                    if cls not in names or not path.is_file():
-                        raise DataError(f"{path} not found (listed in {TXT_LIST.format(split=s)}); {fix(fmt, d)}")
+                txt_index(d, s, names)
 
 
 def export(out: Path, train: Split, test: Split, names: list[str], source: str, fmt: str) -> dict[str, Any]:

@@ -1,0 +1,109 @@
+"""Training-time point sampling fast enough to keep a GPU fed.
+
+FPS is inherently sequential over the picks (1229 of 2048 points is 1229 dependent steps), so on a CPU its
+cost is about ``picks × stored points`` distance updates per sample. Two remedies, both here:
+
+* :func:`fps` — the same farthest point sampling as ``peft3d.models.geometry``, rewritten for CPU speed: the
+  squared distance to the new centre is one fused ``baddbmm`` over a precomputed ``[-2x, |x|²]`` table instead of
+  subtract/square/sum, and every buffer is reused (≈5× faster). Squared distances are computed in the expanded
+  form, so near-ties may break differently from ``geometry.farthest_point_sample`` (≈0.1% of picks).
+* :class:`TrainSampler` — precomputes, once per training set, the FPS candidate sets from ``starts`` random
+  start points per sample (cached on disk, keyed by content like the evaluation cache); a training batch then
+  costs a gather: a random one of the sample's candidate sets, a random ``num_points`` of it, the augmentation.
+  Same distribution as :func:`peft3d.datasets.protocols.fps_random` restricted to ``starts`` start points.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FPS_BANK_VERSION = "fps-bank-v1"
+
+
+def fps(xyz, n: int, start=None):
+    """Indices ``(B, n)`` of ``n`` farthest points of ``xyz (B, N, 3)`` (a float32 torch tensor), starting at
+    ``start (B,)`` (default: point 0)."""
+    import torch
+
+    B, N, _ = xyz.shape
+    if n > N:
+        raise ValueError(f"cannot sample {n} points from {N}")
+    xyz = xyz.float()
+    sq = (xyz * xyz).sum(-1).unsqueeze(1)  # (B, 1, N)
+    cols = torch.cat([xyz.transpose(1, 2), torch.ones(B, 1, N, dtype=xyz.dtype, device=xyz.device)], 1)  # (B, 4, N)
+    table = torch.cat([-2 * xyz, sq.transpose(1, 2)], -1)  # (B, N, 4): |c - x|² = |x|² + [-2c, |c|²]·[x, 1]
+    idx = torch.empty(B, n, dtype=torch.long, device=xyz.device)
+    dist = torch.full((B, 1, N), float("inf"), dtype=xyz.dtype, device=xyz.device)
+    d = torch.empty_like(dist)
+    far = torch.zeros(B, dtype=torch.long, device=xyz.device) if start is None else start.to(xyz.device).long()
+    batch = torch.arange(B, device=xyz.device)
+    for i in range(n):
+        idx[:, i] = far
+        torch.baddbmm(sq, table[batch, far].unsqueeze(1), cols, out=d)
+        torch.minimum(dist, d, out=dist)
+        far = dist.argmax(-1).squeeze(1)
+    return idx
+
+
+def fps_candidates(points: np.ndarray, m: int, starts: int, seed: int = 0, chunk: int = 256,
+                   device: str = "cpu") -> np.ndarray:
+    """``(N, starts, m)`` indices: for each sample, FPS to ``m`` points from ``starts`` seeded random starts.
+    ``device="cuda"`` runs the FPS there (same indices up to float ties; much faster)."""
+    import torch
+
+    N, P, _ = points.shape
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, P, size=(N, starts))
+    dtype = np.int16 if P <= np.iinfo(np.int16).max else np.int32
+    out = np.empty((N, starts, m), dtype)
+    for i in range(0, N, chunk):
+        x = torch.from_numpy(np.ascontiguousarray(points[i:i + chunk], np.float32)).to(device)
+        b = len(x)
+        x = x.repeat_interleave(starts, 0)  # (b * starts, P, 3)
+        st = torch.from_numpy(first[i:i + b].reshape(-1))
+        out[i:i + b] = fps(x, m, st).cpu().numpy().reshape(b, starts, m).astype(dtype)
+    return out
+
+
+class TrainSampler:
+    """Training batches from precomputed FPS candidates::
+
+        sampler = TrainSampler(data.train.points, 1024, cache_key=data.cache_key("train"))
+        x = sampler.batch(idx, proto, rng)   # == train_batch(...) up to the finite set of FPS starts
+
+    ``starts`` FPS runs of ``ceil(oversample * num_points)`` points per sample are computed once (on disk under
+    ``results/cache`` or ``$PEFT3D_CACHE`` when ``cache_key`` is given; keyed by the array's content, not by
+    ``device``). One-off cost on a CPU core ≈ N × starts / 150 s (PB-T50-RS, 8 starts: minutes; pass
+    ``device="cuda"`` when there is one)."""
+
+    def __init__(self, points: np.ndarray, num_points: int, starts: int = 8, oversample: float = 1.2,
+                 seed: int = 0, cache_key: str | None = None, cache_dir: str | None = None,
+                 device: str = "cpu") -> None:
+        from peft3d.datasets import cache
+        from peft3d.datasets.protocols import array_digest_full
+        from peft3d.errors import ConfigError
+
+        N, P, _ = points.shape
+        if num_points > P:
+            raise ConfigError(f"num_points={num_points} exceeds the {P} points stored per sample")
+        self.points, self.num_points = points, num_points
+        m = min(P, int(np.ceil(oversample * num_points)))
+        compute = lambda: fps_candidates(points, m, starts, seed, device=device)
+        if cache_key is None:
+            self.candidates = compute()
+        else:
+            digest = cache.key(FPS_BANK_VERSION, cache_key, array_digest_full(points), m, starts, seed)
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cache_key)[:60]
+            self.candidates = cache.cached(
+                f"trainfps-{safe}-{m}x{starts}-{digest[:24]}.npy", compute, cache_dir,
+                check=lambda a: a.shape == (N, starts, m) and (a.size == 0 or (a.min() >= 0 and a.max() < P)))
+
+    def batch(self, idx: np.ndarray, proto, rng: np.random.Generator) -> np.ndarray:
+        """Augmented ``(len(idx), num_points, 3)`` float32 for the training samples ``idx``."""
+        from peft3d.datasets.protocols import augment
+
+        B = len(idx)
+        cand = self.candidates[idx, rng.integers(0, self.candidates.shape[1], B)]  # (B, m)
+        keep = np.argsort(rng.random(cand.shape), axis=1)[:, :self.num_points]
+        sel = np.take_along_axis(cand, keep, axis=1).astype(np.int64)
+        p = np.take_along_axis(self.points[idx], sel[..., None], axis=1)
+        return augment(p, proto, rng)
