@@ -39,7 +39,7 @@ def clouds(n: int, p: int, c: int) -> tuple[np.ndarray, np.ndarray]:
 
 def write_scan(root: Path, variant: str = "pb_t50_rs", n=(30, 15), p=64, label_dtype="uint8", **over) -> Path:
     sub, pattern = scanobjectnn.LAYOUT[variant]
-    for split, count in zip(("training", "test"), n):
+    for split, count in zip(("training", "test"), n, strict=True):
         pts, lab = clouds(count, p, 15)
         data = over.get("data", pts) if split == "training" else pts
         label = over.get("label", lab) if split == "training" else lab

@@ -5,7 +5,6 @@ traceback reaches the user. Torch-free.
 """
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -62,14 +61,14 @@ def safe_unpickle(path: Path, fix: str) -> Any:
     """Load a pickle that may contain only numpy arrays and plain containers. Never runs foreign code:
     ``find_class`` admits the handful of numpy reconstructors above and nothing else."""
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror}); {fix}") from None
-    try:
-        obj = _ArraysOnly(io.BytesIO(data), path).load()
+        with open(path, "rb") as fh:  # streamed: the 2 GB Point-BERT cache is never held twice in memory
+            obj = _ArraysOnly(fh, path).load()
     except DataError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError, MemoryError) as e:
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror}); {fix}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError, KeyError,
+            MemoryError) as e:
         raise DataError(f"{path}: not a readable pickle ({type(e).__name__}: {e}); the file is truncated or "
                         f"corrupt — {fix}") from None
     _walk_check(obj, path)

@@ -135,9 +135,14 @@ def read_dat(path: Path, num_classes: int) -> Split:
     shapes = {np.shape(p) for p in pts}
     if len(shapes) > 1:
         raise DataError(f"{path}: shapes differ in point count {sorted(shapes)[:3]}...; not Point-BERT's cache — {f}")
-    points = as_points(np.stack([np.asarray(p) for p in pts]) if pts else np.zeros((0, 1, 3), np.float32),
-                       str(path), f)
+    shape = shapes.pop() if shapes else (1, 3)
+    if len(shape) != 2 or shape[1] < 3 or not all(isinstance(p, np.ndarray) and p.dtype.kind == "f" for p in pts):
+        raise DataError(f"{path}: each shape must be a float (P, 3+) array, got {shape}; not Point-BERT's cache — {f}")
+    points = np.empty((len(pts), shape[0], 3), np.float32)  # xyz only, filled in place: no 2 GB intermediate
+    for i, p in enumerate(pts):
+        points[i] = p[:, :3]
     labels = as_labels(np.asarray([np.asarray(x).reshape(-1)[0] for x in labs]), len(points), str(path), f)
+    del obj, pts
     check_values(points, labels, num_classes, str(path), f"the file is corrupt; {f}")
     return Split(unit_sphere(points), labels)
 
@@ -250,8 +255,10 @@ def read_txt_split(d: Path, split: str, names: list[str], cache_dir: str | None 
     name = f"modelnet40-txt-{split}-{key('v1', d.resolve(), ids, names, stats, TXT_POINTS)[:24]}.npy"
 
     def parse() -> np.ndarray:
-        return unit_sphere(np.stack([_parse_txt(p, f) for p in files]) if files
-                           else np.zeros((0, TXT_POINTS, 3), np.float32))
+        out = np.empty((len(files), TXT_POINTS, 3), np.float32)
+        for i, p in enumerate(files):
+            out[i] = _parse_txt(p, f)
+        return unit_sphere(out)
 
     points = cached(name, parse, cache_dir, check=lambda a: a.shape == (len(ids), TXT_POINTS, 3))
     check_values(points, labels, len(names), str(d / TXT_LIST.format(split=split)), f"the files are corrupt; {f}")
@@ -265,7 +272,7 @@ def write_txt(d: Path, train: Split, test: Split, names: list[str]) -> None:
     counters: dict[str, int] = {}
     for split, data in (("train", train), ("test", test)):
         ids = []
-        for p, y in zip(data.points, data.labels):
+        for p, y in zip(data.points, data.labels, strict=True):
             cls = names[int(y)]
             counters[cls] = counters.get(cls, 0) + 1
             sid = f"{cls}_{counters[cls]:04d}"

@@ -100,19 +100,20 @@ def fps_random(points: np.ndarray, num_points: int, rng: np.random.Generator, ov
 
 
 def fps_indices(points: np.ndarray, num_points: int, chunk: int = 256) -> np.ndarray:
-    """Deterministic FPS indices ``(N, num_points)`` (int32) of ``points (N, P, 3)``, in chunks of samples."""
+    """Deterministic FPS indices ``(N, num_points)`` (int32) of ``points (N, P, 3)`` starting at point 0, in chunks
+    of samples (:func:`peft3d.datasets.sampling.fps`, the CPU-fast equivalent of ``geometry.farthest_point_sample``)."""
     import torch  # lazily: grids validate protocol names without importing torch
 
-    from peft3d.models.geometry import farthest_point_sample
+    from peft3d.datasets.sampling import fps
 
     out = [np.zeros((0, num_points), np.int32)]
     for i in range(0, len(points), chunk):
         x = torch.from_numpy(np.ascontiguousarray(points[i:i + chunk], dtype=np.float32))
-        out.append(farthest_point_sample(x, num_points).numpy().astype(np.int32))
+        out.append(fps(x, num_points).numpy().astype(np.int32))
     return np.concatenate(out)
 
 
-FPS_VERSION = "fps-start0-v1"  # bump if farthest_point_sample changes, so old cache entries are not reused
+FPS_VERSION = "fps-start0-v2"  # bump when the FPS implementation changes, so old cache entries are not reused
 
 
 def eval_points(points: np.ndarray, num_points: int, proto: Protocol, chunk: int = 256, *,

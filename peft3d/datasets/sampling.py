@@ -87,7 +87,10 @@ class TrainSampler:
             raise ConfigError(f"num_points={num_points} exceeds the {P} points stored per sample")
         self.points, self.num_points = points, num_points
         m = min(P, int(np.ceil(oversample * num_points)))
-        compute = lambda: fps_candidates(points, m, starts, seed, device=device)
+
+        def compute() -> np.ndarray:
+            return fps_candidates(points, m, starts, seed, device=device)
+
         if cache_key is None:
             self.candidates = compute()
         else:

@@ -152,6 +152,6 @@ Point-BERT's DATASET.md (github.com/Julie-tang00/Point-BERT) describes the same 
         for path in files.values():
             shapes = h5_shapes(path, ("data", "label"), f"re-download it: {fix(variant, base)}")
             (dshape, _), (lshape, _) = shapes["data"], shapes["label"]
-            if len(dshape) != 3 or dshape[-1] != 3 or lshape[0] != dshape[0]:
+            if len(dshape) != 3 or dshape[-1] != 3 or not lshape or lshape[0] != dshape[0]:
                 raise DataError(f"{path}: data {dshape} / label {lshape} is not ScanObjectNN's (N, 2048, 3) / (N,); "
                                 f"{fix(variant, base)}")
