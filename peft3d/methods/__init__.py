@@ -19,6 +19,8 @@ register("full", "Full", "FullConfig", "every weight trains (reference)")
 register("prompt", "Prompt", "PromptConfig", "VPT-deep: P learnable tokens per block")
 register("adapter", "Adapter", "AdapterConfig", "AdaptFormer: bottleneck adapter parallel to each FFN")
 register("lora", "LoRA", "LoRAConfig", "Hugging Face peft LoRA on attention projections")
+register("any2point", "Any2Point", "Any2PointConfig",
+         "Any2Point: virtual-projection positional encoding + any-to-3D guided adapter in every block")
 
 
 def config_class(name: str):

@@ -1,0 +1,289 @@
+"""3D-to-any virtual projection (any2point.md §2): token centres -> positions in the backbone's own positional
+table (2D: pixels of M virtual views; 1D: positions on M lines), the averaged pretrained encoding, and the
+per-forward geometry the guided adapter reuses in every block (cells of each view, 3D voxels).
+
+Everything is batched over samples, views and tokens; the only Python loops run over the <= 4 interpolation
+corners and, at construction, over the <= 6 view matrices.
+
+2D, ``fixed``: camera on view axis k at ``camera_distance``; u = x/z, v = y/z; pixel (py, px) = (v, u) * f +
+canvas centre with f = half the canvas's longer side (square pixels; on DINOv2's 518 canvas this is exactly
+the released ``(u + 1) * 518 / 2 - 0.5``); clamped to the canvas; patch (i, j) has its centre at pixel
+``o + (i, j) * stride`` where the grid of patch centres is centred on the canvas (exact for DINOv2, DeiT and
+SSAST, whose patches tile the canvas); bilinear interpolation between the 4 nearest patch centres.
+2D cells: squares of ``cell_2d`` patches over the patch grid. 1D, ``fixed``: M distinct lines through the
+centroid (golden-spiral directions on the half sphere), min..max of each sample mapped to [0, L - 1], linear
+interpolation between the two nearest rows; segments of ``cell_1d`` rows.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from peft3d.backbones.base import PosTable
+from peft3d.errors import ConfigError
+
+# The released PCViews Euler angles (rx, ry, rz), R = Rx @ Ry @ Rz; optical axes +z, +x, -z, -x, -y, +y.
+VIEW_ANGLES = ((0.0, 0.0, math.pi / 2), (math.pi / 2, 0.0, math.pi / 2), (math.pi, 0.0, math.pi / 2),
+               (3 * math.pi / 2, 0.0, math.pi / 2), (0.0, -math.pi / 2, math.pi / 2), (0.0, math.pi / 2, math.pi / 2))
+MAX_KEY = 1 << 16  # voxel coordinates per axis packed into one int64 key
+
+
+def euler_matrix(rx: float, ry: float, rz: float) -> list[list[float]]:
+    cx, sx, cy, sy, cz, sz = math.cos(rx), math.sin(rx), math.cos(ry), math.sin(ry), math.cos(rz), math.sin(rz)
+    rot_x = [[1, 0, 0], [0, cx, -sx], [0, sx, cx]]
+    rot_y = [[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]]
+    rot_z = [[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]
+
+    def mul(a, b):
+        return [[sum(a[i][k] * b[k][j] for k in range(3)) for j in range(3)] for i in range(3)]
+
+    return mul(mul(rot_x, rot_y), rot_z)
+
+
+def view_rotations(m: int) -> torch.Tensor:
+    """``(m, 3, 3)``: the first ``m`` released cube views; a centre p is seen at ``R @ p``."""
+    if not 1 <= m <= len(VIEW_ANGLES):
+        raise ConfigError(f"any2point: the cube-face views are 1..6, got views={m}")
+    return torch.tensor([euler_matrix(*a) for a in VIEW_ANGLES[:m]], dtype=torch.float32)
+
+
+def spiral_lines(m: int) -> torch.Tensor:
+    """``(m, 3)`` distinct unit directions spread over the half sphere (golden spiral): M lines through the
+    centroid with evenly spread orientations (the paper's "uniformly distributed rotation angles")."""
+    k = torch.arange(m, dtype=torch.float64)
+    z = 1 - (k + 0.5) / m
+    r = (1 - z * z).sqrt()
+    phi = k * math.pi * (3 - math.sqrt(5))
+    return torch.stack([r * phi.cos(), r * phi.sin(), z], 1).float()
+
+
+def released_lines(direction: tuple[float, ...], m: int) -> torch.Tensor:
+    """``(m, 3)``: the released 1D lines, one direction d seen through each cube view: (R p) . d = p . (R^T d)."""
+    d = torch.tensor(direction, dtype=torch.float32)
+    return torch.einsum("mij,i->mj", view_rotations(m), d / d.norm())
+
+
+@dataclass
+class Geometry:
+    """What one forward's token centres give, shared by the positional encoding and every block.
+
+    ``coord``: per-view positions (1D ``(B, M, N)`` table rows; 2D ``(B, M, N, 2)`` pixels (py, px));
+    ``pe``: ``(B, N, D)``; ``cell``: ``(B, M, N)`` cell of each token in each view; ``same_cell``:
+    ``(B, M, N, N)``; ``group``: ``(B, M, N)`` compact id of (sample, view, cell) in ``[0, n_groups)``;
+    ``group_view`` / ``group_count``: view and token count of each group; ``view_rows``: ``(M,)`` rows each
+    view's cell BatchNorm counts (occupied cells, plus empty ones under ``bn_empty_cells``); ``voxel``:
+    ``(B, N)`` compact voxel ids with ``voxel_count``.
+    """
+
+    coord: torch.Tensor
+    pe: torch.Tensor
+    cell: torch.Tensor
+    same_cell: torch.Tensor
+    group: torch.Tensor
+    group_view: torch.Tensor
+    group_count: torch.Tensor
+    view_rows: torch.Tensor
+    voxel: torch.Tensor
+    voxel_count: torch.Tensor
+
+    @property
+    def n_groups(self) -> int:
+        return self.group_count.shape[0]
+
+    @property
+    def n_voxels(self) -> int:
+        return self.voxel_count.shape[0]
+
+
+class VirtualProjection(nn.Module):
+    """``forward(centres (B, N, 3)) -> (B, N, D)``: replaces ``PointModel.pos_embed``. The table is read from
+    the backbone's frozen buffer at every call (never copied, so loading weights later is seen)."""
+
+    def __init__(self, backbone: nn.Module, cfg: Any, flags: dict[str, bool], context: Any) -> None:
+        super().__init__()
+        self._backbone = [backbone]  # a list: not a submodule (the backbone is registered on the model)
+        self._context = [context]
+        self.cfg, self.flags, self.views = cfg, flags, cfg.views
+        table: PosTable = backbone.pos_table()
+        self.ndim = table.ndim
+        if self.ndim == 1:
+            self.length = table.table.shape[0]
+            self.n_cells = math.ceil(self.length / cfg.cell_1d)
+            lines = released_lines(cfg.line_dir, self.views) if flags["line_rotations"] else spiral_lines(self.views)
+            self.register_buffer("lines", lines, persistent=False)
+        elif self.ndim == 2:
+            self._init_2d(table)
+        else:
+            raise ConfigError(f"any2point: positional table must be 1D or 2D, got shape {tuple(table.table.shape)}")
+
+    def _init_2d(self, table: PosTable) -> None:
+        rows, cols = table.table.shape[:2]
+        if table.patch is None:
+            raise ConfigError("any2point: a 2D PosTable needs its patch stride")
+        self.stride = (float(table.patch[0]), float(table.patch[1]))
+        canvas = table.canvas or (rows * table.patch[0], cols * table.patch[1])
+        if self.flags["misshaped_grid"] and rows != cols:  # the flattened rows read as (cols x rows)
+            rows, cols = cols, rows
+            canvas = (rows * table.patch[0], cols * table.patch[1])
+        self.grid, self.canvas = (rows, cols), (float(canvas[0]), float(canvas[1]))
+        if self.flags["released_canvas"]:  # cells in pixels from the canvas origin
+            side = (self.cfg.cell_2d * self.stride[0], self.cfg.cell_2d * self.stride[1])
+            self.cells_hw = (math.ceil(self.canvas[0] / side[0]), math.ceil(self.canvas[1] / side[1]))
+        else:  # cells over the patch grid
+            self.cells_hw = tuple(math.ceil(n / self.cfg.cell_2d) for n in self.grid)
+        self.n_cells = self.cells_hw[0] * self.cells_hw[1]
+        self.register_buffer("rot", view_rotations(self.views), persistent=False)
+
+    # -- the table ----------------------------------------------------------------------------------------
+    def table(self) -> torch.Tensor:
+        """``(K, D)``: the backbone's table, rows flattened row-major (a 2D misshape needs no data move)."""
+        t = self._backbone[0].pos_table().table
+        return t.reshape(-1, t.shape[-1])
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def forward(self, centres: torch.Tensor) -> torch.Tensor:  # (B, N, 3) -> (B, N, D)
+        return self.geometry(centres).pe
+
+    def geometry(self, centres: torch.Tensor) -> Geometry:
+        """Computed once per forward and cached in the model's context (keyed by the centres tensor)."""
+        cache = self._context[0].cache
+        hit = cache.get("a2p")
+        if hit is not None and hit[0] is centres:
+            return hit[1]
+        with torch.no_grad():  # centres come from FPS: nothing upstream to differentiate
+            g = self._compute(centres.detach())
+        cache["a2p"] = (centres, g)
+        return g
+
+    def _compute(self, c: torch.Tensor) -> Geometry:
+        if self.ndim == 1:
+            coord, idx, w, cell = self._project_1d(c)
+        else:
+            coord, idx, w, cell = self._project_2d(c)
+        pe = self._sample(idx, w)
+        return self._groups(c, coord, pe, cell)
+
+    # -- 1D lines -----------------------------------------------------------------------------------------
+    def _project_1d(self, c: torch.Tensor):
+        L, f = self.length, self.flags
+        s = torch.einsum("bnk,mk->bmn", c - c.mean(1, keepdim=True), self.lines)  # (B, M, N)
+        lo, hi = s.amin(-1, keepdim=True), s.amax(-1, keepdim=True)
+        sn = (s - lo) / (hi - lo).clamp_min(1e-12)  # per sample and line: [0, 1]
+        pos = torch.remainder(sn * L - 0.5, L) if f["wrap"] else sn * (L - 1)
+        x = pos * (L - 1) / (pos.amax() - pos.amin()).clamp_min(1e-12) if f["batch_rescale"] else pos
+        if f["lerp_quirk"]:  # released: floor/ceil, clamped, weights (ceil - x, x - floor)
+            i0, i1 = x.floor().clamp(0, L - 1), x.ceil().clamp(0, L - 1)
+            w = torch.stack([i1 - x, x - i0], -1)
+        else:
+            i0 = x.floor().clamp(0, max(L - 2, 0))
+            i1 = (i0 + 1).clamp(max=L - 1)
+            frac = (x - i0).clamp(0, 1)
+            w = torch.stack([1 - frac, frac], -1)
+        idx = torch.stack([i0, i1], -1).long()  # (B, M, N, 2)
+        cell = (pos / self.cfg.cell_1d).floor().long().clamp(0, self.n_cells - 1)
+        return pos, idx, w, cell
+
+    # -- 2D views -----------------------------------------------------------------------------------------
+    def _project_2d(self, c: torch.Tensor):
+        f, (H, W), (gh, gw) = self.flags, self.canvas, self.grid
+        p = torch.einsum("mij,bnj->bmni", self.rot, c)  # (B, M, N, 3): R @ p per view
+        z = p[..., 2] + self.cfg.camera_distance
+        if f["released_canvas"]:
+            u, v = p[..., 0] / (z + 1e-12), p[..., 1] / (z + 1e-12)
+            px, py = (u + 1) * W / 2 - 0.5, (v * H / W + 1) * H / 2 - 0.5
+        else:
+            z = z.clamp_min(1e-3)  # at or behind the camera: onto the canvas edge, not mirrored
+            half = max(H, W) / 2
+            px, py = p[..., 0] / z * half + (W - 1) / 2, p[..., 1] / z * half + (H - 1) / 2
+        if f["wrap"]:
+            px, py = torch.remainder(px, W), torch.remainder(py, H)
+        else:
+            px, py = px.clamp(0, W - 1), py.clamp(0, H - 1)
+        sy, sx = self.stride
+        if f["released_canvas"]:  # grid_sample(align_corners=True) over the pixel range
+            gx, gy = px * (gw - 1) / max(W - 1, 1), py * (gh - 1) / max(H - 1, 1)
+            cx = (px / (self.cfg.cell_2d * sx)).floor()
+            cy = (py / (self.cfg.cell_2d * sy)).floor()
+        else:
+            gx = (px - (W - (gw - 1) * sx - 1) / 2) / sx
+            gy = (py - (H - (gh - 1) * sy - 1) / 2) / sy
+            cx = ((gx.clamp(-0.5, gw - 0.5) + 0.5) / self.cfg.cell_2d).floor()
+            cy = ((gy.clamp(-0.5, gh - 0.5) + 0.5) / self.cfg.cell_2d).floor()
+            gx, gy = gx.clamp(0, gw - 1), gy.clamp(0, gh - 1)
+        ch, cw = self.cells_hw
+        cell = cy.long().clamp(0, ch - 1) * cw + cx.long().clamp(0, cw - 1)
+        idx, w = bilinear_corners(gy, gx, gh, gw)
+        return torch.stack([py, px], -1), idx, w, cell
+
+    # -- sampling the table -------------------------------------------------------------------------------
+    def _sample(self, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``idx, w (B, M, N, C)`` rows of the flattened table and their weights -> ``(B, N, D)``."""
+        table = self.table()
+        B, M, N, C = idx.shape
+        if self.ndim == 2 and self.flags["scrambled_pe"]:
+            per_view = sum(w[..., k, None] * table[idx[..., k]] for k in range(C))  # (B, M, N, D)
+            return scramble(per_view).mean(1)
+        # Mean over views and corners as one sparse (B, N, K) weight matrix: a single matmul with the table.
+        weights = torch.zeros(B, N, table.shape[0], dtype=table.dtype, device=table.device)
+        weights.scatter_add_(2, idx.permute(0, 2, 1, 3).reshape(B, N, M * C),
+                             (w / M).to(table.dtype).permute(0, 2, 1, 3).reshape(B, N, M * C))
+        return weights @ table
+
+    def view_pe(self, centres: torch.Tensor) -> torch.Tensor:
+        """``(B, M, N, D)``: each view's own (un-scrambled) encoding of each token — for tests and analysis."""
+        c = centres.detach()
+        _, idx, w, _ = self._project_1d(c) if self.ndim == 1 else self._project_2d(c)
+        table = self.table()
+        return sum(w[..., k, None] * table[idx[..., k]] for k in range(idx.shape[-1]))
+
+    # -- cells and voxels ---------------------------------------------------------------------------------
+    def _groups(self, c: torch.Tensor, coord: torch.Tensor, pe: torch.Tensor, cell: torch.Tensor) -> Geometry:
+        B, M, N = cell.shape
+        dev = cell.device
+        key = (torch.arange(B, device=dev).view(B, 1, 1) * M + torch.arange(M, device=dev).view(1, M, 1)) \
+            * self.n_cells + cell
+        uniq, group, count = torch.unique(key.flatten(), return_inverse=True, return_counts=True)
+        group_view = torch.div(uniq, self.n_cells, rounding_mode="floor") % M
+        rows = torch.bincount(group_view, minlength=M).to(pe.dtype)
+        if self.flags["bn_empty_cells"]:
+            rows = torch.full_like(rows, float(B * self.n_cells))
+        voxel, voxel_count = voxelise(c, self.cfg.voxel)
+        return Geometry(coord=coord, pe=pe, cell=cell, same_cell=cell.unsqueeze(-1) == cell.unsqueeze(-2),
+                        group=group.view(B, M, N), group_view=group_view, group_count=count.to(pe.dtype),
+                        view_rows=rows, voxel=voxel, voxel_count=voxel_count.to(pe.dtype))
+
+
+def bilinear_corners(gy: torch.Tensor, gx: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4 table rows around continuous grid positions and their bilinear weights, ``(..., 4)`` each;
+    corners outside the grid get weight 0 (grid_sample's zero padding)."""
+    y0, x0 = gy.floor(), gx.floor()
+    fy, fx = gy - y0, gx - x0
+    idx, w = [], []
+    for dy, dx, wk in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        yy, xx = y0 + dy, x0 + dx
+        inside = (yy >= 0) & (yy <= rows - 1) & (xx >= 0) & (xx <= cols - 1)
+        idx.append(torch.where(inside, yy * cols + xx, torch.zeros_like(yy)))
+        w.append(torch.where(inside, wk, torch.zeros_like(wk)))
+    return torch.stack(idx, -1).long(), torch.stack(w, -1)
+
+
+def scramble(per_view: torch.Tensor) -> torch.Tensor:
+    """The released 2D reshape (any2point.md §2.1): grid_sample gives ``[B*M, D, N(, 1)]`` and is reshaped to
+    ``[B, M, N, D]`` without a permute. ``per_view (B, M, N, D)`` is the correct per-token layout."""
+    B, M, N, D = per_view.shape
+    return per_view.permute(0, 1, 3, 2).reshape(B, M, N, D)
+
+
+def voxelise(c: torch.Tensor, size: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample voxel grid (torch_geometric ``voxel_grid`` with coordinates minus the sample's minimum):
+    ``(B, N)`` compact voxel ids over the whole batch and the token count of each voxel."""
+    B, N, _ = c.shape
+    v = ((c - c.amin(1, keepdim=True)) / size).floor().long().clamp(0, MAX_KEY - 1)  # (B, N, 3)
+    b = torch.arange(B, device=c.device).view(B, 1)
+    key = ((b * MAX_KEY + v[..., 0]) * MAX_KEY + v[..., 1]) * MAX_KEY + v[..., 2]
+    _, inv, count = torch.unique(key.flatten(), return_inverse=True, return_counts=True)
+    return inv.view(B, N), count
