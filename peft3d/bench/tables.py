@@ -1,5 +1,11 @@
 """Tables built only from result JSONs. A failed or missing cell is an explicit blank with its reason,
-never a number. Accuracies are overall accuracy on the official test set at the best-validation epoch."""
+never a number. Accuracies are overall accuracy on the official test set at the best-validation epoch.
+
+The default table (what ``bench run`` prints) is the method table plus per-cell statistics (mean ± std,
+95% bootstrap CI, the test set's binomial SE), paired comparisons between methods on the same backbone ×
+dataset and a Friedman test across cells (:mod:`peft3d.bench.stats`). Paper layouts live in
+:mod:`peft3d.bench.layouts`.
+"""
 from __future__ import annotations
 
 import math
@@ -8,13 +14,30 @@ from typing import Any
 
 import pandas as pd
 
+from peft3d.bench import stats
 from peft3d.bench.results import atomic_write_text, load_results
 from peft3d.spec import RunSpec
 
 RUN_COLUMNS = ["run_id", "backbone", "weights", "method", "preset", "dataset", "seed", "status", "error",
                "test_acc", "val_acc", "test_acc_best_test", "test_acc_last", "selected_epoch", "n_test",
                "params_method", "params_trainable_excl_head", "params_trainable", "params_total", "time_s",
-               "step_ms", "pretrain_modality"]
+               "step_ms", "pretrain_modality", "modality"]
+
+
+def _registry_modality(backbone: str) -> str | None:
+    try:
+        from peft3d.backbones import BACKBONES
+
+        return BACKBONES.meta(backbone).get("pretrain")
+    except Exception:  # an unknown name (e.g. a result from another checkout): the result is the source
+        return None
+
+
+def effective_modality(pretrain: str | None, weights: str) -> str:
+    """The modality a run actually transfers from: a randomly initialised backbone transfers none."""
+    if weights == "random":
+        return "none (random init)"
+    return pretrain or "unknown"
 
 
 def runs_frame(specs: list[RunSpec], root: Path) -> pd.DataFrame:
@@ -34,9 +57,10 @@ def runs_frame(specs: list[RunSpec], root: Path) -> pd.DataFrame:
             "params_method": p.get("method"), "params_trainable_excl_head": p.get("trainable_excluding_head"),
             "params_trainable": p.get("trainable"), "params_total": p.get("total"),
             "time_s": (r.get("time") or {}).get("total_s"), "step_ms": (r.get("time") or {}).get("step_ms"),
-            "pretrain_modality": (r.get("backbone") or {}).get("pretrain_modality"),
+            "pretrain_modality": (r.get("backbone") or {}).get("pretrain_modality") or _registry_modality(s.backbone),
         })
-    df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    df = pd.DataFrame(rows, columns=[c for c in RUN_COLUMNS if c != "modality"])
+    df["modality"] = [effective_modality(p, w) for p, w in zip(df["pretrain_modality"], df["weights"], strict=True)]
     ok = df["status"] == "success"
     for c in ("test_acc", "val_acc", "test_acc_best_test", "test_acc_last"):
         df[c] = pd.to_numeric(df[c].where(ok), errors="coerce")  # failed runs never carry numbers
@@ -47,25 +71,134 @@ CELL_KEYS = ["backbone", "weights", "dataset", "method"]
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds per (backbone, weights, dataset, method), in accuracy points (%)."""
+    """Per (backbone, weights, dataset, method), in accuracy points (%): mean ± std over seeds, the 95%
+    bootstrap CI of the mean, the test set's binomial SE at the mean accuracy, optimistic and last-epoch means,
+    and parameter counts."""
     rows = []
     for key, g in df.groupby(CELL_KEYS, sort=False, dropna=False):
         ok = g[g["status"] == "success"]
-        acc = ok["test_acc"].astype(float) * 100
+        acc = (ok["test_acc"].astype(float) * 100).tolist()
         reason = None
         if ok.empty:
             bad = g[g["status"] != "success"]
             reason = str(bad["error"].dropna().iloc[0]) if bad["error"].notna().any() else "missing"
-        rows.append(dict(zip(CELL_KEYS, key), n=len(ok), n_expected=len(g),
-                         mean=acc.mean() if len(ok) else math.nan,
-                         std=acc.std(ddof=1) if len(ok) > 1 else math.nan,
+        mean, std = stats.mean_std(acc)
+        lo, hi = stats.bootstrap_ci(acc)
+        n_test = ok["n_test"].max() if len(ok) else math.nan
+        first = g.iloc[0]
+        rows.append(dict(zip(CELL_KEYS, key, strict=True), n=len(ok), n_expected=len(g), mean=mean, std=std, ci_low=lo,
+                         ci_high=hi, binom_se=100 * stats.binomial_se(mean / 100, n_test) if len(ok) else math.nan,
                          best_test_mean=(ok["test_acc_best_test"].astype(float) * 100).mean() if len(ok) else math.nan,
                          last_mean=(ok["test_acc_last"].astype(float) * 100).mean() if len(ok) else math.nan,
-                         n_test=ok["n_test"].max() if len(ok) else math.nan,
+                         n_test=n_test,
                          params=ok["params_trainable_excl_head"].max() if len(ok) else math.nan,
                          params_method=ok["params_method"].max() if len(ok) else math.nan,
-                         reason=reason))
+                         params_trainable=ok["params_trainable"].max() if len(ok) else math.nan,
+                         modality=first.get("modality"), reason=reason))
     return pd.DataFrame(rows)
+
+
+def default_versus(methods: list[str]) -> str | None:
+    """The method the others are compared with: Any2Point when present, else the linear probe, else the first."""
+    for m in ("any2point", "linear"):
+        if m in methods:
+            return m
+    return methods[0] if methods else None
+
+
+def paired_frame(df: pd.DataFrame, versus: str | None = None) -> pd.DataFrame:
+    """Each method vs ``versus`` on the same backbone × weights × dataset, paired by seed (successful pairs only).
+    Accuracy points; ``delta`` = method − versus."""
+    methods = list(dict.fromkeys(df["method"]))
+    versus = versus or default_versus(methods)
+    ok = df[df["status"] == "success"]
+    rows = []
+    for key, g in ok.groupby(["backbone", "weights", "dataset"], sort=False):
+        wide = g.pivot_table(index="seed", columns="method", values="test_acc", aggfunc="first") * 100
+        if versus not in wide:
+            continue
+        for m in [m for m in methods if m != versus and m in wide]:
+            pair = wide[[m, versus]].dropna()
+            r = stats.paired_compare(pair[m].to_numpy(), pair[versus].to_numpy())
+            rows.append(dict(zip(["backbone", "weights", "dataset"], key, strict=True), method=m, versus=versus,
+                             n_pairs=r.n,
+                             delta=r.mean_diff, p_permutation=r.p_permutation, p_wilcoxon=r.p_wilcoxon,
+                             prob_improvement=r.prob_improvement))
+    return pd.DataFrame(rows, columns=["backbone", "weights", "dataset", "method", "versus", "n_pairs", "delta",
+                                       "p_permutation", "p_wilcoxon", "prob_improvement"])
+
+
+def friedman_of(summary: pd.DataFrame) -> stats.Friedman:
+    """Friedman test over cells (backbone × weights × dataset) with methods as treatments (cell means)."""
+    matrix = summary.pivot_table(index=["backbone", "weights", "dataset"], columns="method", values="mean",
+                                 aggfunc="first", sort=False)
+    return stats.friedman(matrix.reindex(columns=list(dict.fromkeys(summary["method"]))))
+
+
+def md(frame: pd.DataFrame) -> str:
+    """Markdown of display strings as they are (tabulate would re-parse "10.0" as the number 10)."""
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def _num(x: Any, fmt: str = ".1f") -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _signed(x: Any) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.1f}".replace("-", "−")
+
+
+def stats_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per-cell statistics, long form, display strings."""
+    ok = summary[summary["n"] > 0]
+    return pd.DataFrame({
+        "backbone": ok["backbone"], "weights": ok["weights"], "dataset": ok["dataset"], "method": ok["method"],
+        "n": [f"{n}/{e}" for n, e in zip(ok["n"], ok["n_expected"], strict=True)],
+        "mean ± std": [_num(m) + (f" ± {s:.1f}" if not math.isnan(s) else "")
+                       for m, s in zip(ok["mean"], ok["std"], strict=True)],
+        "95% CI": [f"[{lo:.1f}, {hi:.1f}]" if not math.isnan(lo) else "— (n<2)" for lo, hi in
+                   zip(ok["ci_low"], ok["ci_high"], strict=True)],
+        "binom. SE": ok["binom_se"].map(_num), "best-on-test†": ok["best_test_mean"].map(_num),
+        "last epoch": ok["last_mean"].map(_num)})
+
+
+def _p(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.3f}" if x >= 0.001 else "<0.001"
+
+
+def _peq(x: float) -> str:
+    return "< 0.001" if x < 0.001 else f"= {_p(x)}"
+
+
+def paired_markdown(df: pd.DataFrame, versus: str | None = None) -> list[str]:
+    pf = paired_frame(df, versus)
+    versus = versus or default_versus(list(dict.fromkeys(df["method"])))
+    head = f"### Paired comparisons vs {versus} (same backbone × weights × dataset, paired by seed)"
+    usable = pf[pf["n_pairs"] >= 2]
+    if usable.empty:
+        most = int(pf["n_pairs"].max()) if len(pf) else 0
+        return [head, "", f"Not computed: paired tests need ≥ 2 seeds with results for both methods "
+                          f"(at most {most} here)."]
+    t = pd.DataFrame({"backbone": usable["backbone"], "weights": usable["weights"], "dataset": usable["dataset"],
+                      "method": usable["method"], "pairs": usable["n_pairs"], "Δ (pt)": usable["delta"].map(_signed),
+                      "p (permutation)": usable["p_permutation"].map(_p), "p (Wilcoxon)": usable["p_wilcoxon"].map(_p),
+                      "P(improvement)": usable["prob_improvement"].map(lambda x: _num(x, ".2f"))})
+    return [head, "", md(t), "",
+            "Δ = method − " + str(versus) + ". Two-sided paired permutation test (sign flips, exact for few seeds: "
+            "with 3 seeds p ≥ 0.25) and Wilcoxon signed-rank test; P(improvement) = P(method run > "
+            f"{versus} run) (Mann-Whitney U / n·m)."]
+
+
+def friedman_markdown(summary: pd.DataFrame) -> list[str]:
+    f = friedman_of(summary)
+    head = "### Friedman test across cells"
+    if f.note:
+        return [head, "", f"Not computed: {f.note}."]
+    ranks = ", ".join(f"{m} {r:.2f}" for m, r in f.avg_ranks.items())
+    return [head, "", f"{f.k} methods over {f.n_cells} complete cells (backbone × weights × dataset): "
+            f"χ² = {f.statistic:.2f}, p {_peq(f.pvalue)}. Average ranks (1 = best): {ranks}. "
+            f"Nemenyi critical difference at α = {f.alpha}: {f.cd:.2f} (from scipy.stats.studentized_range; "
+            "scipy has no Nemenyi test)."]
 
 
 def fmt_cell(row: pd.Series) -> str:
@@ -86,6 +219,8 @@ def _short(reason: Any, n: int = 60) -> str:
 def fmt_params(x: float) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
+    if x == 0:
+        return "0"
     return f"{x / 1e6:.2f}M" if x >= 1e5 else f"{x / 1e3:.1f}k"
 
 
@@ -115,15 +250,21 @@ def noise_floor(summary: pd.DataFrame) -> str:
             f"differences smaller than ~2 SE ({2 * se:.1f} pt) are not evidence.")
 
 
-def render_markdown(grid: str, df: pd.DataFrame) -> str:
+def render_markdown(grid: str, df: pd.DataFrame, versus: str | None = None) -> str:
     summary = summarize(df)
     n_ok, n_all = int((df["status"] == "success").sum()), len(df)
     parts = [f"# {grid}: test accuracy (%)", "",
              "Overall accuracy on the test set at the epoch with the best validation accuracy; mean ± std "
              "over seeds (n = successful/expected runs).", "",
              method_table(summary).to_markdown(index=False), "", noise_floor(summary), "",
-             "## Trainable parameters (excluding the head)", "", params_table(summary).to_markdown(index=False), "",
-             f"{n_ok}/{n_all} runs succeeded."]
+             "## Trainable parameters (excluding the head)", "", params_table(summary).to_markdown(index=False), ""]
+    if (summary["n"] > 0).any():
+        parts += ["## Statistics", "", md(stats_table(summary)), "",
+                  "95% CI: percentile bootstrap of the mean over seeds (scipy.stats.bootstrap). binom. SE: the "
+                  "test set's own sampling noise, sqrt(p(1−p)/n_test). † best-on-test is optimistic (epoch "
+                  "selected on test, as papers do) and never the headline.", "",
+                  *paired_markdown(df, versus), "", *friedman_markdown(summary), ""]
+    parts.append(f"{n_ok}/{n_all} runs succeeded.")
     failed = df[df["status"] != "success"]
     if len(failed):
         parts += ["", "## Not in the table", ""]
