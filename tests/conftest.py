@@ -1,7 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PEFT3D_CACHE", tempfile.mkdtemp(prefix="peft3d-test-cache-"))  # never the repo's results/
 os.environ.setdefault("MLFLOW_TRACKING_URI", "")  # tests pass explicit results dirs / URIs
 if not os.environ["MLFLOW_TRACKING_URI"]:
     del os.environ["MLFLOW_TRACKING_URI"]

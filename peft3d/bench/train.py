@@ -16,7 +16,8 @@ from peft3d.bench.environment import environment
 from peft3d.bench.results import SCHEMA
 from peft3d.datasets import DATASETS, split_name
 from peft3d.datasets.base import PointCloudData
-from peft3d.datasets.protocols import eval_points, get_protocol, train_batch
+from peft3d.datasets.protocols import eval_points, get_protocol
+from peft3d.datasets.sampling import TrainSampler
 from peft3d.models.build import build_model
 from peft3d.models.model import param_groups
 from peft3d.spec import RunSpec
@@ -113,6 +114,9 @@ def train_run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]
     # Deterministic evaluation inputs, computed once per dataset and cached on disk (keyed by content).
     val_x = eval_points(data.val.points, spec.num_points, proto, cache_key=data.cache_key("val"))
     test_x = eval_points(data.test.points, spec.num_points, proto, cache_key=data.cache_key("test"))
+    # Training inputs: FPS candidate sets (8 random starts per sample, 1.2x oversampled, cached on disk), then a
+    # random num_points of one of them per step -- the Point-BERT/Any2Point recipe without per-step CPU FPS.
+    sampler = TrainSampler(data.train.points, spec.num_points, cache_key=data.cache_key("train"))
     model, method = build_model(spec, data.num_classes, device=device)
     model.to(device)
     params = param_groups(model, method.prefix)
@@ -132,7 +136,7 @@ def train_run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]
         order = rng.permutation(n)
         for s in range(steps_per_epoch):
             idx = np.sort(order[s * b.batch_size:(s + 1) * b.batch_size])
-            x = torch.from_numpy(train_batch(data.train.points[idx], spec.num_points, proto, rng)).to(device)
+            x = torch.from_numpy(sampler.batch(idx, proto, rng)).to(device)
             y = torch.from_numpy(data.train.labels[idx]).to(device)
             logits = model(x)
             loss = loss_fn(logits, y)
