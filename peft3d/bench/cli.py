@@ -41,12 +41,17 @@ def ls(what: str = typer.Argument(..., help="backbones | methods | datasets | gr
     from rich.console import Console
     from rich.table import Table
 
+    from peft3d.bench.listing import JSON_ONLY
+
     table = Table(title=what)
-    for col in rows[0] if rows else ["name"]:
-        table.add_column(col)
+    cols = [c for c in (rows[0] if rows else ["name"]) if c not in JSON_ONLY]
+    for col in cols:
+        table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(*[str(v) for v in r.values()])
+        table.add_row(*[str(r[c]) for c in cols])
     Console().print(table)
+    if any(c in JSON_ONLY for c in (rows[0] if rows else [])):
+        Console().print("(--json adds where each backbone's weights were looked for)")
 
 
 def _mount() -> None:

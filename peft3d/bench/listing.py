@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
+# Columns that only ``--json`` shows (too long for a terminal table).
+JSON_ONLY = {"looked_in"}
 
-def _weights_status(name: str) -> str:
+
+def _weights_status(name: str) -> tuple[str, str]:
     from peft3d.backbones import sources
 
-    fn = getattr(sources, "weights_available", None)
-    if fn is None:
-        return "?"
-    ok, where = fn(name)
-    return "yes" if ok else f"no ({where})"
+    ok, where = sources.weights_available(name)
+    return ("yes" if ok else "no"), where
 
 
 def rows(what: str) -> list[dict[str, Any]]:
@@ -21,10 +21,11 @@ def rows(what: str) -> list[dict[str, Any]]:
         out = []
         for n in BACKBONES.names():
             m = BACKBONES.meta(n)
+            here, where = _weights_status(n)
             out.append({"name": n, "modality": m.get("modality"), "pretrain": m.get("pretrain"),
                         "size": f"{m.get('width')}×{m.get('depth')}",
                         "block_params": f"{m['params'] / 1e6:.1f}M" if m.get("params") else "tiny",
-                        "source": m.get("source"), "weights_here": _weights_status(n)})
+                        "source": m.get("source"), "weights_here": here, "looked_in": where})
         return out
     if what == "methods":
         from peft3d.methods import METHODS
