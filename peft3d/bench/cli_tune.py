@@ -1,0 +1,77 @@
+"""``bench tune``: equal-budget Optuna search per cell, then the best configuration on the grid's seeds
+(:mod:`peft3d.bench.tune`)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from peft3d.bench.cli import app, fail
+from peft3d.bench.commands import GridOpt, ResultsOpt, _check_roots, _roots, _seeds
+
+
+def _sigterm_as_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt  # `kill PID` cleans up like Ctrl-C (trial marked interrupted, MLflow runs KILLED)
+
+
+@app.command("tune")
+def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", help="Optuna trials per cell: the "
+                                                        "same for every method (equal budgets)"),
+         results: Optional[Path] = ResultsOpt,
+         storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL "
+                                               "(default sqlite:///<results>/optuna.db)"),
+         jobs: int = typer.Option(1, "--jobs", "-j", help="tuned runs in parallel (trials run one at a time)"),
+         pruner: str = typer.Option("median", "--pruner", help="median | none"),
+         seeds: Optional[str] = typer.Option(None, "--seeds", help="override the grid's seeds (first = tuning seed)"),
+         data_root: Optional[list[str]] = typer.Option(None, "--data-root", help="FAMILY=PATH"),
+         device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N"),
+         tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow backend URI"),
+         no_mlflow: bool = typer.Option(False, "--no-mlflow", help="no MLflow runs"),
+         dry_run: bool = typer.Option(False, "--dry-run", help="list the studies")) -> None:
+    """Tune every backbone × dataset × method cell with the same number of Optuna trials (validation metric,
+    pruning on the validation curve), then run the best configuration of each on the grid's seeds.
+    Resumable: re-run the same command after an interruption."""
+    from peft3d.bench.grids import expand
+    from peft3d.bench.results import results_dir
+    from peft3d.bench.tables import runs_frame, write_tables
+    from peft3d.bench.tracking import tracking_uri as default_uri
+    from peft3d.bench.tune import TuneOptions, Tuner, cells_of, storage_url, tuned_specs
+
+    specs = expand(grid, _seeds(seeds), _roots(data_root), device)
+    _check_roots(specs)
+    root = results_dir(results)
+    name = Path(grid).stem
+    if dry_run:
+        for c in cells_of(specs, name):
+            typer.echo(f"  {c.study_name}  ({len(c.specs)} seeds)")
+        return
+    if pruner not in ("median", "none"):
+        fail(f"--pruner must be 'median' or 'none', got {pruner!r}")
+    os.environ.setdefault("PEFT3D_CACHE", str(root / "cache"))  # one evaluation FPS cache for every study
+    opts = TuneOptions(n_trials=trials, storage=storage_url(root, storage), pruner=pruner, jobs=max(1, jobs),
+                       mlflow_uri=None if no_mlflow else default_uri(root, tracking_uri))
+    t0 = time.time()
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    tuner = Tuner(name, specs, root, opts, echo=typer.echo)
+    typer.echo(f"grid {name}: {len(tuner.cells)} studies × {trials} trials → {root} (storage {opts.storage})")
+    try:
+        manifest = tuner.run()
+    except KeyboardInterrupt:
+        typer.secho("interrupted: the running trial is marked interrupted (not counted); re-run the same command "
+                    "to resume", fg="yellow", err=True)
+        raise typer.Exit(130) from None
+    tuned = tuned_specs(name, root)
+    df = runs_frame(tuned, root)
+    md_path, _, md = write_tables(f"{name}.tuned", df, root)
+    typer.echo(md)
+    typer.echo(f"equal budget: {manifest['n_trials']} trials per study in all {len(manifest['studies'])} studies"
+               if manifest["equal_budget"] else "WARNING: studies have different trial counts (see the manifest)")
+    typer.echo(f"wrote {md_path}; manifest {root / 'tune' / (name + '.json')}; wall time {time.time() - t0:.0f} s")
+    n_bad = int((df["status"] != "success").sum())
+    if n_bad:
+        typer.secho(f"{n_bad} tuned run(s) did not succeed; re-run to retry them", fg="yellow", err=True)
+        raise typer.Exit(1)

@@ -1,0 +1,603 @@
+"""``bench tune``: an Optuna study per backbone × weights × dataset × method cell, the same trial budget for every
+method, then the best configuration on the grid's seeds as ordinary runs (protocol.md "Equal budgets").
+
+- Search space: the learning rate (log-uniform, the grid's lr ÷/× 10) and weight decay (log-uniform 1e-4-0.1),
+  the same for every method, plus the method's own knobs (``MethodConfig.search_space``). Objective: the best
+  validation accuracy of the run (the epoch selection of protocol.md); the test set is never looked at.
+- A trial is an ordinary training run (a RunSpec with the trial's ``method_cfg``, ``lr`` and ``weight_decay``,
+  at the grid's first seed) executed in its own worker process (:func:`peft3d.bench.runner.run_specs`); its
+  result JSON goes to ``results/tune/<study>/runs/``, never among the grid's runs.
+- Pruning is live: every ``@progress`` line's validation accuracy is reported to the study
+  (``MedianPruner``); a pruned trial's process is terminated at once.
+- Equal budgets: every study of the grid gets exactly N counted trials. Counted = COMPLETE + PRUNED + FAIL (a
+  failure, e.g. a diverging learning rate, spends the budget as it would for a human tuner); trials cut short by
+  an interruption (Ctrl-C, kill) are marked FAIL with ``peft3d.interrupted`` and are not counted — their
+  parameters are queued again, so the resumed study sees the same budget. N, the counting rule, the space, the
+  sampler and the pruner are recorded in each study's user attributes, in ``results/tune/<grid>.json`` and in
+  the ``tuning`` block of every tuned result.
+- The tuned runs differ from the grid's only by ``method_cfg`` and ``budget``, so they get their own run ids in
+  ``results/runs/``; their table is ``results/tables/<grid>.tuned.md`` (``bench table --tuned``).
+- MLflow (experiment ``peft3d/<grid>/tune``): a parent run per study, a nested run per trial, created with the
+  client and explicit run ids (trials run in other processes, so no fluent active-run state). Runs carry their
+  owner (host:pid:start time); on start, RUNNING runs and trials whose owner process is gone are marked
+  KILLED / FAIL, so an interrupted tune never leaves RUNNING runs behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from peft3d.bench.results import atomic_write_text, failure_result, read_result, succeeded, write_result
+from peft3d.errors import ConfigError
+from peft3d.spec import RunSpec
+
+WD_RANGE = (1e-4, 0.1)
+LR_FACTOR = 10.0
+COUNTING_RULE = ("counted = COMPLETE + PRUNED + FAIL; trials interrupted by Ctrl-C or a kill are FAIL with "
+                 "peft3d.interrupted and not counted (their parameters are queued again)")
+Echo = Callable[[str], None]
+
+
+# ------------------------------------------------------------------------------------------- owners
+
+def _proc_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a live owner from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_token(pid: int | None = None) -> str:
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}/{pid}/{_proc_start(pid) or '?'}"
+
+
+def owner_alive(token: str | None) -> bool:
+    """False when the owner process is certainly gone (same host, pid dead or reused); True otherwise."""
+    try:
+        host, pid_s, start = str(token).rsplit("/", 2)
+        pid = int(pid_s)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return True  # another machine's process: not ours to declare dead
+    now = _proc_start(pid)
+    if now is not None:
+        return now == start
+    try:  # no /proc: fall back to "does the pid exist"
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ------------------------------------------------------------------------------------------- cells and space
+
+@dataclass
+class Cell:
+    """One backbone × weights × dataset × method cell: its grid specs (one per seed) and its study."""
+
+    specs: list[RunSpec]
+    grid: str
+
+    @property
+    def base(self) -> RunSpec:
+        return self.specs[0]  # tuning runs at the grid's first seed
+
+    @property
+    def study_name(self) -> str:
+        b = self.base
+        ident = b.identity()
+        ident.pop("seed")
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+        preset = f"/{b.preset}" if b.preset else ""
+        return f"{self.grid}/{b.backbone}[{b.weights}]/{b.dataset}:{b.variant}/{b.method}{preset}/{digest}"
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.study_name)
+
+
+def cells_of(specs: list[RunSpec], grid: str) -> list[Cell]:
+    groups: dict[str, list[RunSpec]] = {}
+    for s in specs:
+        ident = s.identity()
+        ident.pop("seed")
+        groups.setdefault(json.dumps(ident, sort_keys=True), []).append(s)
+    return [Cell(sorted(g, key=lambda s: s.seed), grid) for g in groups.values()]
+
+
+def space_description(base: RunSpec) -> dict[str, Any]:
+    b = base.budget
+    return {"lr": f"log-uniform [{b.lr / LR_FACTOR:.3g}, {b.lr * LR_FACTOR:.3g}]",
+            "weight_decay": f"log-uniform [{WD_RANGE[0]:g}, {WD_RANGE[1]:g}]",
+            "method": f"{base.method} config search_space()"}
+
+
+def suggest(trial: Any, base: RunSpec) -> RunSpec:
+    """The trial's RunSpec: the cell's spec with the sampled lr, weight decay and method knobs."""
+    from peft3d.methods import config_class
+
+    lr = trial.suggest_float("lr", base.budget.lr / LR_FACTOR, base.budget.lr * LR_FACTOR, log=True)
+    wd = trial.suggest_float("weight_decay", *WD_RANGE, log=True)
+    cls = config_class(base.method)
+    knobs = cls.search_space(trial)
+    cfg = cls.resolve({**dict(base.method_cfg), **knobs}, where=f"tune {base.method}").to_dict()
+    return base.replace(method_cfg=cfg, budget=replace(base.budget, lr=lr, weight_decay=wd))
+
+
+def tuned_spec(spec: RunSpec, best: RunSpec) -> RunSpec:
+    """A grid spec with the best trial's method config and budget (its own run_id)."""
+    return spec.replace(method_cfg=dict(best.method_cfg), budget=best.budget)
+
+
+# ------------------------------------------------------------------------------------------- MLflow
+
+class TuneTracker:
+    """Parent MLflow run per study, nested run per trial; explicit run ids, owner-tagged, never left RUNNING."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        import logging
+
+        import mlflow
+
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self.client = mlflow.MlflowClient(uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.owner = owner_token()
+
+    def reap(self) -> int:
+        """Mark RUNNING runs of this experiment whose owner process is gone as KILLED; returns how many."""
+        n = 0
+        for run in self.client.search_runs([self.exp_id], "attributes.status = 'RUNNING'", max_results=10000):
+            if not owner_alive(run.data.tags.get("peft3d.owner")):
+                self.client.set_tag(run.info.run_id, "peft3d.reaped_by", self.owner)
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                n += 1
+        return n
+
+    def study_run(self, study: str, attrs: dict[str, Any]) -> str:
+        hits = self.client.search_runs([self.exp_id], f"tags.`peft3d.study` = '{study}' and "
+                                       "tags.`peft3d.role` = 'study'", max_results=1)
+        if hits:
+            rid = hits[0].info.run_id
+            self.client.update_run(rid, status="RUNNING")
+        else:
+            rid = self.client.create_run(self.exp_id, tags={"peft3d.study": study, "peft3d.role": "study",
+                                                            "mlflow.runName": study}).info.run_id
+            self.client.log_batch(rid, params=_params({f"tune.{k}": v for k, v in attrs.items()}))
+        self.client.set_tag(rid, "peft3d.owner", self.owner)
+        return rid
+
+    def trial_run(self, parent: str, study: str, number: int, spec: RunSpec, params: dict[str, Any]) -> str:
+        tags = {"mlflow.parentRunId": parent, "peft3d.study": study, "peft3d.role": "trial",
+                "peft3d.trial": str(number), "peft3d.run_id": spec.run_id, "peft3d.owner": self.owner,
+                "mlflow.runName": f"trial {number}"}
+        rid = self.client.create_run(self.exp_id, tags=tags).info.run_id
+        self.client.log_batch(rid, params=_params(params))
+        return rid
+
+    def end_trial(self, rid: str, state: str, value: float | None, curve: list[dict]) -> None:
+        from mlflow.entities import Metric
+
+        metrics = [Metric(f"curve.{k}", float(ev[k]), 0, int(ev["epoch"])) for ev in curve
+                   for k in ("val_acc", "train_loss") if k in ev]
+        if value is not None:
+            metrics.append(Metric("objective.best_val_acc", float(value), 0, 0))
+        for i in range(0, len(metrics), 500):
+            self.client.log_batch(rid, metrics=metrics[i:i + 500])
+        self.client.set_tag(rid, "optuna.state", state)
+        status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}.get(state, "KILLED")
+        self.client.set_terminated(rid, status)
+
+    def end_study(self, rid: str, status: str, summary: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        nums = [Metric(f"tune.{k}", float(v), 0, 0) for k, v in summary.items()
+                if isinstance(v, (int, float)) and v is not None]
+        if nums:
+            self.client.log_batch(rid, metrics=nums)
+        self.client.set_terminated(rid, status)
+
+
+def _params(d: dict[str, Any]) -> list:
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)[:6000]) for k, v in d.items()]
+
+
+# ------------------------------------------------------------------------------------------- Optuna
+
+def storage_url(root: Path, override: str | None = None) -> str:
+    return override or f"sqlite:///{root / 'optuna.db'}"
+
+
+def redact(url: str) -> str:
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+def open_storage(url: str) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.storages.RDBStorage(url)
+
+
+def _interrupted(t: Any, study: Any) -> bool:
+    return bool(t.user_attrs.get("peft3d.interrupted")) or t.number in study.user_attrs.get(
+        "peft3d.interrupted_trials", [])
+
+
+def counts(study: Any) -> dict[str, int]:
+    """Trial counts by state; ``counted`` is what the equal budget counts (see COUNTING_RULE)."""
+    from optuna.trial import TrialState
+
+    c = {"complete": 0, "pruned": 0, "failed": 0, "interrupted": 0, "running": 0, "waiting": 0}
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.FAIL:
+            c["interrupted" if _interrupted(t, study) else "failed"] += 1
+        else:
+            c[{TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
+               TrialState.WAITING: "waiting"}[t.state]] += 1
+    c["counted"] = c["complete"] + c["pruned"] + c["failed"]
+    return c
+
+
+def recover(study: Any) -> list[int]:
+    """RUNNING trials whose owner process is gone: FAIL, marked interrupted (not counted), parameters queued
+    again. Returns their numbers."""
+    from optuna.trial import TrialState
+
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+             if not owner_alive(t.user_attrs.get("peft3d.owner"))]
+    if not stale:
+        return []
+    marked = list(study.user_attrs.get("peft3d.interrupted_trials", []))
+    for t in stale:
+        marked.append(t.number)
+        study.set_user_attr("peft3d.interrupted_trials", marked)  # before tell: never counted, even if we die here
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        study.enqueue_trial(dict(t.params), user_attrs={"peft3d.retry_of": t.number})
+    return [t.number for t in stale]
+
+
+def make_pruner(kind: str, epochs: int) -> tuple[Any, str]:
+    import optuna
+
+    if kind == "none":
+        return optuna.pruners.NopPruner(), "none"
+    if kind != "median":
+        raise ConfigError(f"--pruner must be 'median' or 'none', got {kind!r}")
+    warm = max(1, epochs // 4)
+    return (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warm),
+            f"MedianPruner(n_startup_trials=2, n_warmup_steps={warm}) on the per-epoch validation accuracy; "
+            "live: the trial's process is terminated when pruned")
+
+
+def open_study(cell: Cell, storage: Any, pruner_kind: str) -> Any:
+    import optuna
+
+    study = optuna.create_study(storage=storage, study_name=cell.study_name, direction="maximize",
+                                load_if_exists=True)
+    # Seeded by the study's history, so a resumed study does not replay the first samples of its first session.
+    seed = int(hashlib.sha256(f"{cell.study_name}#{len(study.trials)}".encode()).hexdigest()[:8], 16)
+    study.sampler = optuna.samplers.TPESampler(seed=seed)
+    study.pruner, _ = make_pruner(pruner_kind, cell.base.budget.epochs)
+    return study
+
+
+def best_spec(study: Any) -> tuple[RunSpec | None, Any]:
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not done:
+        return None, None
+    best = max(done, key=lambda t: (t.value, -t.number))  # earliest trial on ties
+    return RunSpec.from_dict(best.user_attrs["peft3d.spec"]), best
+
+
+# ------------------------------------------------------------------------------------------- one trial
+
+Report = Callable[[dict[str, Any]], bool]  # epoch event -> True to stop the run (pruned)
+Execute = Callable[[RunSpec, Path, Report], tuple[dict[str, Any], bool]]
+
+
+def run_trial_process(spec: RunSpec, root: Path, report: Report) -> tuple[dict[str, Any], bool]:
+    """Run ``spec`` in a worker process (the same path as ``bench run``); terminate it when ``report`` says so.
+    Returns (result dict, stopped)."""
+    from peft3d.bench.runner import run_specs
+
+    stopped = threading.Event()
+    seen: set[int] = set()
+
+    def on_event(job: Any) -> None:
+        ev = job.last
+        if not ev or ev.get("epoch") in seen or stopped.is_set():
+            return
+        seen.add(ev["epoch"])
+        if report(ev):
+            stopped.set()
+            if job.proc is not None and job.proc.poll() is None:
+                job.proc.terminate()
+
+    done = run_specs([spec], root, jobs=1, on_event=on_event)
+    return (done[0] if done else {}), stopped.is_set()
+
+
+@dataclass
+class Outcome:
+    state: str  # COMPLETE | PRUNED | FAIL
+    value: float | None
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+def run_one(trial: Any, spec: RunSpec, trial_root: Path, execute: Execute) -> Outcome:
+    curve: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def report(ev: dict[str, Any]) -> bool:
+        with lock:
+            curve.append(dict(ev))
+            trial.report(float(ev["val_acc"]), int(ev["epoch"]))
+            return bool(trial.should_prune())
+
+    prior = read_result(trial_root, spec.run_id)
+    if prior and prior.get("status") == "success":  # the same configuration already ran (e.g. a retried trial)
+        c = prior["metrics"]["curves"]
+        for ep, v in zip(c["epoch"], c["val_acc"], strict=True):
+            report({"epoch": ep, "val_acc": v})
+        result, stopped = prior, False
+    else:
+        result, stopped = execute(spec, trial_root, report)
+    if result.get("status") == "success":  # finished, even if a prune decision raced with its last epoch
+        return Outcome("COMPLETE", float(result["metrics"]["val_acc"]), curve)
+    if stopped:
+        last = curve[-1]["epoch"] if curve else 0
+        rec = failure_result(spec.to_dict(), spec.run_id, f"pruned after epoch {last}", curve=curve)
+        write_result(trial_root, dict(rec, status="pruned"))
+        return Outcome("PRUNED", None, curve)
+    return Outcome("FAIL", None, curve, str(result.get("error") or "no result"))
+
+
+# ------------------------------------------------------------------------------------------- the grid
+
+@dataclass
+class TuneOptions:
+    n_trials: int
+    storage: str
+    pruner: str = "median"
+    jobs: int = 1  # final runs in parallel
+    mlflow_uri: str | None = None  # None: no MLflow
+
+
+def study_attrs(cell: Cell, opts: TuneOptions) -> dict[str, Any]:
+    _, pruner = make_pruner(opts.pruner, cell.base.budget.epochs)
+    return {"peft3d.n_trials": opts.n_trials, "peft3d.counting": COUNTING_RULE,
+            "peft3d.objective": "best validation accuracy over epochs (test never seen)",
+            "peft3d.space": space_description(cell.base), "peft3d.sampler": "TPESampler (seeded per session)",
+            "peft3d.pruner": pruner, "peft3d.tuning_seed": cell.base.seed, "peft3d.grid": cell.grid}
+
+
+class Tuner:
+    def __init__(self, grid: str, specs: list[RunSpec], root: Path, opts: TuneOptions,
+                 execute: Execute = run_trial_process, echo: Echo = print) -> None:
+        if opts.n_trials < 1:
+            raise ConfigError(f"--trials must be >= 1, got {opts.n_trials}")
+        self.grid, self.root, self.opts, self.execute, self.echo = grid, root, opts, execute, echo
+        self.cells = cells_of(specs, grid)
+        self.storage = open_storage(opts.storage)
+        self.tracker = TuneTracker(opts.mlflow_uri, f"peft3d/{grid}/tune") if opts.mlflow_uri else None
+        self.studies: dict[str, Any] = {}
+
+    def prepare(self) -> None:
+        """Reap dead owners' MLflow runs and trials, then check that every study can get exactly N trials."""
+        if self.tracker:
+            n = self.tracker.reap()
+            if n:
+                self.echo(f"marked {n} MLflow run(s) of an interrupted tune as KILLED")
+        too_many = []
+        for cell in self.cells:
+            study = open_study(cell, self.storage, self.opts.pruner)
+            back = recover(study)
+            if back:
+                self.echo(f"{cell.study_name}: trial(s) {back} were interrupted: marked FAIL (not counted), "
+                          "queued again")
+            c = counts(study)
+            if c["counted"] > self.opts.n_trials:
+                too_many.append(f"{cell.study_name} ({c['counted']})")
+            self.studies[cell.study_name] = study
+        if too_many:
+            raise ConfigError(f"equal budgets: --trials {self.opts.n_trials} is below the trials some studies already "
+                              f"have: {', '.join(too_many)}; use at least that many or another --storage")
+        for cell in self.cells:
+            for k, v in study_attrs(cell, self.opts).items():
+                self.studies[cell.study_name].set_user_attr(k, v)
+
+    def tune_cell(self, cell: Cell, index: int) -> None:
+        study, n = self.studies[cell.study_name], self.opts.n_trials
+        if counts(study)["counted"] >= n:
+            return
+        parent = self.tracker.study_run(cell.study_name, study.user_attrs) if self.tracker else None
+        trial = mrid = None
+        try:
+            while counts(study)["counted"] < n:
+                trial = study.ask()
+                spec = suggest(trial, cell.base)
+                for k, v in (("peft3d.owner", owner_token()), ("peft3d.run_id", spec.run_id),
+                             ("peft3d.spec", spec.to_dict())):
+                    trial.set_user_attr(k, v)
+                if self.tracker:
+                    mrid = self.tracker.trial_run(parent, cell.study_name, trial.number, spec, trial.params)
+                    trial.set_user_attr("peft3d.mlflow_run_id", mrid)
+                out = run_one(trial, spec, self.root / "tune" / cell.slug, self.execute)
+                self._tell(study, trial, out)
+                trial = None
+                if self.tracker:
+                    self.tracker.end_trial(mrid, out.state, out.value, out.curve)
+                mrid = None
+                self._echo_trial(cell, index, study, out)
+        except BaseException:
+            self._interrupted(study, trial, mrid, parent)
+            raise
+        if self.tracker:
+            self.tracker.end_study(parent, "FINISHED", counts(study))
+
+    def _tell(self, study: Any, trial: Any, out: Outcome) -> None:
+        from optuna.trial import TrialState
+
+        if out.state == "COMPLETE":
+            study.tell(trial, out.value)
+        elif out.state == "PRUNED":
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            trial.set_user_attr("peft3d.error", (out.error or "")[:2000])
+            study.tell(trial, state=TrialState.FAIL)
+
+    def _interrupted(self, study: Any, trial: Any, mrid: str | None, parent: str | None) -> None:
+        """Ctrl-C / SIGTERM / an error in the harness: the running trial is FAIL, interrupted, queued again."""
+        from optuna.trial import TrialState
+
+        if trial is not None:
+            trial.set_user_attr("peft3d.interrupted", True)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            study.enqueue_trial(dict(trial.params), user_attrs={"peft3d.retry_of": trial.number})
+        if self.tracker:
+            if mrid:
+                self.tracker.end_trial(mrid, "INTERRUPTED", None, [])
+            if parent:
+                self.tracker.end_study(parent, "KILLED", counts(study))
+
+    def _echo_trial(self, cell: Cell, index: int, study: Any, out: Outcome) -> None:
+        c = counts(study)
+        what = f"val {100 * out.value:.1f}" if out.value is not None else (
+            f"pruned at epoch {out.curve[-1]['epoch']}" if out.state == "PRUNED" and out.curve else out.state.lower())
+        if out.state == "FAIL":
+            what += f": {(out.error or '')[:100]}"
+        self.echo(f"[{index}/{len(self.cells)}] {cell.base.backbone}[{cell.base.weights}]/{cell.base.method}/"
+                  f"{cell.base.dataset}:{cell.base.variant} trial {c['counted']}/{self.opts.n_trials}: {what}")
+
+    def run(self, run_final: Callable[[list[RunSpec], dict[str, dict[str, Any]]], None] | None = None) -> dict:
+        """Tune every cell to N trials, then run the best configurations on the grid's seeds."""
+        from peft3d.bench.runner import pending
+
+        self.prepare()
+        for i, cell in enumerate(self.cells, 1):
+            self.tune_cell(cell, i)
+        specs, blocks, missing = self.final_specs()
+        for m in missing:
+            self.echo(f"{m}: no complete trial (all pruned or failed): no tuned runs for this cell")
+        self.write_manifest(specs, blocks, missing)
+        todo = pending(specs, self.root)
+        self.echo(f"tuned runs: {len(specs)}, {len(specs) - len(todo)} already done, {len(todo)} to run")
+        if todo:
+            (run_final or self.run_final)(todo, blocks)
+        for s in specs:
+            self.annotate(s.run_id, blocks[s.run_id])
+        self.write_manifest(specs, blocks, missing)
+        return read_manifest(self.root, self.grid)
+
+    def run_final(self, todo: list[RunSpec], blocks: dict[str, dict[str, Any]]) -> None:
+        from peft3d.bench.runner import run_specs
+
+        mirror = None
+        if self.opts.mlflow_uri:
+            from peft3d.bench.tracking import Mirror
+
+            mirror = Mirror(self.opts.mlflow_uri, experiment=f"peft3d/{self.grid}.tuned")
+
+        def on_done(job: Any, result: dict[str, Any]) -> None:
+            ok = result.get("status") == "success"
+            if ok:
+                result = self.annotate(job.spec.run_id, blocks[job.spec.run_id]) or result
+            info = f"test {100 * result['metrics']['test_acc']:.1f}" if ok else f"failed: {result.get('error')}"
+            self.echo(f"{'✓' if ok else '✗'} {job.spec.label} (tuned)  {info}")
+            if mirror is not None and result:
+                try:
+                    mirror.log(result)
+                except Exception as e:  # the mirror is secondary: never lose a run over it
+                    self.echo(f"MLflow mirror failed for {job.spec.run_id}: {e}")
+
+        run_specs(todo, self.root, self.opts.jobs, on_done=on_done)
+
+    # ------------------------------------------------------------------ the tuned runs
+
+    def summary(self, cell: Cell) -> dict[str, Any]:
+        study = self.studies[cell.study_name]
+        _, best = best_spec(study)
+        return {"study": cell.study_name, "storage": redact(self.opts.storage), **counts(study),
+                "n_trials": self.opts.n_trials, "counting": COUNTING_RULE,
+                "objective": study.user_attrs.get("peft3d.objective"), "space": study.user_attrs.get("peft3d.space"),
+                "sampler": study.user_attrs.get("peft3d.sampler"), "pruner": study.user_attrs.get("peft3d.pruner"),
+                "tuning_seed": cell.base.seed, "best_trial": best.number if best else None,
+                "best_value": best.value if best else None, "best_params": dict(best.params) if best else None}
+
+    def final_specs(self) -> tuple[list[RunSpec], dict[str, dict[str, Any]], list[str]]:
+        """The grid's specs with each cell's best configuration; the tuning block per run_id; cells without one."""
+        specs, blocks, missing = [], {}, []
+        for cell in self.cells:
+            best, _ = best_spec(self.studies[cell.study_name])
+            if best is None:
+                missing.append(cell.study_name)
+                continue
+            block = self.summary(cell)
+            for s in cell.specs:
+                t = tuned_spec(s, best).replace(grid=f"{self.grid}.tuned")
+                specs.append(t)
+                blocks[t.run_id] = block
+        return specs, blocks, missing
+
+    def annotate(self, run_id: str, block: dict[str, Any]) -> dict[str, Any] | None:
+        """Add the ``tuning`` block to a finished tuned result (idempotent; atomic rewrite)."""
+        r = read_result(self.root, run_id)
+        if r is None or r.get("tuning") == block:
+            return r
+        r["tuning"] = block
+        write_result(self.root, r)
+        return r
+
+    def write_manifest(self, specs: list[RunSpec], blocks: dict[str, dict[str, Any]], missing: list[str]) -> Path:
+        studies = {c.study_name: self.summary(c) for c in self.cells}
+        equal = len({v["counted"] for v in studies.values()}) == 1 and all(
+            v["counted"] == self.opts.n_trials for v in studies.values())
+        manifest = {"grid": self.grid, "n_trials": self.opts.n_trials, "counting": COUNTING_RULE,
+                    "equal_budget": equal, "storage": redact(self.opts.storage), "studies": studies,
+                    "cells_without_a_complete_trial": missing, "runs": [s.to_dict() for s in specs]}
+        path = manifest_path(self.root, self.grid)
+        atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False))
+        return path
+
+
+def manifest_path(root: Path, grid: str) -> Path:
+    return root / "tune" / f"{grid}.json"
+
+
+def read_manifest(root: Path, grid: str) -> dict[str, Any]:
+    path = manifest_path(root, grid)
+    if not path.exists():
+        raise ConfigError(f"no tuned runs for grid {grid!r} in {root}: run 'bench tune --grid {grid}' first")
+    return json.loads(path.read_text())
+
+
+def tuned_specs(grid: str, root: Path) -> list[RunSpec]:
+    """The tuned runs of a grid, as recorded by the last ``bench tune`` (for ``bench table --tuned``)."""
+    return [RunSpec.from_dict(d) for d in read_manifest(root, grid)["runs"]]
+
+
+def succeeded_all(specs: list[RunSpec], root: Path) -> bool:
+    return all(succeeded(root, s.run_id) for s in specs)
