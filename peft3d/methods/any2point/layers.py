@@ -62,18 +62,19 @@ class LocalAttentions(nn.Module):
         _xavier_(self.proj_weight.data)
 
     def forward(self, x: torch.Tensor, same_cell: torch.Tensor) -> torch.Tensor:
-        # x (B, N, D), same_cell (B, M, N, N) -> (B, M, N, D)
+        """``x (B, N, D)``, ``same_cell (M, B, N, N)`` -> ``x + proj_m(attn)`` as ``(M, B*N, D)`` WITHOUT the
+        output bias ``proj_bias[m]``: a constant per view, the caller adds it after pooling (cheaper)."""
         B, N, D = x.shape
         M, a, h = self.qkv_weight.shape[0], self.dim, self.heads
         # LN_m's affine folded into the q/k/v projection: one normalisation, one matmul for all views.
         w = self.qkv_weight * self.ln_weight.unsqueeze(1)  # (M, 3a, D)
         b = self.qkv_bias + torch.einsum("mkd,md->mk", self.qkv_weight, self.ln_bias)  # (M, 3a)
         qkv = F.linear(F.layer_norm(x, (D,)), w.reshape(M * 3 * a, D), b.reshape(-1))  # (B, N, M*3a)
-        q, k, v = qkv.view(B, N, M, 3, h, a // h).permute(3, 0, 2, 4, 1, 5).reshape(3, B * M, h, N, a // h)
-        mask = same_cell.reshape(B * M, 1, N, N)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=a ** -0.5)  # (B*M, h, N, a/h)
-        o = o.transpose(1, 2).reshape(B, M, N, a)
-        return x.unsqueeze(1) + torch.einsum("bmna,mda->bmnd", o, self.proj_weight) + self.proj_bias[:, None]
+        q, k, v = qkv.view(B, N, M, 3, h, a // h).permute(3, 2, 0, 4, 1, 5).reshape(3, M * B, h, N, a // h)
+        mask = same_cell.reshape(M * B, 1, N, N)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=a ** -0.5)  # (M*B, h, N, a/h)
+        o = o.transpose(1, 2).reshape(M, B * N, a)
+        return torch.baddbmm(x.reshape(1, B * N, D), o, self.proj_weight.transpose(1, 2))  # (M, B*N, D)
 
 
 class ViewBatchNorm(nn.Module):
@@ -98,7 +99,7 @@ class ViewBatchNorm(nn.Module):
         if self.training:
             n = rows.clamp_min(1).unsqueeze(1)  # (M, 1)
             mean = torch.zeros_like(self.weight).index_add(0, view, z) / n  # (M, D)
-            dev = z - mean[view]
+            dev = z - mean.index_select(0, view)
             occupied = torch.bincount(view, minlength=n.shape[0]).to(z.dtype).unsqueeze(1)
             var = (torch.zeros_like(self.weight).index_add(0, view, dev * dev)
                    + (n - occupied) * mean * mean) / n  # empty rows are zeros: (0 - mean)^2 each
@@ -109,7 +110,8 @@ class ViewBatchNorm(nn.Module):
         else:
             mean, var = self.running_mean, self.running_var
         scale = self.weight * torch.rsqrt(var + self.eps)  # (M, D)
-        return (z - mean[view]) * scale[view] + self.bias[view]
+        shift = self.bias - mean * scale
+        return z * scale.index_select(0, view) + shift.index_select(0, view)  # (index_select: cheap backward)
 
 
 def pool(x: torch.Tensor, group: torch.Tensor, count: torch.Tensor, how: str) -> torch.Tensor:
@@ -124,9 +126,12 @@ def pool(x: torch.Tensor, group: torch.Tensor, count: torch.Tensor, how: str) ->
 
 def ensemble_weights(per_view: torch.Tensor, x3d: torch.Tensor) -> torch.Tensor:
     """Adaptive any-to-3D ensemble: ``w_m = (cos(Y_m, X3d) + 1) / 2`` normalised over views (linear, not
-    softmax). ``per_view (B, M, N, D)``, ``x3d (B, N, D)`` -> ``(B, M, N)``, summing to 1 over M."""
-    w = (F.cosine_similarity(per_view, x3d.unsqueeze(1), dim=-1) + 1) / 2
-    return w / w.sum(1, keepdim=True).clamp_min(1e-12)
+    softmax). ``per_view (M, ..., D)``, ``x3d (..., D)`` -> ``(M, ...)``, summing to 1 over M."""
+    # cos = <Y, X> / max(|Y| |X|, eps), as F.cosine_similarity, without its full-size normalised copies
+    dot = (per_view * x3d).sum(-1)
+    norms = torch.linalg.vector_norm(per_view, dim=-1) * torch.linalg.vector_norm(x3d, dim=-1)
+    w = (dot / norms.clamp_min(1e-8) + 1) / 2
+    return w / w.sum(0, keepdim=True).clamp_min(1e-12)
 
 
 class BlockBranches(nn.Module):
@@ -157,18 +162,22 @@ class GuidedAggregation(nn.Module):
     def forward(self, x: torch.Tensor, g: Geometry, i: int) -> torch.Tensor:
         """``x (B, N, D)`` point tokens after block i -> the ensemble ``coef * Y (B, N, D)`` to add to them."""
         B, N, D = x.shape
-        M = g.cell.shape[1]
+        M = g.cell.shape[0]
         br = self.blocks[i]
         # Non-parametric 3D branch: voxel max + mean, BN + GELU, back to the tokens. Weights only.
         vox = pool(x.reshape(B * N, D), g.voxel.flatten(), g.voxel_count, "maxmean")
         zero = g.voxel.new_zeros(vox.shape[0])
-        x3d = F.gelu(br.bn3d(vox, zero, g.voxel_count.new_full((1,), vox.shape[0])))[g.voxel]  # (B, N, D)
+        x3d = F.gelu(br.bn3d(vox, zero, g.voxel_count.new_full((1,), vox.shape[0])))
+        x3d = x3d.index_select(0, g.voxel.flatten())  # (B*N, D)
         # M views: cell-restricted attention, cell pooling, BN + GELU per view, back to the tokens.
-        local = self.local(x, g.same_cell)  # (B, M, N, D)
-        cells = pool(local.reshape(B * M * N, D), g.group.flatten(), g.group_count, self.how)  # (G, D)
-        per_view = F.gelu(br.bn_views(cells, g.group_view, g.view_rows))[g.group]  # (B, M, N, D)
-        w = ensemble_weights(per_view, x3d)  # (B, M, N)
-        return self.coef * torch.einsum("bmn,bmnd->bnd", w, per_view)
+        local = self.local(x, g.same_cell)  # (M, B*N, D), output bias not yet added
+        cells = pool(local.reshape(M * B * N, D), g.group.flatten(), g.group_count, self.how)  # (G, D)
+        bias = self.local.proj_bias.index_select(0, g.group_view)
+        cells = cells + (2 * bias if self.how == "maxmean" else bias)  # max / mean of (x + b) = max / mean(x) + b
+        per_view = F.gelu(br.bn_views(cells, g.group_view, g.view_rows))
+        per_view = per_view.index_select(0, g.group.flatten()).view(M, B * N, D)
+        w = ensemble_weights(per_view, x3d)  # (M, B*N)
+        return self.coef * (w.unsqueeze(-1) * per_view).sum(0).view(B, N, D)
 
 
 class GuidedBlock(nn.Module):

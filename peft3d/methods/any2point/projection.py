@@ -71,10 +71,11 @@ def released_lines(direction: tuple[float, ...], m: int) -> torch.Tensor:
 class Geometry:
     """What one forward's token centres give, shared by the positional encoding and every block.
 
-    ``coord``: per-view positions (1D ``(B, M, N)`` table rows; 2D ``(B, M, N, 2)`` pixels (py, px));
-    ``pe``: ``(B, N, D)``; ``cell``: ``(B, M, N)`` cell of each token in each view; ``same_cell``:
-    ``(B, M, N, N)``; ``group``: ``(B, M, N)`` compact id of (sample, view, cell) in ``[0, n_groups)``;
-    ``group_view`` / ``group_count``: view and token count of each group; ``view_rows``: ``(M,)`` rows each
+    View-major layout (views first, so per-view work is a batched matmul over M without permutes):
+    ``coord``: per-view positions (1D ``(M, B, N)`` table rows; 2D ``(M, B, N, 2)`` pixels (py, px));
+    ``pe``: ``(B, N, D)``; ``cell``: ``(M, B, N)`` cell of each token in each view; ``same_cell``:
+    ``(M, B, N, N)``; ``group``: ``(M, B, N)`` compact id of (view, sample, cell) in ``[0, n_groups)``, ordered
+    by view; ``group_view`` / ``group_count``: view and token count of each group; ``view_rows``: ``(M,)`` rows each
     view's cell BatchNorm counts (occupied cells, plus empty ones under ``bn_empty_cells``); ``voxel``:
     ``(B, N)`` compact voxel ids with ``voxel_count``.
     """
@@ -170,7 +171,7 @@ class VirtualProjection(nn.Module):
     # -- 1D lines -----------------------------------------------------------------------------------------
     def _project_1d(self, c: torch.Tensor):
         L, f = self.length, self.flags
-        s = torch.einsum("bnk,mk->bmn", c - c.mean(1, keepdim=True), self.lines)  # (B, M, N)
+        s = torch.einsum("bnk,mk->mbn", c - c.mean(1, keepdim=True), self.lines)  # (M, B, N)
         lo, hi = s.amin(-1, keepdim=True), s.amax(-1, keepdim=True)
         sn = (s - lo) / (hi - lo).clamp_min(1e-12)  # per sample and line: [0, 1]
         pos = torch.remainder(sn * L - 0.5, L) if f["wrap"] else sn * (L - 1)
@@ -183,14 +184,14 @@ class VirtualProjection(nn.Module):
             i1 = (i0 + 1).clamp(max=L - 1)
             frac = (x - i0).clamp(0, 1)
             w = torch.stack([1 - frac, frac], -1)
-        idx = torch.stack([i0, i1], -1).long()  # (B, M, N, 2)
+        idx = torch.stack([i0, i1], -1).long()  # (M, B, N, 2)
         cell = (pos / self.cfg.cell_1d).floor().long().clamp(0, self.n_cells - 1)
         return pos, idx, w, cell
 
     # -- 2D views -----------------------------------------------------------------------------------------
     def _project_2d(self, c: torch.Tensor):
         f, (H, W), (gh, gw) = self.flags, self.canvas, self.grid
-        p = torch.einsum("mij,bnj->bmni", self.rot, c)  # (B, M, N, 3): R @ p per view
+        p = torch.einsum("mij,bnj->mbni", self.rot, c)  # (M, B, N, 3): R @ p per view
         z = p[..., 2] + self.cfg.camera_distance
         if f["released_canvas"]:
             u, v = p[..., 0] / (z + 1e-12), p[..., 1] / (z + 1e-12)
@@ -221,20 +222,20 @@ class VirtualProjection(nn.Module):
 
     # -- sampling the table -------------------------------------------------------------------------------
     def _sample(self, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """``idx, w (B, M, N, C)`` rows of the flattened table and their weights -> ``(B, N, D)``."""
+        """``idx, w (M, B, N, C)`` rows of the flattened table and their weights -> ``(B, N, D)``."""
         table = self.table()
-        B, M, N, C = idx.shape
+        M, B, N, C = idx.shape
         if self.ndim == 2 and self.flags["scrambled_pe"]:
-            per_view = sum(w[..., k, None] * table[idx[..., k]] for k in range(C))  # (B, M, N, D)
-            return scramble(per_view).mean(1)
+            per_view = sum(w[..., k, None] * table[idx[..., k]] for k in range(C))  # (M, B, N, D)
+            return scramble(per_view.transpose(0, 1)).mean(1)
         # Mean over views and corners as one sparse (B, N, K) weight matrix: a single matmul with the table.
         weights = torch.zeros(B, N, table.shape[0], dtype=table.dtype, device=table.device)
-        weights.scatter_add_(2, idx.permute(0, 2, 1, 3).reshape(B, N, M * C),
-                             (w / M).to(table.dtype).permute(0, 2, 1, 3).reshape(B, N, M * C))
+        weights.scatter_add_(2, idx.permute(1, 2, 0, 3).reshape(B, N, M * C),
+                             (w / M).to(table.dtype).permute(1, 2, 0, 3).reshape(B, N, M * C))
         return weights @ table
 
     def view_pe(self, centres: torch.Tensor) -> torch.Tensor:
-        """``(B, M, N, D)``: each view's own (un-scrambled) encoding of each token — for tests and analysis."""
+        """``(M, B, N, D)``: each view's own (un-scrambled) encoding of each token — for tests and analysis."""
         c = centres.detach()
         _, idx, w, _ = self._project_1d(c) if self.ndim == 1 else self._project_2d(c)
         table = self.table()
@@ -242,18 +243,18 @@ class VirtualProjection(nn.Module):
 
     # -- cells and voxels ---------------------------------------------------------------------------------
     def _groups(self, c: torch.Tensor, coord: torch.Tensor, pe: torch.Tensor, cell: torch.Tensor) -> Geometry:
-        B, M, N = cell.shape
+        M, B, N = cell.shape
         dev = cell.device
-        key = (torch.arange(B, device=dev).view(B, 1, 1) * M + torch.arange(M, device=dev).view(1, M, 1)) \
+        key = (torch.arange(M, device=dev).view(M, 1, 1) * B + torch.arange(B, device=dev).view(1, B, 1)) \
             * self.n_cells + cell
         uniq, group, count = torch.unique(key.flatten(), return_inverse=True, return_counts=True)
-        group_view = torch.div(uniq, self.n_cells, rounding_mode="floor") % M
+        group_view = torch.div(uniq, B * self.n_cells, rounding_mode="floor")
         rows = torch.bincount(group_view, minlength=M).to(pe.dtype)
         if self.flags["bn_empty_cells"]:
             rows = torch.full_like(rows, float(B * self.n_cells))
         voxel, voxel_count = voxelise(c, self.cfg.voxel)
         return Geometry(coord=coord, pe=pe, cell=cell, same_cell=cell.unsqueeze(-1) == cell.unsqueeze(-2),
-                        group=group.view(B, M, N), group_view=group_view, group_count=count.to(pe.dtype),
+                        group=group.view(M, B, N), group_view=group_view, group_count=count.to(pe.dtype),
                         view_rows=rows, voxel=voxel, voxel_count=voxel_count.to(pe.dtype))
 
 
