@@ -36,7 +36,7 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     pruning on the validation curve), then run the best configuration of each on the grid's seeds.
     Resumable: re-run the same command after an interruption."""
     from peft3d.bench.grids import expand
-    from peft3d.bench.results import results_dir
+    from peft3d.bench.results import atomic_write_text, results_dir
     from peft3d.bench.tables import runs_frame, write_tables
     from peft3d.bench.tracking import tracking_uri as default_uri
     from peft3d.bench.tune import TuneOptions, Tuner, cells_of, storage_url, tuned_specs
@@ -67,9 +67,13 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     tuned = tuned_specs(name, root)
     df = runs_frame(tuned, root)
     md_path, _, md = write_tables(f"{name}.tuned", df, root)
+    budget = (f"Tuning: {manifest['n_trials']} Optuna trials per cell in all {len(manifest['studies'])} studies "
+              f"(equal budget; {manifest['counting']}); the best configuration of each cell (validation metric) "
+              "was run on the grid's seeds." if manifest["equal_budget"] else
+              "WARNING: the studies have different trial counts (see the manifest): not an equal-budget comparison.")
+    md += "\n" + budget + "\n"
+    atomic_write_text(md_path, md)
     typer.echo(md)
-    typer.echo(f"equal budget: {manifest['n_trials']} trials per study in all {len(manifest['studies'])} studies"
-               if manifest["equal_budget"] else "WARNING: studies have different trial counts (see the manifest)")
     typer.echo(f"wrote {md_path}; manifest {root / 'tune' / (name + '.json')}; wall time {time.time() - t0:.0f} s")
     n_bad = int((df["status"] != "success").sum())
     if n_bad:

@@ -1,0 +1,42 @@
+"""``bench report``: a self-contained HTML report of a grid (:mod:`peft3d.bench.report`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from peft3d.bench.cli import app, fail
+from peft3d.bench.commands import GridOpt, ResultsOpt, _roots, _seeds
+
+
+@app.command("report")
+def report(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default "
+                                              "results/report/<grid>.html)"),
+           reference: Optional[str] = typer.Option(None, "--reference", help="'paper': the Any2Point paper's "
+                                                   "figures beside ours in the layouts"),
+           tuned: bool = typer.Option(False, "--tuned", help="the tuned runs written by 'bench tune'"),
+           seeds: Optional[str] = typer.Option(None, "--seeds"),
+           data_root: Optional[list[str]] = typer.Option(None, "--data-root")) -> None:
+    """Write one self-contained HTML file with the grid's tables and plots (from result JSONs only)."""
+    from peft3d.bench.grids import expand
+    from peft3d.bench.report import write_report
+    from peft3d.bench.results import results_dir
+
+    if reference not in (None, "paper"):
+        fail(f"--reference must be 'paper', got {reference!r}")
+    root = results_dir(results)
+    name = Path(grid).stem
+    extra = None
+    if tuned:
+        from peft3d.bench.tune import read_manifest, tuned_specs
+
+        specs, m = tuned_specs(name, root), read_manifest(root, name)
+        extra = [f"Tuned runs: {m['n_trials']} Optuna trials per cell in every study ({m['counting']}); equal "
+                 f"budget: {'yes' if m['equal_budget'] else 'NO'}; best configuration run on the grid's seeds."]
+        name = f"{name}.tuned"
+    else:
+        specs = expand(grid, _seeds(seeds), _roots(data_root))
+    path = write_report(name, specs, root, out, reference, extra)
+    typer.echo(f"wrote {path}")
