@@ -2,11 +2,14 @@
 
 Four backbones (two language, one vision, one audio) × four methods × ScanObjectNN PB-T50-RS and ModelNet40 ×
 3 seeds, with accuracies drawn around plausible values from a seeded generator, plus one failed and one missing
-run. Run: ``python tests/golden/make_results.py`` (then refresh the goldens with PEFT3D_UPDATE_GOLDEN=1).
+run. The tests read each run's identity from the file (not from today's RunSpec), so the fixture stays valid
+when RunSpec grows. Run: ``python tests/golden/make_results.py`` (then refresh the goldens with
+PEFT3D_UPDATE_GOLDEN=1 python -m pytest tests/test_layouts.py).
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,19 +65,55 @@ def result(spec: RunSpec, rng: np.random.Generator) -> dict:
 
 def main() -> None:
     rng = np.random.default_rng(20240411)
-    out = []
+    out, missing = [], []
     for s in specs():
         key = (s.backbone, s.method, s.dataset, s.seed)
         r = result(s, rng)
         if key == MISSING:
+            missing.append({"run_id": s.run_id, "spec": s.to_dict()})
             continue
         if key == FAILED:
             r = {"schema": 1, "run_id": s.run_id, "status": "failed", "spec": s.to_dict(),
                  "error": "RuntimeError: CUDA out of memory"}
         out.append(r)
-    (HERE / "results.json").write_text("[\n" + ",\n".join(json.dumps(r, sort_keys=True) for r in out) + "\n]\n")
+    lines = ",\n".join(json.dumps(r, sort_keys=True) for r in out)
+    head = json.dumps(missing, sort_keys=True)
+    order = json.dumps([s.run_id for s in specs()])
+    (HERE / "results.json").write_text(f'{{"missing": {head},\n"order": {order},\n"results": [\n{lines}\n]}}\n')
     print(f"wrote {len(out)} results to {HERE / 'results.json'}")
 
 
 if __name__ == "__main__":
     main()
+
+
+@dataclass(frozen=True)
+class StoredSpec:
+    """What tables need of a RunSpec, read from the fixture (identity as stored, whatever RunSpec becomes)."""
+
+    run_id: str
+    backbone: str
+    weights: str
+    method: str
+    preset: str | None
+    dataset: str
+    variant: str
+    seed: int
+
+    @classmethod
+    def of(cls, run_id: str, spec: dict) -> "StoredSpec":
+        return cls(run_id, spec["backbone"], spec["weights"], spec["method"], spec["preset"], spec["dataset"],
+                   spec["variant"], spec["seed"])
+
+
+def load_into(root: Path) -> list[StoredSpec]:
+    """Write the fixture's result JSONs under ``root/runs`` and return every expected run (the missing one too)."""
+    from peft3d.bench.results import write_result
+
+    data = json.loads((HERE / "results.json").read_text())
+    for r in data["results"]:
+        write_result(root, r)
+    expected = [StoredSpec.of(r["run_id"], r["spec"]) for r in data["results"]]
+    expected += [StoredSpec.of(m["run_id"], m["spec"]) for m in data["missing"]]
+    order = {rid: i for i, rid in enumerate(data["order"])}
+    return sorted(expected, key=lambda s: order[s.run_id])
