@@ -1,0 +1,114 @@
+"""``bench report``: a self-contained HTML file that a real headless browser renders, containing every run.
+
+The browser test needs Debian's ``chromium`` (installed by ``.ci/run``); it is skipped, with that reason, only
+when no Chromium binary exists on the machine.
+"""
+import base64
+import io
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from peft3d.bench.report import cliques, pareto_front, write_report
+
+from test_layouts import fake_smoke_results, golden_module
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    specs = golden_module().load_into(root)
+    path = write_report("golden", specs, root, reference="paper")
+    return path, specs
+
+
+def test_report_written_where_documented(report):
+    path, _ = report
+    assert path.name == "golden.html" and path.parent.name == "report"
+
+
+def test_report_contains_every_run(report):
+    path, specs = report
+    text = path.read_text()
+    for s in specs:
+        assert f'id="run-{s.run_id}"' in text, s.run_id
+    assert "CUDA out of memory" in text and "not run yet" in text  # the failed and the missing run, with reasons
+
+
+def test_report_is_self_contained(report):
+    text = report[0].read_text()
+    assert "<script" not in text and "<link" not in text and "@import" not in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//|file:)""", text)
+    imgs = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', text)
+    alts = {a for a, _ in imgs}
+    assert {"accuracy vs trainable parameters", "modality ranking with confidence intervals",
+            "learning curves per method (validation dashed, test solid)", "critical-difference diagram"} <= alts
+    for _, data in imgs:
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_has_tables_and_statistics(report):
+    text = report[0].read_text()
+    for heading in ("Method table", "Per-cell statistics", "Paired comparisons and Friedman test",
+                    "Main table", "Modality ranking", "PEFT methods", "All runs (96)"):
+        assert heading in text
+    assert "Nemenyi" in text and "91.9" in text  # statistics and the paper's figures (--reference paper)
+
+
+def test_pareto_front_and_cliques():
+    assert pareto_front([(1, 80), (2, 79), (3, 85), (3, 84), (5, 85), (6, 90)]) == [(1, 80), (3, 85), (6, 90)]
+    import pandas as pd
+
+    ranks = pd.Series({"a": 1.0, "b": 1.5, "c": 3.0, "d": 3.2})
+    assert cliques(ranks, 1.0) == [(0, 1), (2, 3)]
+    assert cliques(ranks, 5.0) == [(0, 3)]
+
+
+def _browser() -> str | None:
+    return next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+
+
+def _chromium(browser: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"]
+    return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no Chromium binary (chromium, chromium-browser, google-chrome) on this machine: "
+                    "install Debian's 'chromium' (.ci/run does) to run the browser test")
+    path, specs = report
+    png = tmp_path / "report.png"
+    shot = _chromium(browser, tmp_path, f"--screenshot={png}", "--window-size=1280,2000", path.as_uri())
+    assert png.exists() and png.stat().st_size > 10_000, shot.stderr[-2000:]
+    from matplotlib import image
+
+    pixels = image.imread(io.BytesIO(png.read_bytes()), format="png")[..., :3]
+    assert pixels.shape[:2] == (2000, 1280)
+    assert pixels.std() > 0.05  # not blank: text, tables and plots
+    assert (pixels.mean(axis=2) < 0.5).mean() > 0.005  # a visible share of dark pixels (text)
+    dom = _chromium(browser, tmp_path, "--dump-dom", path.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for s in specs:
+        assert s.run_id in dom.stdout
+    assert dom.stdout.count("<img") >= 4
+
+
+def test_bench_report_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from peft3d.bench.cli import _mount, app
+
+    _mount()
+    specs = fake_smoke_results(tmp_path)
+    out = CliRunner().invoke(app, ["report", "--grid", "smoke", "--results", str(tmp_path), "--seeds", "0,1,2"])
+    assert out.exit_code == 0, out.output
+    html = (tmp_path / "report" / "smoke.html").read_text()
+    assert all(s.run_id in html for s in specs)
