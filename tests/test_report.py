@@ -10,10 +10,9 @@ import shutil
 import subprocess
 
 import pytest
+from test_layouts import fake_smoke_results, golden_module
 
 from peft3d.bench.report import cliques, pareto_front, write_report
-
-from test_layouts import fake_smoke_results, golden_module
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
