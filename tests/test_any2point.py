@@ -56,22 +56,24 @@ def test_cube_views_look_along_the_six_axes():
     assert torch.allclose(R @ p, torch.tensor([f(*p.tolist()) for f in VIEWS]), atol=1e-6)
 
 
-def _expected_pixels(p, d, half, centre):
+def _expected_pixels(p, d, canvas):
     out = []
     for f in VIEWS:
         X, Y, Z = f(*p)
-        out.append((Y / (Z + d) * half + centre[0], X / (Z + d) * half + centre[1]))  # (py, px)
+        out.append(((Y / (Z + d) + 1) * canvas[0] / 2 - 0.5, (X / (Z + d) + 1) * canvas[1] / 2 - 0.5))  # (py, px)
     return torch.tensor(out)
 
 
-@pytest.mark.parametrize("geom,half,centre", [(DINO, 259.0, (258.5, 258.5)), (AUDIO, 102.0, (63.5, 101.5))])
-def test_known_points_project_to_known_pixels(geom, half, centre):
+@pytest.mark.parametrize("geom", [DINO, AUDIO])
+def test_known_points_project_to_known_pixels(geom):
     proj = projection(table_2d(geom["shape"]), canvas=geom["canvas"], patch=geom["patch"], camera_distance=1.8)
     pts = [(0.0, 0.0, 0.0), (0.1, 0.2, 0.3), (-0.3, 0.05, 0.2)]
     g = proj.geometry(torch.tensor([pts]))
     assert g.coord.shape == (6, 1, 3, 2)
     for i, p in enumerate(pts):
-        assert torch.allclose(g.coord[:, 0, i], _expected_pixels(p, 1.8, half, centre), atol=1e-4), p
+        assert torch.allclose(g.coord[:, 0, i], _expected_pixels(p, 1.8, geom["canvas"]), atol=1e-4), p
+    centre = g.coord[:, 0, 0]  # the origin: the canvas centre in every view (DINOv2: 258.5, 258.5)
+    assert torch.allclose(centre, torch.tensor([[(geom["canvas"][0] - 1) / 2, (geom["canvas"][1] - 1) / 2]] * 6))
 
 
 def test_released_canvas_pixels_and_wrap_around():
@@ -99,9 +101,9 @@ def test_token_on_a_patch_centre_gets_that_table_row(geom, patch_ij, origin):
     table = table_2d(geom["shape"])
     proj = projection(table, canvas=geom["canvas"], patch=geom["patch"], camera_distance=1.8)
     H, W = geom["canvas"]
-    half, (sy, sx) = max(H, W) / 2, geom["patch"]
+    sy, sx = geom["patch"]
     py, px = origin[0] + sy * patch_ij[0], origin[1] + sx * patch_ij[1]
-    u, v = (px - (W - 1) / 2) / half, (py - (H - 1) / 2) / half
+    u, v = (px + 0.5) * 2 / W - 1, (py + 0.5) * 2 / H - 1
     p = (v * 1.8, -u * 1.8, 0.0)  # view 0 sees (-y, x, z) at depth z + 1.8
     pe = proj.view_pe(torch.tensor([[p]]))  # (M, B, N, D)
     assert torch.allclose(pe[0, 0, 0], table[patch_ij], atol=1e-5)

@@ -11,9 +11,9 @@ canvas, patch grid, table length — is read from ``Backbone.pos_table()`` at at
   On a PosTable with canvas (H, W) px and patch stride (sy, sx) a cell is ``cell_2d * sy`` x ``cell_2d * sx``
   px, i.e. ``ceil(rows / cell_2d)`` x ``ceil(cols / cell_2d)`` cells over the patch grid.
 - ``camera_distance``: the released ``--trans`` with its sign dropped (the camera sits on each view axis at
-  this distance from the origin, in point-cloud units; DINOv2-Scan 1.8, all others 1.4). The field of view is
-  the canvas: u = x/z in [-1, 1] spans the canvas's longer side (DINOv2: exactly the released
-  ``(u + 1) * 518 / 2 - 0.5`` mapping); see ``projection.py``.
+  this distance from the origin, in point-cloud units; DINOv2-Scan 1.8, all others 1.4). The field of view
+  (u, v) = (x/z, y/z) in [-1, 1]^2 fills the canvas (DINOv2: exactly the released ``(u + 1) * 518 / 2 - 0.5``
+  mapping); see ``projection.py``.
 - ``voxel``: 3D voxel edge in point-cloud units (CLIP-Scan 0.08, all others 0.16).
 
 Variants: ``variant="fixed"`` (default) is the method as intended; ``variant="as_released"`` switches on every

@@ -5,11 +5,13 @@ per-forward geometry the guided adapter reuses in every block (cells of each vie
 Everything is batched over samples, views and tokens; the only Python loops run over the <= 4 interpolation
 corners and, at construction, over the <= 6 view matrices.
 
-2D, ``fixed``: camera on view axis k at ``camera_distance``; u = x/z, v = y/z; pixel (py, px) = (v, u) * f +
-canvas centre with f = half the canvas's longer side (square pixels; on DINOv2's 518 canvas this is exactly
-the released ``(u + 1) * 518 / 2 - 0.5``); clamped to the canvas; patch (i, j) has its centre at pixel
-``o + (i, j) * stride`` where the grid of patch centres is centred on the canvas (exact for DINOv2, DeiT and
-SSAST, whose patches tile the canvas); bilinear interpolation between the 4 nearest patch centres.
+2D, ``fixed``: camera on view axis k at ``camera_distance``; u = x/z, v = y/z; the field of view [-1, 1]^2
+fills the canvas: px = (u + 1) W / 2 - 0.5, py = (v + 1) H / 2 - 0.5 (pixel centres at integers; on DINOv2's
+square 518 canvas exactly the released map; on a non-square table every row and column stays in use, where
+square pixels would leave SSAST's 8 x 64 grid 2 usable rows); clamped to the canvas. Patch (i, j) has its
+centre at pixel ``o + (i, j) * stride``, the grid of patch centres centred on the canvas (exact for DINOv2,
+DeiT and SSAST, whose patches tile the canvas; ImageBind's stride-10 stem leaves a margin of 2 / 8 px, which
+this splits evenly); bilinear interpolation between the 4 nearest patch centres.
 2D cells: squares of ``cell_2d`` patches over the patch grid. 1D, ``fixed``: M distinct lines through the
 centroid (golden-spiral directions on the half sphere), min..max of each sample mapped to [0, L - 1], linear
 interpolation between the two nearest rows; segments of ``cell_1d`` rows.
@@ -198,8 +200,7 @@ class VirtualProjection(nn.Module):
             px, py = (u + 1) * W / 2 - 0.5, (v * H / W + 1) * H / 2 - 0.5
         else:
             z = z.clamp_min(1e-3)  # at or behind the camera: onto the canvas edge, not mirrored
-            half = max(H, W) / 2
-            px, py = p[..., 0] / z * half + (W - 1) / 2, p[..., 1] / z * half + (H - 1) / 2
+            px, py = (p[..., 0] / z + 1) * W / 2 - 0.5, (p[..., 1] / z + 1) * H / 2 - 0.5
         if f["wrap"]:
             px, py = torch.remainder(px, W), torch.remainder(py, H)
         else:
