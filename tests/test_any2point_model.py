@@ -124,8 +124,9 @@ def test_one_geometry_per_forward_and_cls_passes_through(monkeypatch):
                                    if p.requires_grad and ("a2p_" in n or n.startswith("backbone.blocks.")))
 
 
-def test_pool_maxmean_and_empty_cell_statistics_run():
-    model, _ = _model("test_dinov2", pool="maxmean", variant="as_released")
+@pytest.mark.parametrize("backbone", [n for n in BACKBONES.names() if BACKBONES.meta(n).get("test")])
+def test_as_released_trains_on_every_tiny_backbone(backbone):
+    model, _ = _model(backbone, pool="maxmean", variant="as_released")
     model.train()
     logits = model(torch.rand(3, 64, 3))
     logits.sum().backward()
