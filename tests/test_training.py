@@ -135,3 +135,16 @@ def test_nan_points_are_rejected():
     p[1, 2, 0] = np.nan
     with pytest.raises(DataError, match="1 sample"):
         validate_split(Split(p, np.zeros(3, np.int64)), 2, "x")
+
+
+def test_full_scales_the_backbone_lr_only():
+    from peft3d.bench.train import optimizer_for
+
+    model, _ = build_model(tiny_spec("full", method_cfg={"backbone_lr_scale": 0.1}), num_classes=12)
+    opt = optimizer_for(model, 1e-3, 0.05)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert lr_of[id(named["backbone.blocks.0.attention.self.query.weight"])] == pytest.approx(1e-4)
+    assert lr_of[id(named["tokenizer.raw.0.weight"])] == pytest.approx(1e-3)
+    assert lr_of[id(named["head.net.0.weight"])] == pytest.approx(1e-3)
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in model.parameters())

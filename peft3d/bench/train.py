@@ -19,7 +19,7 @@ from peft3d.datasets.base import PointCloudData
 from peft3d.datasets.protocols import eval_points, get_protocol
 from peft3d.datasets.sampling import TrainSampler
 from peft3d.models.build import build_model
-from peft3d.models.model import param_groups
+from peft3d.models.model import PointModel, param_groups
 from peft3d.spec import RunSpec
 
 Progress = Callable[[dict[str, Any]], None]
@@ -38,14 +38,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def optimizer_for(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW; biases, norms (1-D tensors) and tokens get no weight decay (as in the Any2Point recipe)."""
-    decay, no_decay = [], []
+def optimizer_for(model: PointModel, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW; biases, norms (1-D tensors) and tokens get no weight decay (as in the Any2Point recipe); each
+    parameter's lr is scaled by ``model.lr_scale(name)`` (e.g. the pretrained weights under ``full``)."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") or "token" in name else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+            no_decay = p.ndim <= 1 or name.endswith(".bias") or "token" in name
+            groups.setdefault((no_decay, model.lr_scale(name)), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": 0.0 if nd else weight_decay, "lr": lr * scale}
+                              for (nd, scale), ps in sorted(groups.items())], lr=lr)
 
 
 def lr_lambda(total: int, warmup: int, lr: float, min_lr: float) -> Callable[[int], float]:
@@ -125,8 +127,8 @@ def train_run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]
     n = len(data.train)
     steps_per_epoch = max(1, n // b.batch_size)  # drop the last partial batch (BatchNorm needs > 1 sample)
     opt = optimizer_for(model, b.lr, b.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(b.epochs * steps_per_epoch,
-                                                             b.warmup_epochs * steps_per_epoch, b.lr, b.min_lr))
+    factor = lr_lambda(b.epochs * steps_per_epoch, b.warmup_epochs * steps_per_epoch, b.lr, b.min_lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=b.label_smoothing)
     rng = np.random.default_rng(spec.seed)
     curves, train_s, eval_s, steps = Curves.empty(), 0.0, 0.0, 0
@@ -158,7 +160,7 @@ def train_run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]
         eval_s += time.time() - te
         for k, v in (("epoch", epoch), ("train_loss", losses / seen), ("train_acc", correct / seen),
                      ("val_acc", va["acc"]), ("test_acc", tst["acc"]), ("test_macc", tst["macc"]),
-                     ("lr", opt.param_groups[0]["lr"])):
+                     ("lr", b.lr * factor(steps - 1))):
             getattr(curves, k).append(v)
         if progress:
             progress({"epoch": epoch, "epochs": b.epochs, "train_loss": losses / seen, "val_acc": va["acc"],

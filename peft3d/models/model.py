@@ -76,6 +76,15 @@ class PointModel(nn.Module):
         self.head = Head(width, num_classes, head_hidden, head_dropout)
         self.context = ForwardContext()
         self.backbone_train_mode = False  # frozen backbone runs without dropout unless a method asks
+        # Parameter-name prefix -> learning-rate multiplier; methods may set entries in ``attach`` (the longest
+        # matching prefix wins; the final norm is shared by all methods and keeps the base lr).
+        self.lr_scales: dict[str, float] = {}
+
+    def lr_scale(self, name: str) -> float:
+        if name.startswith("backbone.final_norm."):
+            return 1.0
+        hits = [p for p in self.lr_scales if name.startswith(p)]
+        return self.lr_scales[max(hits, key=len)] if hits else 1.0
 
     def freeze_backbone(self) -> None:
         """Freeze every pretrained weight except the final norm (trained by all methods, as in Any2Point)."""
