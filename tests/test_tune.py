@@ -195,6 +195,8 @@ def test_a_killed_tune_leaves_no_running_runs_after_the_next_start(tmp_path):
     ghost = client.create_run(tuner.tracker.exp_id, tags={"peft3d.owner": dead, "peft3d.role": "trial"})
     alive = client.create_run(tuner.tracker.exp_id, tags={"peft3d.owner": owner_token(), "peft3d.role": "other"})
     assert study.trials[0].state == optuna.trial.TrialState.RUNNING
+    old = optuna.create_study(storage=o.storage, study_name="smoke/an/older/cell", direction="maximize")
+    old.ask().set_user_attr("peft3d.owner", dead)  # a cell whose config has since changed (new study name)
     again = Tuner("smoke", specs, tmp_path, o, execute=FakeExecutor(), echo=lambda s: None)
     again.prepare()
     assert client.get_run(ghost.info.run_id).info.status == "KILLED"
@@ -202,6 +204,8 @@ def test_a_killed_tune_leaves_no_running_runs_after_the_next_start(tmp_path):
     (study,) = again.studies.values()
     c = counts(study)
     assert c["running"] == 0 and c["interrupted"] == 1 and c["waiting"] == 1 and c["counted"] == 0
+    old = optuna.load_study(study_name="smoke/an/older/cell", storage=o.storage)
+    assert [t.state for t in old.trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
     client.set_terminated(alive.info.run_id)
     manifest = again.run(run_final=fake_final(tmp_path))
     assert manifest["equal_budget"] and counts(again.studies[next(iter(again.studies))])["counted"] == 2
@@ -252,7 +256,7 @@ def test_cli_tune_dry_run_and_table_without_tune(tmp_path):
 
 # ---- the real thing: worker processes, Ctrl-C, kill -9, resume ------------------------------------------------
 
-def _start_tune(root: Path, log: Path, trials: int = 3) -> subprocess.Popen:
+def _start_tune(root: Path, log: Path, trials: int = 3) -> subprocess.Popen:  # one log per start
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "peft3d", "tune", "--grid", "smoke", "--trials", str(trials),
                              "--results", str(root)], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
@@ -269,9 +273,10 @@ def _wait_for(log: Path, pattern: str, count: int, proc: subprocess.Popen, timeo
 
 @pytest.mark.slow
 def test_tune_smoke_grid_interrupted_twice_resumes_with_equal_budgets(tmp_path):
-    root, log = tmp_path / "results", tmp_path / "tune.log"
+    root = tmp_path / "results"
     n_cells = len(cells_of(expand("smoke"), "smoke"))
     # 1) Ctrl-C (SIGINT to the process group, as a terminal does) during the second trial
+    log = tmp_path / "tune1.log"
     p = _start_tune(root, log)
     _wait_for(log, " trial ", 1, p)
     time.sleep(3)
@@ -280,6 +285,7 @@ def test_tune_smoke_grid_interrupted_twice_resumes_with_equal_budgets(tmp_path):
     _, runs = mlflow_runs(root)
     assert runs and "RUNNING" not in {r.info.status for r in runs}
     # 2) kill -9 of the tune process in a later trial: its worker dies with it (PR_SET_PDEATHSIG)
+    log = tmp_path / "tune2.log"
     p = _start_tune(root, log)
     _wait_for(log, " trial ", 2, p)
     time.sleep(3)
@@ -288,6 +294,7 @@ def test_tune_smoke_grid_interrupted_twice_resumes_with_equal_budgets(tmp_path):
     _, runs = mlflow_runs(root)
     assert "RUNNING" in {r.info.status for r in runs}  # what a kill -9 leaves behind ...
     # 3) resume to the end
+    log = tmp_path / "tune3.log"
     p = _start_tune(root, log)
     assert p.wait(timeout=1800) == 0, log.read_text()[-3000:]
     text = log.read_text()

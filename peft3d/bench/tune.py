@@ -411,6 +411,7 @@ class Tuner:
             n = self.tracker.reap()
             if n:
                 self.echo(f"marked {n} MLflow run(s) of an interrupted tune as KILLED")
+        self.recover_orphans()
         too_many = []
         for cell in self.cells:
             study = open_study(cell, self.storage, self.opts.pruner)
@@ -428,6 +429,19 @@ class Tuner:
         for cell in self.cells:
             for k, v in study_attrs(cell, self.opts).items():
                 self.studies[cell.study_name].set_user_attr(k, v)
+
+    def recover_orphans(self) -> None:
+        """Stale trials of this grid's studies that are no longer in the grid (e.g. a method's config changed,
+        so its cells got new studies): FAIL, so no study of this grid shows a RUNNING trial of a dead process."""
+        import optuna
+
+        current = {c.study_name for c in self.cells}
+        for summary in optuna.get_all_study_summaries(self.storage, include_best_trial=False):
+            name = summary.study_name
+            if name.startswith(f"{self.grid}/") and name not in current:
+                back = recover(optuna.load_study(study_name=name, storage=self.storage))
+                if back:
+                    self.echo(f"{name} (no longer in the grid): trial(s) {back} were interrupted: marked FAIL")
 
     def tune_cell(self, cell: Cell, index: int) -> None:
         study, n = self.studies[cell.study_name], self.opts.n_trials
