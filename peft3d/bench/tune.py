@@ -29,6 +29,7 @@ import json
 import os
 import re
 import socket
+import sys
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -326,11 +327,18 @@ def run_trial_process(spec: RunSpec, root: Path, report: Report) -> tuple[dict[s
     seen: set[int] = set()
 
     def on_event(job: Any) -> None:
+        # Runs on the thread that drains the worker's stdout: it must never raise, or the pipe would fill and
+        # block the worker. A failed report (e.g. a locked database) only costs this epoch's pruning check.
         ev = job.last
         if not ev or ev.get("epoch") in seen or stopped.is_set():
             return
         seen.add(ev["epoch"])
-        if report(ev):
+        try:
+            prune = report(ev)
+        except Exception as e:  # noqa: BLE001
+            print(f"warning: could not report epoch {ev.get('epoch')} to the study: {e}", file=sys.stderr)
+            return
+        if prune:
             stopped.set()
             if job.proc is not None and job.proc.poll() is None:
                 job.proc.terminate()
