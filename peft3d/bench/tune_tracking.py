@@ -1,0 +1,123 @@
+"""Provenance for ``bench tune``: owner tokens (host/pid/start time) and the MLflow side of a tune — a parent run
+per study, a nested run per trial, created with the client and explicit run ids (trials run in other processes,
+so there is no fluent active-run state), and reaping of RUNNING runs whose owner process is gone."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from peft3d.spec import RunSpec
+
+# ------------------------------------------------------------------------------------------- owners
+
+def _proc_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a live owner from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_token(pid: int | None = None) -> str:
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}/{pid}/{_proc_start(pid) or '?'}"
+
+
+def owner_alive(token: str | None) -> bool:
+    """False when the owner process is certainly gone (same host, pid dead or reused); True otherwise."""
+    try:
+        host, pid_s, start = str(token).rsplit("/", 2)
+        pid = int(pid_s)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return True  # another machine's process: not ours to declare dead
+    now = _proc_start(pid)
+    if now is not None:
+        return now == start
+    try:  # no /proc: fall back to "does the pid exist"
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ------------------------------------------------------------------------------------------- MLflow
+
+class TuneTracker:
+    """Parent MLflow run per study, nested run per trial; explicit run ids, owner-tagged, never left RUNNING."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        import logging
+
+        import mlflow
+
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self.client = mlflow.MlflowClient(uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.owner = owner_token()
+
+    def reap(self) -> int:
+        """Mark RUNNING runs of this experiment whose owner process is gone as KILLED; returns how many."""
+        n = 0
+        for run in self.client.search_runs([self.exp_id], "attributes.status = 'RUNNING'", max_results=10000):
+            if not owner_alive(run.data.tags.get("peft3d.owner")):
+                self.client.set_tag(run.info.run_id, "peft3d.reaped_by", self.owner)
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                n += 1
+        return n
+
+    def study_run(self, study: str, attrs: dict[str, Any]) -> str:
+        hits = self.client.search_runs([self.exp_id], f"tags.`peft3d.study` = '{study}' and "
+                                       "tags.`peft3d.role` = 'study'", max_results=1)
+        if hits:
+            rid = hits[0].info.run_id
+            self.client.update_run(rid, status="RUNNING")
+        else:
+            rid = self.client.create_run(self.exp_id, tags={"peft3d.study": study, "peft3d.role": "study",
+                                                            "mlflow.runName": study}).info.run_id
+            self.client.log_batch(rid, params=_params({f"tune.{k}": v for k, v in attrs.items()}))
+        self.client.set_tag(rid, "peft3d.owner", self.owner)
+        return rid
+
+    def trial_run(self, parent: str, study: str, number: int, spec: RunSpec, params: dict[str, Any]) -> str:
+        tags = {"mlflow.parentRunId": parent, "peft3d.study": study, "peft3d.role": "trial",
+                "peft3d.trial": str(number), "peft3d.run_id": spec.run_id, "peft3d.owner": self.owner,
+                "mlflow.runName": f"trial {number}"}
+        rid = self.client.create_run(self.exp_id, tags=tags).info.run_id
+        self.client.log_batch(rid, params=_params(params))
+        return rid
+
+    def end_trial(self, rid: str, state: str, value: float | None, curve: list[dict]) -> None:
+        from mlflow.entities import Metric
+
+        metrics = [Metric(f"curve.{k}", float(ev[k]), 0, int(ev["epoch"])) for ev in curve
+                   for k in ("val_acc", "train_loss") if k in ev]
+        if value is not None:
+            metrics.append(Metric("objective.best_val_acc", float(value), 0, 0))
+        for i in range(0, len(metrics), 500):
+            self.client.log_batch(rid, metrics=metrics[i:i + 500])
+        self.client.set_tag(rid, "optuna.state", state)
+        status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}.get(state, "KILLED")
+        self.client.set_terminated(rid, status)
+
+    def end_study(self, rid: str, status: str, summary: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        nums = [Metric(f"tune.{k}", float(v), 0, 0) for k, v in summary.items()
+                if isinstance(v, (int, float)) and v is not None]
+        if nums:
+            self.client.log_batch(rid, metrics=nums)
+        self.client.set_terminated(rid, status)
+
+
+def _params(d: dict[str, Any]) -> list:
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)[:6000]) for k, v in d.items()]
