@@ -63,6 +63,15 @@ def _colors(names: list[str]) -> dict[str, Any]:
 
 
 MARKERS = {"language": "o", "vision": "s", "audio": "^"}
+SPARE_MARKERS = ["D", "v", "P", "X", "*"]
+
+
+def _markers(modalities: list[str]) -> dict[str, str]:
+    """The three paper modalities keep fixed markers; any other (e.g. "none (random init)") gets a spare one."""
+    out = {m: MARKERS[m] for m in MARKERS if m in modalities}
+    spare = iter(SPARE_MARKERS * 4)
+    out.update({m: next(spare) for m in modalities if m not in MARKERS})
+    return out
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -81,12 +90,13 @@ def plot_pareto(summary: pd.DataFrame) -> str:
         return "<p class=note>No successful runs: nothing to plot.</p>"
     datasets = list(dict.fromkeys(ok["dataset"]))
     colors = _colors(list(dict.fromkeys(summary["method"])))
+    markers = _markers(list(dict.fromkeys(ok["modality"])))
     fig = _figure(5.2 * len(datasets), 4.2)
     for i, ds in enumerate(datasets):
         ax = fig.add_subplot(1, len(datasets), i + 1)
         d = ok[ok["dataset"] == ds]
         for r in d.itertuples():
-            ax.errorbar(r.params, r.mean, yerr=0 if math.isnan(r.std) else r.std, fmt=MARKERS.get(r.modality, "D"),
+            ax.errorbar(r.params, r.mean, yerr=0 if math.isnan(r.std) else r.std, fmt=markers[r.modality],
                         color=colors[r.method], ms=6, capsize=2, alpha=.85)
         front = pareto_front(list(zip(d["params"], d["mean"], strict=True)))
         ax.plot([p for p, _ in front], [a for _, a in front], "k--", lw=1, label="Pareto front")
@@ -97,11 +107,12 @@ def plot_pareto(summary: pd.DataFrame) -> str:
         ax.grid(alpha=.3)
     from matplotlib.lines import Line2D
 
+    fig.tight_layout()
     handles = [Line2D([], [], color=c, marker="o", ls="", label=m) for m, c in colors.items()]
-    handles += [Line2D([], [], color="gray", marker=mk, ls="", label=mod) for mod, mk in MARKERS.items()]
+    handles += [Line2D([], [], color="gray", marker=mk, ls="", label=mod) for mod, mk in markers.items()]
     handles.append(Line2D([], [], color="k", ls="--", label="Pareto front"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8,
-               bbox_to_anchor=(0.5, -0.08))
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6), fontsize=8,
+               bbox_to_anchor=(0.5, 0.0))
     return _img(fig, "accuracy vs trainable parameters")
 
 
@@ -217,7 +228,9 @@ def plot_cd(summary: pd.DataFrame) -> str:
 # ---------------------------------------------------------------------------------------------- html
 
 def _table(frame: pd.DataFrame) -> str:
-    return '<div class="wrap">' + frame.fillna("").to_html(index=False, border=0, escape=True) + "</div>"
+    frame = frame.fillna("")
+    frame.columns.name = None  # a pivot's column-axis name would render as a stray header cell
+    return '<div class="wrap">' + frame.to_html(index=False, border=0, escape=True) + "</div>"
 
 
 def _notes(notes: list[str]) -> str:
