@@ -310,3 +310,25 @@ def test_tune_smoke_grid_interrupted_twice_resumes_with_equal_budgets(tmp_path):
         assert r["status"] == "success" and r["tuning"]["n_trials"] == 3
     assert "Tuning: 3 Optuna trials per cell" in (root / "tables" / "smoke.tuned.md").read_text()
     assert not list((root / "runs").glob(".*tmp"))
+
+
+def test_table_and_report_of_the_tuned_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from peft3d.bench.cli import _mount, app
+
+    _mount()
+    specs = smoke_specs(["linear", "lora", "any2point"])
+    Tuner("smoke", specs, tmp_path, opts(tmp_path, 2, mlflow=False), execute=FakeExecutor(),
+          echo=lambda s: None).run(run_final=fake_final(tmp_path))
+    out = CliRunner().invoke(app, ["table", "--grid", "smoke", "--tuned", "--results", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert "# smoke.tuned" in out.output and "Tuning: 2 Optuna trials per cell in all 3 studies" in out.output
+    assert "3/3 runs succeeded" in out.output
+    out = CliRunner().invoke(app, ["table", "--grid", "smoke", "--tuned", "--results", str(tmp_path),
+                                   "--layout", "peft"])
+    assert out.exit_code == 0 and "Δ to any2point" in out.output
+    out = CliRunner().invoke(app, ["report", "--grid", "smoke", "--tuned", "--results", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    html = (tmp_path / "report" / "smoke.tuned.html").read_text()
+    assert "2 Optuna trials per cell" in html and all(t.run_id in html for t in tuned_specs("smoke", tmp_path))

@@ -36,10 +36,9 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     pruning on the validation curve), then run the best configuration of each on the grid's seeds.
     Resumable: re-run the same command after an interruption."""
     from peft3d.bench.grids import expand
-    from peft3d.bench.results import atomic_write_text, results_dir
-    from peft3d.bench.tables import runs_frame, write_tables
+    from peft3d.bench.results import results_dir
     from peft3d.bench.tracking import tracking_uri as default_uri
-    from peft3d.bench.tune import TuneOptions, Tuner, cells_of, storage_url, tuned_specs
+    from peft3d.bench.tune import TuneOptions, Tuner, cells_of, storage_url, write_tuned_tables
 
     specs = expand(grid, _seeds(seeds), _roots(data_root), device)
     _check_roots(specs)
@@ -59,23 +58,14 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     tuner = Tuner(name, specs, root, opts, echo=typer.echo)
     typer.echo(f"grid {name}: {len(tuner.cells)} studies × {trials} trials → {root} (storage {opts.storage})")
     try:
-        manifest = tuner.run()
+        tuner.run()
     except KeyboardInterrupt:
         typer.secho("interrupted: the running trial is marked interrupted (not counted); re-run the same command "
                     "to resume", fg="yellow", err=True)
         raise typer.Exit(130) from None
-    tuned = tuned_specs(name, root)
-    df = runs_frame(tuned, root)
-    md_path, _, md = write_tables(f"{name}.tuned", df, root)
-    budget = (f"Tuning: {manifest['n_trials']} Optuna trials per cell in all {len(manifest['studies'])} studies "
-              f"(equal budget; {manifest['counting']}); the best configuration of each cell (validation metric) "
-              "was run on the grid's seeds." if manifest["equal_budget"] else
-              "WARNING: the studies have different trial counts (see the manifest): not an equal-budget comparison.")
-    md += "\n" + budget + "\n"
-    atomic_write_text(md_path, md)
+    md_path, md, n_bad = write_tuned_tables(name, root)
     typer.echo(md)
     typer.echo(f"wrote {md_path}; manifest {root / 'tune' / (name + '.json')}; wall time {time.time() - t0:.0f} s")
-    n_bad = int((df["status"] != "success").sum())
     if n_bad:
         typer.secho(f"{n_bad} tuned run(s) did not succeed; re-run to retry them", fg="yellow", err=True)
         raise typer.Exit(1)

@@ -196,7 +196,7 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         specs = expand(grid, _seeds(seeds), _roots(data_root))
     if layout == "default" and fmt == "md" and not (reference or versus or dataset):
         if tuned:
-            _write_tuned(name, specs, root)
+            _write_tuned(name, root)
         else:
             _write_table(name, specs, root, echo=True)
         return
@@ -220,9 +220,9 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     typer.echo(f"wrote {out}", err=True)
 
 
-def _write_tuned(name: str, specs, root: Path) -> None:
-    from peft3d.bench.tables import runs_frame, write_tables
+def _write_tuned(name: str, root: Path) -> None:
+    from peft3d.bench.tune import write_tuned_tables
 
-    md_path, csv_path, md = write_tables(name, runs_frame(specs, root), root)
+    md_path, md, _ = write_tuned_tables(name.removesuffix(".tuned"), root)
     typer.echo(md)
-    typer.echo(f"wrote {md_path} and {csv_path}")
+    typer.echo(f"wrote {md_path}")

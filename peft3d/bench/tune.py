@@ -512,3 +512,23 @@ def tuned_specs(grid: str, root: Path) -> list[RunSpec]:
 
 def succeeded_all(specs: list[RunSpec], root: Path) -> bool:
     return all(succeeded(root, s.run_id) for s in specs)
+
+
+def budget_line(manifest: dict[str, Any]) -> str:
+    if manifest["equal_budget"]:
+        return (f"Tuning: {manifest['n_trials']} Optuna trials per cell in all {len(manifest['studies'])} studies "
+                f"(equal budget; {manifest['counting']}); the best configuration of each cell (validation metric) "
+                "was run on the grid's seeds.")
+    return "WARNING: the studies have different trial counts (see the manifest): not an equal-budget comparison."
+
+
+def write_tuned_tables(grid: str, root: Path) -> tuple[Path, str, int]:
+    """``<grid>.tuned`` tables with the tuning budget under them; returns (md path, markdown, runs not succeeded)."""
+    from peft3d.bench.tables import runs_frame, write_tables
+
+    manifest = read_manifest(root, grid)
+    df = runs_frame([RunSpec.from_dict(d) for d in manifest["runs"]], root)
+    md_path, _, md = write_tables(f"{grid}.tuned", df, root)
+    md += "\n" + budget_line(manifest) + "\n"
+    atomic_write_text(md_path, md)
+    return md_path, md, int((df["status"] != "success").sum())
