@@ -41,13 +41,13 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     from peft3d.bench.tune import TuneOptions, Tuner, cells_of, storage_url, write_tuned_tables
 
     specs = expand(grid, _seeds(seeds), _roots(data_root), device)
-    _check_roots(specs)
     root = results_dir(results)
     name = Path(grid).stem
-    if dry_run:
+    if dry_run:  # listing the studies needs no data
         for c in cells_of(specs, name):
             typer.echo(f"  {c.study_name}  ({len(c.specs)} seeds)")
         return
+    _check_roots(specs)
     if pruner not in ("median", "none"):
         fail(f"--pruner must be 'median' or 'none', got {pruner!r}")
     os.environ.setdefault("PEFT3D_CACHE", str(root / "cache"))  # one evaluation FPS cache for every study
