@@ -351,7 +351,8 @@ def test_hf_dir_missing_key_corrupt_file_and_wrong_architecture(tmp_path, ckpts)
     dropped = next(k for k in sd if "layer.1.output.dense.weight" in k)
     del sd[dropped]
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    build = lambda w: bert.build_roberta_family(bert.TEST_ROBERTA_SPEC, bert.TINY_ROBERTA, w, "cpu")
+    def build(w):
+        return bert.build_roberta_family(bert.TEST_ROBERTA_SPEC, bert.TINY_ROBERTA, w, "cpu")
     with pytest.raises(WeightsError, match=r"missing 1 \['encoder.layer.1.output.dense.weight'\]"):
         build(f"path:{folder}")
     (folder / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes()[:300])

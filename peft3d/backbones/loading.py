@@ -193,7 +193,7 @@ def _norm(v: Any) -> Any:
 def split_qkv(sd: dict[str, torch.Tensor], src: str, dst: Iterable[str]) -> None:
     """Fused ``[3D, D]`` q/k/v (rows q, then k, then v) -> three tensors under the ``dst`` names
     (in place)."""
-    for d, t in zip(dst, sd.pop(src).chunk(3, dim=0)):
+    for d, t in zip(dst, sd.pop(src).chunk(3, dim=0), strict=True):
         sd[d] = t.contiguous()
 
 

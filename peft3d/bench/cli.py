@@ -74,4 +74,8 @@ def main() -> None:
     except (Peft3dError, RegistryError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: finished runs are kept; run the same command again to do only what is missing",
+                    fg="yellow", err=True)
+        sys.exit(130)
 
