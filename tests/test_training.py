@@ -148,3 +148,23 @@ def test_full_scales_the_backbone_lr_only():
     assert lr_of[id(named["tokenizer.raw.0.weight"])] == pytest.approx(1e-3)
     assert lr_of[id(named["head.net.0.weight"])] == pytest.approx(1e-3)
     assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_pretrained_dropout_off_but_method_dropout_on():
+    model, _ = build_model(tiny_spec("adapter", method_cfg={"bottleneck": 8, "scale": 0.1, "dropout": 0.5,
+                                                            "act": "relu"}), num_classes=12)
+    model.train()
+    hook = model.backbone.ffn_site(0).hooks[0]
+    assert hook.adapter_dropout.training  # the method's own dropout runs
+    assert not model.backbone.blocks[0].attention.self.dropout.training  # the pretrained one does not
+    assert not model.backbone.embed_norm.dropout.training
+
+
+def test_two_configs_of_one_method_are_separate_columns(tmp_path):
+    from peft3d.bench.tables import runs_frame, summarize
+
+    a = tiny_spec("lora", method_cfg={"r": 2, "alpha": 4.0, "dropout": 0.0, "targets": []})
+    b = tiny_spec("lora", method_cfg={"r": 4, "alpha": 4.0, "dropout": 0.0, "targets": []})
+    df = runs_frame([a, b, a.replace(seed=1)], tmp_path)
+    assert sorted(set(df["method"])) == ["lora[r=2]", "lora[r=4]"]
+    assert sorted(summarize(df)["n_expected"]) == [1, 2]

@@ -40,15 +40,34 @@ def effective_modality(pretrain: str | None, weights: str) -> str:
     return pretrain or "unknown"
 
 
+def method_labels(specs: list[RunSpec]) -> dict[str, str]:
+    """run_id -> the method's column label. A grid may run one method under several configurations in the
+    same cell (e.g. Any2Point ``fixed`` and ``as_released``); those must never be averaged as if they were
+    seeds, so each gets ``name[key=value,...]`` from the settings that differ inside its cell."""
+    cells: dict[tuple, list[RunSpec]] = {}
+    for s in specs:
+        cells.setdefault((s.backbone, s.weights, s.dataset, s.variant, s.method), []).append(s)
+    labels = {}
+    for group in cells.values():
+        cfgs = [dict(s.method_cfg, preset=s.preset) for s in group]
+        keys = sorted({k for c in cfgs for k in c if len({repr(d.get(k)) for d in cfgs}) > 1})
+        for s, c in zip(group, cfgs, strict=True):
+            labels[s.run_id] = s.method + (f"[{','.join(f'{k}={c.get(k)}' for k in keys)}]" if keys else "")
+    return labels
+
+
 def runs_frame(specs: list[RunSpec], root: Path) -> pd.DataFrame:
-    """One row per expected run; ``status`` is success | failed | missing."""
+    """One row per expected run; ``status`` is success | failed | missing. ``method`` is the column label
+    (see :func:`method_labels`); ``method_name`` the registered name."""
     results = load_results(root, [s.run_id for s in specs])
+    labels = method_labels(specs)
     rows = []
     for s in specs:
         r = results[s.run_id] or {}
         m, p = r.get("metrics") or {}, r.get("params") or {}
         rows.append({
-            "run_id": s.run_id, "backbone": s.backbone, "weights": s.weights, "method": s.method,
+            "run_id": s.run_id, "backbone": s.backbone, "weights": s.weights, "method": labels[s.run_id],
+            "method_name": s.method,
             "preset": s.preset, "dataset": f"{s.dataset}/{s.variant}", "seed": s.seed,
             "status": r.get("status", "missing"), "error": r.get("error") or ("not run yet" if not r else None),
             "test_acc": m.get("test_acc"), "val_acc": m.get("val_acc"),
@@ -59,7 +78,7 @@ def runs_frame(specs: list[RunSpec], root: Path) -> pd.DataFrame:
             "time_s": (r.get("time") or {}).get("total_s"), "step_ms": (r.get("time") or {}).get("step_ms"),
             "pretrain_modality": (r.get("backbone") or {}).get("pretrain_modality") or _registry_modality(s.backbone),
         })
-    df = pd.DataFrame(rows, columns=[c for c in RUN_COLUMNS if c != "modality"])
+    df = pd.DataFrame(rows, columns=[c for c in RUN_COLUMNS if c != "modality"] + ["method_name"])
     df["modality"] = [effective_modality(p, w) for p, w in zip(df["pretrain_modality"], df["weights"], strict=True)]
     ok = df["status"] == "success"
     for c in ("test_acc", "val_acc", "test_acc_best_test", "test_acc_last"):

@@ -76,6 +76,10 @@ class PointModel(nn.Module):
         self.head = Head(width, num_classes, head_hidden, head_dropout)
         self.context = ForwardContext()
         self.backbone_train_mode = False  # frozen backbone runs without dropout unless a method asks
+        # The pretrained backbone's own dropout / drop-path modules, listed before any method attaches (a plain
+        # list, not submodules): ``train()`` keeps only these in eval, so a method's own dropout still works.
+        self._pretrained_dropouts = [m for m in backbone.modules() if isinstance(
+            m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d)) or type(m).__name__ == "DropPath"]
         # Parameter-name prefix -> learning-rate multiplier; methods may set entries in ``attach`` (the longest
         # matching prefix wins; the final norm is shared by all methods and keeps the base lr).
         self.lr_scales: dict[str, float] = {}
@@ -96,10 +100,8 @@ class PointModel(nn.Module):
     def train(self, mode: bool = True) -> "PointModel":
         super().train(mode)
         if mode and not self.backbone_train_mode:
-            # Keep pretrained dropout / drop-path off; method modules inside blocks still train.
-            for m in self.backbone.modules():
-                if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d)) or type(m).__name__ == "DropPath":
-                    m.eval()
+            for m in self._pretrained_dropouts:
+                m.eval()
         return self
 
     def forward(self, xyz: torch.Tensor) -> torch.Tensor:  # (B, N, 3) -> logits (B, C)

@@ -99,11 +99,12 @@ class StoredSpec:
     dataset: str
     variant: str
     seed: int
+    method_cfg: dict
 
     @classmethod
     def of(cls, run_id: str, spec: dict) -> "StoredSpec":
         return cls(run_id, spec["backbone"], spec["weights"], spec["method"], spec["preset"], spec["dataset"],
-                   spec["variant"], spec["seed"])
+                   spec["variant"], spec["seed"], spec.get("method_cfg") or {})
 
 
 def load_into(root: Path) -> list[StoredSpec]:
