@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from peft3d.atomic import atomic_write
 
 SCHEMA = 1
 
@@ -19,18 +20,8 @@ def run_path(root: Path, run_id: str) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Readers see all of ``text`` or the previous file, never a part."""
+    atomic_write(path, lambda f: f.write(text))
 
 
 def write_result(root: Path, result: dict[str, Any]) -> Path:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from peft3d.atomic import atomic_write
 
 ENV = "PEFT3D_CACHE"
 DEFAULT = Path("results") / "cache"
@@ -41,18 +42,8 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def atomic_save(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` (.npy) atomically: temp file in the same folder, fsync, ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``array`` to ``path`` (.npy) atomically (see :mod:`peft3d.atomic`)."""
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False), binary=True)
 
 
 def load(path: Path) -> np.ndarray | None:
