@@ -56,15 +56,13 @@ def ls(what: str = typer.Argument(..., help="backbones | methods | datasets | gr
 
 def _mount() -> None:
     """Sub-commands that live in their own modules (kept import-light)."""
-    from peft3d.bench import commands  # noqa: F401  (registers run/table/validate/...)
-
-    for mod in ("peft3d.bench.cli_data", "peft3d.bench.cli_params", "peft3d.bench.cli_tune",
-                "peft3d.bench.cli_report", "peft3d.bench.cli_perf"):
-        try:
-            __import__(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+    from peft3d.bench import (  # noqa: F401
+        cli_data,
+        cli_params,
+        cli_report,
+        cli_tune,
+        commands,  # noqa: F401  (registers run/table/validate/...)
+    )
 
 
 def main() -> None:

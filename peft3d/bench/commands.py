@@ -35,10 +35,8 @@ def _seeds(s: str | None) -> list[int] | None:
 
 
 def _check_roots(specs) -> None:
-    import peft3d.datasets as ds
-    from peft3d.datasets import DATASETS
+    from peft3d.datasets import DATASETS, check_root
 
-    check = getattr(ds, "check_root", None)
     seen = set()
     for s in specs:
         key = (s.dataset, s.variant, s.data_root)
@@ -48,8 +46,8 @@ def _check_roots(specs) -> None:
         if DATASETS.meta(s.dataset).get("needs_root", True) and not s.data_root:
             fail(f"dataset {s.dataset} needs its files: set data_root in the grid or pass "
                  f"--data-root {s.dataset}=PATH (see: bench data info {s.dataset})")
-        if check and s.data_root:
-            problem = check(s.dataset, s.variant, s.data_root)
+        if s.data_root:
+            problem = check_root(s.dataset, s.variant, s.data_root)
             if problem:
                 fail(problem)
 

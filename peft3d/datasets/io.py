@@ -6,6 +6,8 @@ traceback reaches the user. Torch-free.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +77,9 @@ def safe_unpickle(path: Path, fix: str) -> Any:
     return obj
 
 
-def read_h5(path: Path, keys: tuple[str, ...], fix: str) -> dict[str, np.ndarray]:
-    """Read whole datasets ``keys`` from an HDF5 file; truncation/corruption/missing keys -> DataError."""
+@contextmanager
+def _open_h5(path: Path, keys: tuple[str, ...], fix: str) -> Iterator[Any]:
+    """An open HDF5 file holding ``keys``; truncation/corruption/missing keys -> one DataError line."""
     import h5py
 
     if not path.is_file():
@@ -87,7 +90,7 @@ def read_h5(path: Path, keys: tuple[str, ...], fix: str) -> dict[str, np.ndarray
             if missing:
                 raise DataError(f"{path}: missing dataset(s) {missing} (has {sorted(f.keys())}); not a file of this "
                                 f"format — {fix}")
-            return {k: f[k][()] for k in keys}
+            yield f
     except DataError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
@@ -96,23 +99,16 @@ def read_h5(path: Path, keys: tuple[str, ...], fix: str) -> dict[str, np.ndarray
                         f"download is the usual cause) — {fix}") from None
 
 
+def read_h5(path: Path, keys: tuple[str, ...], fix: str) -> dict[str, np.ndarray]:
+    """Read whole datasets ``keys`` from an HDF5 file."""
+    with _open_h5(path, keys, fix) as f:
+        return {k: f[k][()] for k in keys}
+
+
 def h5_shapes(path: Path, keys: tuple[str, ...], fix: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shapes and dtypes only (cheap: no data is read). Same errors as :func:`read_h5`."""
-    import h5py
-
-    if not path.is_file():
-        raise DataError(f"{path} not found; {fix}")
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [k for k in keys if k not in f]
-            if missing:
-                raise DataError(f"{path}: missing dataset(s) {missing} (has {sorted(f.keys())}) — {fix}")
-            return {k: (f[k].shape, f[k].dtype) for k in keys}
-    except DataError:
-        raise
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
-        msg = " ".join(str(e).split())
-        raise DataError(f"{path}: unreadable HDF5 ({msg}); the file is truncated or corrupt — {fix}") from None
+    with _open_h5(path, keys, fix) as f:
+        return {k: (f[k].shape, f[k].dtype) for k in keys}
 
 
 def as_points(data: np.ndarray, where: str, fix: str, channels: int = 3) -> np.ndarray:
