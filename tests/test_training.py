@@ -25,14 +25,14 @@ def tiny_spec(method="adapter", **kw):
 
 def test_same_spec_same_metrics():
     torch.set_num_threads(1)
-    a, b = train_run(tiny_spec()), train_run(tiny_spec())
+    a, b = train_run(tiny_spec()).to_dict(), train_run(tiny_spec()).to_dict()
     assert a["metrics"]["curves"] == b["metrics"]["curves"]
-    c = train_run(tiny_spec(seed=1))
+    c = train_run(tiny_spec(seed=1)).to_dict()
     assert c["metrics"]["curves"]["train_loss"] != a["metrics"]["curves"]["train_loss"]
 
 
 def test_result_record_is_complete_and_honest():
-    r = train_run(tiny_spec("lora", method_cfg={"r": 2, "alpha": 4.0, "dropout": 0.0, "targets": []}))
+    r = train_run(tiny_spec("lora", method_cfg={"r": 2, "alpha": 4.0, "dropout": 0.0, "targets": []})).to_dict()
     m = r["metrics"]
     assert r["status"] == "success" and r["run_id"] == tiny_spec("lora", method_cfg={
         "r": 2, "alpha": 4.0, "dropout": 0.0, "targets": []}).run_id

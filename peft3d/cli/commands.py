@@ -75,7 +75,7 @@ def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         no_mlflow: bool = typer.Option(False, "--no-mlflow", help="do not mirror runs to MLflow"),
         dry_run: bool = typer.Option(False, "--dry-run", help="list what would run")) -> None:
     """Run every missing run of a grid (resumable), then write its table."""
-    from peft3d.core.results import results_dir
+    from peft3d.core.result import results_dir
     from peft3d.grids.loader import expand
     from peft3d.schedule.runner import pending
 
@@ -128,13 +128,13 @@ def _run_with_progress(todo, root: Path, jobs: int, uri: str | None, no_mlflow: 
 
         def on_done(job, result) -> None:
             rid = job.spec.run_id
-            status = result.get("status", "?")
-            info = (f"test {100 * result['metrics']['test_acc']:.1f}" if status == "success"
-                    else f"[red]failed: {escape(str(result.get('error'))[:80])}")
+            ok = result is not None and result.ok
+            info = (f"test {100 * result.metrics.test_acc:.1f}" if ok
+                    else f"[red]failed: {escape(str(result.error if result else 'no result')[:80])}")
             if rid in tasks:
                 bar.update(tasks[rid], info=info)
                 bar.remove_task(tasks[rid])
-            bar.console.print(f"{'✓' if status == 'success' else '✗'} {escape(job.spec.label)}  {info}")
+            bar.console.print(f"{'✓' if ok else '✗'} {escape(job.spec.label)}  {info}")
             bar.advance(total)
             if mirror is not None and result:
                 try:
@@ -173,7 +173,7 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
                                                "(default any2point, else linear)"),
           tuned: bool = typer.Option(False, "--tuned", help="the tuned runs written by 'bench tune'")) -> None:
     """Rebuild a grid's tables from its result JSONs only (no training); paper layouts with --layout."""
-    from peft3d.core.results import atomic_write_text, results_dir
+    from peft3d.core.result import atomic_write_text, results_dir
     from peft3d.grids.loader import expand
     from peft3d.reporting.layouts import FORMATS, LAYOUTS, REFERENCES, render_layout
     from peft3d.reporting.tables import runs_frame

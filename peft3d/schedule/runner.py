@@ -9,14 +9,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from peft3d.core.results import failure_result, read_result, succeeded, write_result
+from peft3d.core.result import RunResult, read_result, succeeded, write_result
 from peft3d.core.spec import RunSpec
 
 # glibc serves allocations above its mmap threshold with fresh pages and unmaps them on free, so every
@@ -29,7 +28,6 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_
 class Job:
     spec: RunSpec
     proc: subprocess.Popen | None = None
-    spec_file: Path | None = None
     last: dict = field(default_factory=dict)
     failed_line: str | None = None
     started: float = 0.0
@@ -56,41 +54,40 @@ def _reader(job: Job, on_event: Callable[[Job], None]) -> None:
 
 
 def _start(job: Job, root: Path, threads: int, on_event: Callable[[Job], None]) -> None:
-    fd, name = tempfile.mkstemp(prefix=f"peft3d-{job.spec.run_id}-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(job.spec.to_dict(), f)
-    job.spec_file = Path(name)
     env = dict(os.environ, PEFT3D_THREADS=str(threads), HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
                PYTHONUNBUFFERED="1")
     env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
-    job.proc = subprocess.Popen([sys.executable, "-m", "peft3d.schedule.worker", name, str(root)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    # The spec goes on stdin, not in a temp file: a killed scheduler leaves nothing behind.
+    job.proc = subprocess.Popen([sys.executable, "-m", "peft3d.schedule.worker", str(root)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True)  # Ctrl-C reaches the parent only; we stop children
+    assert job.proc.stdin is not None
+    with job.proc.stdin:  # a few KB: fits the pipe buffer, so this never waits for the child
+        job.proc.stdin.write(json.dumps(job.spec.to_dict()))
     job.started = time.time()
     job.reader = threading.Thread(target=_reader, args=(job, on_event), daemon=True)
     job.reader.start()
 
 
-def _finish(job: Job, root: Path) -> dict:
+def _finish(job: Job, root: Path) -> RunResult | None:
     """Collect a finished child; a child that died without writing a result gets a failure record."""
     assert job.proc is not None
     if job.reader:
         job.reader.join(timeout=5)
-    if job.spec_file:
-        job.spec_file.unlink(missing_ok=True)
     result = read_result(root, job.spec.run_id)
     code = job.proc.returncode
-    if code != 0 and (result is None or result.get("status") == "success"):
+    if code != 0 and (result is None or result.ok):
         tail = " | ".join(job.output[-3:])
         why = "killed (out of memory?)" if code in (-9, 137) else f"exited with code {code}"
-        result = failure_result(job.spec.to_dict(), job.spec.run_id, f"worker {why}: {tail}"[:500])
+        result = RunResult.failure(job.spec.to_dict(), job.spec.run_id, f"worker {why}: {tail}"[:500])
         write_result(root, result)
-    return result or {}
+    return result
 
 
 def run_specs(specs: list[RunSpec], root: Path, jobs: int = 1, on_event: Callable[[Job], None] | None = None,
-              on_done: Callable[[Job, dict], None] | None = None) -> list[dict]:
-    """Run ``specs`` with at most ``jobs`` processes; returns their result dicts in completion order."""
+              on_done: Callable[[Job, RunResult | None], None] | None = None) -> list[RunResult | None]:
+    """Run ``specs`` with at most ``jobs`` processes; returns their results in completion order (None: a
+    child that exited cleanly without a result, e.g. stopped by a signal)."""
     on_event = on_event or (lambda j: None)
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
     queue, running, done = list(specs), [], []
@@ -122,6 +119,4 @@ def _stop(job: Job) -> None:
             job.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             job.proc.kill()
-    if job.spec_file:
-        job.spec_file.unlink(missing_ok=True)
     # A child stopped mid-run writes nothing (results are written atomically at the end): nothing to clean.

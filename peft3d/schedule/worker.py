@@ -1,4 +1,5 @@
-"""Runs one RunSpec in its own process (``python -m peft3d.schedule.worker SPEC_JSON RESULTS_DIR``).
+"""Runs one RunSpec in its own process (``python -m peft3d.schedule.worker RESULTS_DIR``,
+the RunSpec as JSON on stdin: no spec file exists that a killed run could leave behind).
 
 Prints one JSON progress line per epoch on stdout (prefixed ``@progress``) for the scheduler's bars and
 writes the result JSON atomically. A Python exception becomes a ``failed`` result with a one-line reason;
@@ -29,7 +30,8 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str]) -> int:
-    spec_json, root = argv[0], Path(argv[1])
+    root = Path(argv[0])
+    spec_json = sys.stdin.read()  # read before anything can fail, so the parent's write never blocks
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("PEFT3D_CACHE", str(root / "cache"))  # evaluation FPS cache beside the results
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
@@ -41,11 +43,11 @@ def main(argv: list[str]) -> int:
 
     hf_logging.set_verbosity_error()  # our own strict check reports key problems; keep stdout for progress
     from peft3d.core.errors import Peft3dError
-    from peft3d.core.results import failure_result, write_result
+    from peft3d.core.result import RunResult, write_result
     from peft3d.core.spec import RunSpec
     from peft3d.training.train import train_run
 
-    spec = RunSpec.from_dict(json.loads(Path(spec_json).read_text()))
+    spec = RunSpec.from_dict(json.loads(spec_json))
     threads = os.environ.get("PEFT3D_THREADS")
     if threads:
         import torch
@@ -59,7 +61,7 @@ def main(argv: list[str]) -> int:
         kind = "user error" if isinstance(e, Peft3dError) else type(e).__name__
         msg = " ".join(str(e).split()) or type(e).__name__
         tb = traceback.format_exc().splitlines()[-12:]
-        write_result(root, failure_result(spec.to_dict(), spec.run_id, f"{kind}: {msg}", traceback=tb))
+        write_result(root, RunResult.failure(spec.to_dict(), spec.run_id, f"{kind}: {msg}", traceback=tb))
         print(f"@failed {kind}: {msg}", flush=True)
         return 1
     write_result(root, result)
