@@ -59,11 +59,14 @@ def _start(job: Job, root: Path, threads: int, on_event: Callable[[Job], None]) 
     env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
     # The spec goes on stdin, not in a temp file: a killed scheduler leaves nothing behind.
     job.proc = subprocess.Popen([sys.executable, "-m", "peft3d.schedule.worker", str(root)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                start_new_session=True)  # Ctrl-C reaches the parent only; we stop children
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, start_new_session=True)  # Ctrl-C reaches the parent only; we stop children
     assert job.proc.stdin is not None
-    with job.proc.stdin:  # a few KB: fits the pipe buffer, so this never waits for the child
-        job.proc.stdin.write(json.dumps(job.spec.to_dict()))
+    try:
+        with job.proc.stdin:  # a few KB: fits the pipe buffer, so this never waits for the child
+            job.proc.stdin.write(json.dumps(job.spec.to_dict()))
+    except BrokenPipeError:
+        pass  # the child died before reading: _finish records why from its exit code and output
     job.started = time.time()
     job.reader = threading.Thread(target=_reader, args=(job, on_event), daemon=True)
     job.reader.start()
