@@ -75,7 +75,7 @@ def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         no_mlflow: bool = typer.Option(False, "--no-mlflow", help="do not mirror runs to MLflow"),
         dry_run: bool = typer.Option(False, "--dry-run", help="list what would run")) -> None:
     """Run every missing run of a grid (resumable), then write its table."""
-    from peft3d.core.result import results_dir
+    from peft3d.core.result import ensure_writable, results_dir
     from peft3d.grids.loader import expand
     from peft3d.schedule.runner import pending
 
@@ -89,6 +89,7 @@ def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         for s in todo:
             typer.echo(f"  {s.run_id}  {s.label}")
         return
+    ensure_writable(root)
     t0 = time.time()
     if jobs <= 0:
         jobs = 1 if any(s.device.startswith("cuda") for s in todo) else max(1, min(os.cpu_count() or 1, 4))

@@ -209,6 +209,21 @@ def results_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(override or os.environ.get("PEFT3D_RESULTS", "results")).resolve()
 
 
+def ensure_writable(root: Path) -> None:
+    """Fail before anything runs when results could not be stored (a read-only or foreign folder)."""
+    import tempfile
+
+    from peft3d.core.errors import Peft3dError
+
+    try:
+        (root / "runs").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root / "runs"):
+            pass
+    except OSError as e:
+        raise Peft3dError(f"results folder {root} is not writable ({e.strerror}): pass --results DIR or set "
+                          "PEFT3D_RESULTS to a writable folder") from None
+
+
 def run_path(root: Path, run_id: str) -> Path:
     return root / "runs" / f"{run_id}.json"
 
