@@ -324,3 +324,67 @@ def test_dataset_with_zero_samples_is_invalid(bench, tmp_path):
     r = bench("data", "check", "scanobjectnn", "--root", tmp_path)
     assert r.exit_code != 0 and "INVALID" in r.output and "Traceback" not in r.output, r.output
 
+
+
+# ---- fuzz (hypothesis): any value under any key either validates or is one ConfigError/ResultInvalid line --------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from peft3d.core.errors import ConfigError  # noqa: E402
+from peft3d.core.registry import RegistryError  # noqa: E402
+
+ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**15, max_value=10**15), st.floats(),
+                      st.text(max_size=8), st.lists(st.integers(-3, 3), max_size=3),
+                      st.dictionaries(st.text(max_size=4), st.integers(-3, 3), max_size=2))
+GRID_KEYS = ["budget.epochs", "budget.batch_size", "budget.lr", "budget.weight_decay", "budget.warmup_epochs",
+             "budget.label_smoothing", "tokenizer.k", "tokenizer.alpha", "tokenizer.lga_blocks", "head.hidden",
+             "head.dropout", "num_points", "seeds", "device", "weights", "protocol", "methods",
+             "method_cfg.lora.r", "method_cfg.lora.alpha", "method_cfg.prompt.num_prompts"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(GRID_KEYS), value=ANY_VALUE)
+def test_fuzz_grid_values(tmp_path, key, value):
+    import yaml
+
+    *outer, last = key.split(".")
+    body: dict = {}
+    node = body
+    for k in outer:
+        node = node.setdefault(k, {})
+    node[last] = value
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(f"include: {GRID_DIR / 'smoke.yaml'}\n" + yaml.safe_dump(body))
+    try:
+        specs = expand(str(path))
+    except (ConfigError, RegistryError) as e:  # both: one line, exit 2 in main()
+        assert "\n" not in str(e) and str(e)
+        return
+    for s in specs:  # accepted: then every number is a real, finite, in-range setting
+        b = s.budget
+        assert isinstance(b.epochs, int) and 1 <= b.epochs <= 100_000 and 1 <= b.batch_size <= 65_536
+        assert math.isfinite(b.lr) and 0 < b.lr <= 10 and 0 <= b.label_smoothing < 1
+        assert isinstance(s.num_points, int) and s.num_points >= 1 and isinstance(s.seed, int) and s.seed >= 0
+        assert s.device in ("cpu", "mps") or s.device.startswith("cuda")
+        assert all(math.isfinite(v) for v in s.method_cfg.values() if isinstance(v, float))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(["test_acc", "val_acc", "test_acc_best_test", "n_test", "selected_epoch", "curves"]),
+       value=ANY_VALUE, status=st.sampled_from(["success", "failed", "pruned", "done", None]))
+def test_fuzz_result_files(tmp_path, key, value, status):
+    r = _golden_result()
+    r["metrics"][key] = value
+    r["status"] = status
+    path = run_path(tmp_path, r["run_id"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r))  # NaN / Infinity written as JSON's non-standard tokens, as Python would
+    got = read_result(tmp_path, r["run_id"])
+    if got is None:
+        assert not path.exists()  # quarantined: the run is redone
+        return
+    assert got.status == status and (got.metrics is not None or status != "success")
+    m = got.metrics
+    for acc in (m.test_acc, m.val_acc, m.test_acc_best_test):
+        assert acc is None or (isinstance(acc, float) and math.isfinite(acc) and 0 <= acc <= 1)
