@@ -46,6 +46,8 @@ class Probe:
 
 
 def bench(tree: Path, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> tuple[int, str]:
+    """``python -m peft3d ARGS`` from ``tree``; ``cwd`` is a scratch folder, since ``-m`` puts the working folder
+    ahead of PYTHONPATH and a checkout's root would shadow ``tree``."""
     e = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE="1", COLUMNS="200", **(env or {}))
     p = subprocess.run([sys.executable, "-m", "peft3d", *args], cwd=cwd, env=e, capture_output=True, text=True,
                        timeout=timeout)
@@ -86,11 +88,11 @@ def _smoke_results(tree: Path, root: Path) -> list[str]:
         "from peft3d.grids.loader import expand\n"
         "print(json.dumps([[s.run_id, s.to_dict(), s.label] for s in expand('smoke')]))\n")
     p = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(tree)), capture_output=True,
-                       text=True, check=False)
+                       text=True, check=False, cwd=root.parent)  # never the caller's folder: it may hold a peft3d/
     if p.returncode:  # the old layout
         code = code.replace("peft3d.grids.loader", "peft3d.bench.grids")
         p = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(tree)),
-                           capture_output=True, text=True, check=True)
+                           capture_output=True, text=True, check=True, cwd=root.parent)
     template = json.loads((HERE / "tests" / "golden" / "results.json").read_text())["results"][0]
     (root / "runs").mkdir(parents=True, exist_ok=True)
     ids = []
@@ -195,6 +197,17 @@ def data_probes(tree: Path, work: Path) -> list[Probe]:
     return out
 
 
+def _has_worker(parent: int) -> bool:
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and f" {parent} " in (d / "stat").read_text().split(")")[-1][:40] and \
+                    b"worker" in (d / "cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def slow_probes(tree: Path, work: Path) -> list[Probe]:
     smoke = next(p for p in (tree / "peft3d/grids/files/smoke.yaml", tree / "peft3d/bench/grids/smoke.yaml")
                  if p.exists())
@@ -206,8 +219,11 @@ def slow_probes(tree: Path, work: Path) -> list[Probe]:
     env = dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE="1", TMPDIR=str(tmp))
     p = subprocess.Popen([sys.executable, "-m", "peft3d", "run", "--grid", str(tiny), "--results",
                           str(work / "killed"), "--no-mlflow"], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    time.sleep(6)
+                         stderr=subprocess.DEVNULL, cwd=work)
+    deadline = time.time() + 300
+    while time.time() < deadline and not _has_worker(p.pid):  # kill -9 once a run is under way
+        time.sleep(0.5)
+    time.sleep(1)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     time.sleep(2)

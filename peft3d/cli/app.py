@@ -100,7 +100,7 @@ def main() -> None:
 
 
 def _not_writable(e: OSError) -> bool:
-    return e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    return e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR)  # ENOTDIR: --results names a file
 
 
 def _unexpected(e: BaseException, debug: bool) -> None:
