@@ -185,9 +185,17 @@ def _family_presets() -> dict[str, dict[str, Any]]:
     # MiniLM at the quickstart size (128 points -> 16 tokens): segments of 64 of its 512 rows (8 segments)
     # and 0.4 voxels, so that cells and voxels hold more than one token.
     out["minilm_synthetic"] = dict(PAPER["paper_clip_text_scan"], cell_1d=64.0, voxel=0.4)
+    # TEMP presets for new backbones (until presets derive from what a backbone declares): DINOv2-S has
+    # DINOv2-B's 37x37 grid; MiniLM-L3 MiniLM-L6's 512 rows; Whisper's 1,500 rows keep MiniLM's share of the
+    # table per segment (39 segments as 2 of CLIP's 77 rows; 8 segments at the quickstart size).
+    for tag in ("scan", "mn40", "synthetic"):
+        out[f"dinov2_small_{tag}"] = dict(out[f"dinov2_{tag}"])
+        out[f"minilm_l3_{tag}"] = dict(out[f"minilm_{tag}"])
+        out[f"whisper_tiny_{tag}"] = dict(out[f"minilm_{tag}"], cell_1d=(
+            1500 / 8 if tag == "synthetic" else round(2.0 * 1500 / 77, 2)))
     # Tiny test backbones: their family's settings with a small bottleneck.
     for name in list(out):
-        if not name.startswith("minilm"):
+        if not name.startswith(("minilm", "dinov2_small", "whisper_tiny")):
             out[f"test_{name}"] = dict(out[name], bottleneck=4)
     for tag in ("scan", "mn40", "synthetic"):
         out[f"test_bert_{tag}"] = dict(out[f"minilm_{tag}"], bottleneck=4, cell_1d=4.0, voxel=0.3)
