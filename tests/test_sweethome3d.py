@@ -224,3 +224,31 @@ def test_real_package_prepares_checks_valid_and_shows_attributions(tmp_path):
     r = _bench("data", "info", "sweethome3d", env=env)
     assert r.returncode == 0 and "Scopia.sh3f" in r.stdout and "creators: Kator Legaz (39)" in r.stdout
     assert "Public domain" in r.stdout and "Creative Commons Attribution 3.0" in r.stdout
+
+
+def test_download_uses_apt_get_download_and_dpkg_deb(tmp_path, monkeypatch):
+    """No catalogue installed or given: prepare fetches the .deb with ``apt-get download`` and extracts it with
+    ``dpkg-deb -x`` into the cache (stand-in tools on PATH record their arguments and do the same)."""
+    src = write_catalogue(tmp_path / "Test.sh3f")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.txt"
+    (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "apt-get $*" >> {log}\n'
+                                     'echo deb > sweethome3d-furniture_1.8-1_all.deb\n')
+    (bin_dir / "dpkg-deb").write_text(f'#!/bin/sh\necho "dpkg-deb $*" >> {log}\n'
+                                      f'mkdir -p "$3/{sh3f.IN_DEB}" && cp {src} "$3/{sh3f.IN_DEB}/"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(sh3f, "INSTALLED", tmp_path / "not-installed")
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(DataError, match="catalogues not found; fix: apt-get install sweethome3d-furniture"):
+        sweethome3d.prepare(None, POINTS, cache_dir=str(cache_dir), log=lambda *_: None)
+    path = sweethome3d.prepare(None, POINTS, cache_dir=str(cache_dir), download=True, log=lambda *_: None)
+    calls = log.read_text().splitlines()
+    assert calls[0] == "apt-get download sweethome3d-furniture" and calls[1].startswith("dpkg-deb -x ")
+    _, meta = sweethome3d.read_cached(path)
+    assert "extracted in" in meta["origin"] and len(meta["models"]) == 12
+    # the extracted copy is found again without downloading
+    sweethome3d.prepare(None, POINTS, cache_dir=str(cache_dir), download=True, log=lambda *_: None)
+    assert len(log.read_text().splitlines()) == 2
