@@ -17,10 +17,10 @@ import time
 
 
 def build(backbone: str, method: str, points: int, paper: bool, device: str):
-    from peft3d.bench.grids import load_grid
+    from peft3d.core.spec import RunSpec, TokenizerCfg, from_mapping
+    from peft3d.grids.loader import load_grid
     from peft3d.methods import config_class
     from peft3d.models.build import build_model
-    from peft3d.spec import RunSpec, TokenizerCfg, from_mapping
 
     quick = load_grid("quickstart")
     tokenizer = TokenizerCfg() if paper else from_mapping(TokenizerCfg, quick["tokenizer"], "quickstart tokenizer")

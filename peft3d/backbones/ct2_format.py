@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from peft3d.errors import WeightsError
+from peft3d.core.errors import WeightsError
 
 SUPPORTED_VERSIONS = (6,)
 DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}  # 5 = bfloat16 (unsupported)

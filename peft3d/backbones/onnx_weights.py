@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from peft3d.backbones.loading import first_line
-from peft3d.errors import WeightsError
+from peft3d.core.errors import WeightsError
 
 
 def load_graph(name: str, path: Path):

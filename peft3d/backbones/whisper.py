@@ -26,7 +26,7 @@ from peft3d.backbones.base import Backbone, BackboneSpec
 from peft3d.backbones.loading import finish, install_site, load_strict, random_only, resolve_weights, verify_digest
 from peft3d.backbones.preln import PreLNBackbone
 from peft3d.backbones.sources import packaged_info, parse_weights
-from peft3d.errors import WeightsError
+from peft3d.core.errors import WeightsError
 
 WHISPER_TINY = {"width": 384, "heads": 6, "depth": 4, "ffn": 1536, "n_mels": 80, "positions": 1500}
 TINY_WHISPER = {"width": 24, "heads": 2, "depth": 2, "ffn": 48, "n_mels": 8, "positions": 40}

@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from peft3d.errors import DataError
+from peft3d.core.errors import DataError
 
 PROPERTIES = "PluginFurnitureCatalog.properties"
 DEB_PACKAGE = "sweethome3d-furniture"

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from peft3d.atomic import atomic_write
+from peft3d.core.atomic import atomic_write
+from peft3d.core.errors import DataError
 from peft3d.datasets import cache, sh3f
 from peft3d.datasets.base import DatasetFamily, Split, array_digest
-from peft3d.errors import DataError
 
 POINTS = 2048
 SEED = 20261129

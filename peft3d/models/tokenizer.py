@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from peft3d.core.spec import TokenizerCfg
 from peft3d.models.geometry import farthest_point_sample, gather, knn
-from peft3d.spec import TokenizerCfg
 
 
 class Bottleneck(nn.Module):
