@@ -195,10 +195,12 @@ def _family_presets() -> dict[str, dict[str, Any]]:
             1500 / 8 if tag == "synthetic" else round(2.0 * 1500 / 77, 2)))
     # Tiny test backbones: their family's settings with a small bottleneck.
     for name in list(out):
-        if not name.startswith(("minilm", "dinov2_small", "whisper_tiny")):
+        if not name.startswith(("minilm", "whisper_tiny")):
             out[f"test_{name}"] = dict(out[name], bottleneck=4)
     for tag in ("scan", "mn40", "synthetic"):
         out[f"test_bert_{tag}"] = dict(out[f"minilm_{tag}"], bottleneck=4, cell_1d=4.0, voxel=0.3)
+        for name in ("minilm_l3", "whisper_tiny"):  # TEMP (new backbones): 1D twins with 40-row tables
+            out[f"test_{name}_{tag}"] = dict(out[f"test_bert_{tag}"])
     return out
 
 
