@@ -111,7 +111,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
 
 
 def test_ls_and_validate_do_not_import_torch():
-    code = ("import sys; from peft3d.cli import listing; from peft3d.grids.loader import expand; "
+    code = ("import sys; from peft3d.cli import ls as listing; from peft3d.grids.loader import expand; "
             "[listing.rows(w) for w in ('backbones','methods','datasets','grids','presets')]; "
             "expand('quickstart'); expand('smoke'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

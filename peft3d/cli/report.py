@@ -6,8 +6,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import app, fail
-from peft3d.cli.commands import GridOpt, ResultsOpt, _roots, _seeds
+from peft3d.cli.app import GridOpt, ResultsOpt, app, fail, parse_roots, parse_seeds
 
 
 @app.command("report")
@@ -37,6 +36,6 @@ def report(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
                  f"budget: {'yes' if m['equal_budget'] else 'NO'}; best configuration run on the grid's seeds."]
         name = f"{name}.tuned"
     else:
-        specs = expand(grid, _seeds(seeds), _roots(data_root))
+        specs = expand(grid, parse_seeds(seeds), parse_roots(data_root))
     path = write_report(name, specs, root, out, reference, extra)
     typer.echo(f"wrote {path}")
