@@ -1,7 +1,8 @@
 """Train-step time of ``any2point`` vs ``adapter`` on the same backbone, and their ratio (target <= 1.5x).
 
 Default: MiniLM at the quickstart settings (128 points -> 16 tokens, batch 16, the quickstart tokenizer and
-any2point preset ``minilm_synthetic`` with the quickstart grid's any2point overrides). A step = forward, cross-entropy, backward, AdamW.
+any2point preset ``minilm_synthetic`` with the quickstart grid's any2point overrides). A step = forward,
+cross-entropy, backward, AdamW.
 The two models alternate step by step (so load from other processes hits both alike) and the median is
 reported. Random weights: the step time does not depend on them.
 

@@ -125,3 +125,15 @@ def test_bench_ls_json():
                          text=True, check=True)
     names = [r["name"] for r in json.loads(out.stdout)]
     assert {"linear", "full", "prompt", "adapter", "lora"} <= set(names)
+
+
+def test_compare_to_comes_from_the_grid(tmp_path):
+    from peft3d.grids.loader import compare_to
+
+    base = "backbones: [test_bert]\nweights: [random]\ndatasets: [synthetic]\nmethods: [lora, prompt, linear]\n"
+    assert compare_to(write_grid(tmp_path, base, "first.yaml")) == "lora"  # default: the grid's first method
+    assert compare_to(write_grid(tmp_path, base + "compare_to: prompt\n", "named.yaml")) == "prompt"
+    bad = write_grid(tmp_path, base + "compare_to: adapter\n", "bad.yaml")
+    with pytest.raises(ConfigError, match="compare_to 'adapter' is not one of its methods"):
+        expand(bad)
+    assert compare_to("smoke") == "any2point" and compare_to("paper_any2point") == "any2point"

@@ -75,14 +75,16 @@ def check_roots(specs) -> None:
                 fail(problem)
 
 
-def write_table(grid: str, specs, root, echo: bool) -> int:
-    """Write the grid's default tables (md + csv); returns the number of runs that are not successes."""
+def write_table(grid: str, specs, root, echo: bool, versus: str | None = None) -> int:
+    """Write the grid's default tables (md + csv), comparing with ``versus`` (default: the grid's
+    ``compare_to``); returns the number of runs that are not successes."""
     from pathlib import Path
 
+    from peft3d.grids.loader import compare_to
     from peft3d.reporting.tables import runs_frame, write_tables
 
     df = runs_frame(specs, root)
-    md_path, csv_path, md = write_tables(Path(grid).stem, df, root)
+    md_path, csv_path, md = write_tables(Path(grid).stem, df, root, versus or compare_to(grid))
     if echo:
         typer.echo(md)  # plain markdown: pastes into a paper draft or an issue as is
         typer.echo(f"wrote {md_path} and {csv_path}")

@@ -20,13 +20,13 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
                                                   help="'paper': add the Any2Point paper's published figures"),
           dataset: Optional[str] = typer.Option(None, "--dataset", help="restrict to one dataset (peft: which)"),
           method: Optional[str] = typer.Option(None, "--method", help="main/modality: the method shown "
-                                               "(default any2point when present, else all)"),
-          versus: Optional[str] = typer.Option(None, "--versus", help="method the others are compared with "
-                                               "(default any2point, else linear)"),
+                                               "(default the compared-to method when it ran, else all)"),
+          versus: Optional[str] = typer.Option(None, "--versus", "--compare-to", help="method the others are "
+                                               "compared with (default the grid's compare_to, else its first)"),
           tuned: bool = typer.Option(False, "--tuned", help="the tuned runs written by 'bench tune'")) -> None:
     """Rebuild a grid's tables from its result JSONs only (no training); paper layouts with --layout."""
     from peft3d.core.results import atomic_write_text, results_dir
-    from peft3d.grids.loader import expand
+    from peft3d.grids.loader import compare_to, expand
     from peft3d.reporting.layouts import FORMATS, LAYOUTS, REFERENCES, render_layout
     from peft3d.reporting.tables import runs_frame
 
@@ -44,15 +44,17 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         specs, name = tuned_specs(name, root), f"{name}.tuned"
     else:
         specs = expand(grid, parse_seeds(seeds), parse_roots(data_root))
-    if layout == "default" and fmt == "md" and not (reference or versus or dataset):
+    explicit = versus
+    versus = versus or compare_to(grid)
+    if layout == "default" and fmt == "md" and not (reference or explicit or dataset):
         if tuned:
-            _write_tuned(name, root)
+            _write_tuned(name, root, versus)
         else:
-            write_table(name, specs, root, echo=True)
+            write_table(grid, specs, root, echo=True, versus=versus)
         return
     df = runs_frame(specs, root)
     opts: dict = {"reference": reference}
-    if layout in ("default", "peft"):
+    if layout in ("default", "peft", "main", "modality"):
         opts["versus"] = versus
     if layout in ("main", "modality"):
         opts["method"] = method
@@ -70,9 +72,9 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     typer.echo(f"wrote {out}", err=True)
 
 
-def _write_tuned(name: str, root: Path) -> None:
+def _write_tuned(name: str, root: Path, versus: str | None) -> None:
     from peft3d.tuning.tune import write_tuned_tables
 
-    md_path, md, _ = write_tuned_tables(name.removesuffix(".tuned"), root)
+    md_path, md, _ = write_tuned_tables(name.removesuffix(".tuned"), root, versus)
     typer.echo(md)
     typer.echo(f"wrote {md_path}")

@@ -35,7 +35,7 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     pruning on the validation curve), then run the best configuration of each on the grid's seeds.
     Resumable: re-run the same command after an interruption."""
     from peft3d.core.results import results_dir
-    from peft3d.grids.loader import expand
+    from peft3d.grids.loader import compare_to, expand
     from peft3d.reporting.mirror import tracking_uri as default_uri
     from peft3d.tuning.tune import TuneOptions, Tuner, cells_of, storage_url, write_tuned_tables
 
@@ -62,7 +62,7 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
         typer.secho("interrupted: the running trial is marked interrupted (not counted); re-run the same command "
                     "to resume", fg="yellow", err=True)
         raise typer.Exit(130) from None
-    md_path, md, n_bad = write_tuned_tables(name, root)
+    md_path, md, n_bad = write_tuned_tables(name, root, compare_to(grid))
     typer.echo(md)
     typer.echo(f"wrote {md_path}; manifest {root / 'tune' / (name + '.json')}; wall time {time.time() - t0:.0f} s")
     if n_bad:

@@ -89,14 +89,15 @@ def _paper_columns(datasets: list[str]) -> list[str]:
     return [d for d in PAPER_DATASETS if ref.dataset_key(d) not in have]
 
 
-def _pick_methods(methods: list[str], method: str | None) -> list[str]:
+def _pick_methods(methods: list[str], method: str | None, versus: str | None = None) -> list[str]:
+    """The methods a main / modality table shows: ``method``, else the compared-to one when it ran, else all."""
     if method:
         if method not in methods:
             from peft3d.core.errors import ConfigError
 
             raise ConfigError(f"method {method!r} has no runs in this grid (it has {', '.join(methods)})")
         return [method]
-    return ["any2point"] if "any2point" in methods else methods
+    return [versus] if versus in methods else methods
 
 
 def _modality_rank(m: str) -> int:
@@ -131,10 +132,10 @@ def _binomial_note(summary: pd.DataFrame) -> str:
 # ---------------------------------------------------------------------------------------------- main
 
 def main_layout(df: pd.DataFrame, dataset: str | None = None, method: str | None = None,
-                reference: str | None = None) -> Layout:
+                reference: str | None = None, versus: str | None = None) -> Layout:
     summary = summarize(df)
     datasets = datasets_of(df, dataset)
-    chosen = _pick_methods(list(dict.fromkeys(summary["method"])), method)
+    chosen = _pick_methods(list(dict.fromkeys(summary["method"])), method, versus)
     s = summary[summary["method"].isin(chosen) & summary["dataset"].isin(datasets)]
     paper = reference == "paper"
     cols = datasets + (_paper_columns(datasets) if paper else [])
@@ -200,13 +201,13 @@ def _main_paper_rows(cols: list[str], include_prior: bool) -> tuple[list[dict], 
 
 # ---------------------------------------------------------------------------------------------- peft
 
-def peft_layout(df: pd.DataFrame, dataset: str | None = None, versus: str | None = "any2point",
+def peft_layout(df: pd.DataFrame, dataset: str | None = None, versus: str | None = None,
                 reference: str | None = None) -> Layout:
     ds = datasets_of(df, dataset)[0]
     sub = df[df["dataset"] == ds]
     summary = summarize(sub)
     methods = list(dict.fromkeys(summary["method"]))
-    versus = versus or "any2point"
+    versus = versus or default_versus(list(dict.fromkeys(df["method"])))
     has_versus = versus in methods
     bb = summary[["backbone", "weights"]].drop_duplicates()
     multi_w = bb["weights"].nunique() > 1
@@ -258,10 +259,10 @@ def _peft_paper_rows(ds: str, col: dict, versus: str) -> tuple[list[dict], list[
     by_bb = {p.backbone: p for p in ref.any2point_rows()}
     vals = {name: ref.paper_acc(by_bb[b], ds) if b in by_bb else None for (b, _), name in col.items()}
     if any(v is not None for v in vals.values()):
-        r = {"Method": "any2point", "source": "paper"}
+        r = {"Method": ref.PAPER_METHOD, "source": "paper"}
         r.update({name: (f"{v:.1f}‡" if v is not None else "—") for name, v in vals.items()})
         rows.append(r)
-        nums.append({"method": "any2point", "source": "paper", **{f"{k}:best_test": v for k, v in vals.items()}})
+        nums.append({"method": ref.PAPER_METHOD, "source": "paper", **{f"{k}:best_test": v for k, v in vals.items()}})
     exact = ref.dataset_key(ds) is not None
     for m in ref.PEFT_GAINS:
         if exact:
@@ -281,9 +282,9 @@ def _peft_paper_rows(ds: str, col: dict, versus: str) -> tuple[list[dict], list[
 # ---------------------------------------------------------------------------------------------- modality
 
 def modality_layout(df: pd.DataFrame, dataset: str | None = None, method: str | None = None,
-                    reference: str | None = None) -> Layout:
+                    reference: str | None = None, versus: str | None = None) -> Layout:
     datasets = datasets_of(df, dataset)
-    chosen = _pick_methods(list(dict.fromkeys(df["method"])), method)
+    chosen = _pick_methods(list(dict.fromkeys(df["method"])), method, versus)
     ok = df[(df["status"] == "success") & df["method"].isin(chosen) & df["dataset"].isin(datasets)]
     paper = reference == "paper"
     cols = datasets + (_paper_columns(datasets) if paper else [])
@@ -334,9 +335,9 @@ def _modality_paper_rows(cols: list[str]) -> tuple[list[dict], list[dict]]:
     rows, nums = [], []
     for mod in MODALITY_ORDER:
         ps = [p for p in ref.any2point_rows() if p.modality == mod]
-        r = {"Method": "any2point", "Modality": mod, "source": "paper",
+        r = {"Method": ref.PAPER_METHOD, "Modality": mod, "source": "paper",
              "Backbones": ", ".join(p.backbone for p in ps if p.backbone)}
-        n = {"method": "any2point", "modality": mod, "source": "paper", "backbones": r["Backbones"]}
+        n = {"method": ref.PAPER_METHOD, "modality": mod, "source": "paper", "backbones": r["Backbones"]}
         for ds in cols:
             figs = [(p.backbone, ref.paper_acc(p, ds)) for p in ps if ref.paper_acc(p, ds) is not None]
             r[ds] = ", ".join(f"{v:.1f}‡ ({b})" for b, v in figs) or "—"
@@ -374,11 +375,11 @@ def runs_layout(df: pd.DataFrame, dataset: str | None = None) -> Layout:
 def build(name: str, df: pd.DataFrame, *, dataset: str | None = None, method: str | None = None,
           versus: str | None = None, reference: str | None = None) -> Layout:
     if name == "main":
-        return main_layout(df, dataset, method, reference)
+        return main_layout(df, dataset, method, reference, versus)
     if name == "peft":
-        return peft_layout(df, dataset, versus or "any2point", reference)
+        return peft_layout(df, dataset, versus, reference)
     if name == "modality":
-        return modality_layout(df, dataset, method, reference)
+        return modality_layout(df, dataset, method, reference, versus)
     if name == "runs":
         return runs_layout(df, dataset)
     raise ValueError(f"unknown layout {name!r}; choose one of {', '.join(LAYOUTS)}")
@@ -451,6 +452,3 @@ def render_layout(grid: str, df: pd.DataFrame, layout: str = "default", fmt: str
         return render_default(grid, df, fmt, opts.get("versus"), opts.get("reference"))
     return render(build(layout, df, **opts), fmt)
 
-
-def default_versus_of(df: pd.DataFrame) -> str | None:
-    return default_versus(list(dict.fromkeys(df["method"])))

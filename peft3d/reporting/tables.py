@@ -118,10 +118,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def default_versus(methods: list[str]) -> str | None:
-    """The method the others are compared with: Any2Point when present, else the linear probe, else the first."""
-    for m in ("any2point", "linear"):
-        if m in methods:
-            return m
+    """The method the others are compared with when neither the grid (``compare_to``) nor the command line
+    names one: the first method (the grid's order)."""
     return methods[0] if methods else None
 
 
@@ -292,8 +290,8 @@ def render_markdown(grid: str, df: pd.DataFrame, versus: str | None = None) -> s
     return "\n".join(parts) + "\n"
 
 
-def write_tables(grid: str, df: pd.DataFrame, root: Path) -> tuple[Path, Path, str]:
-    md = render_markdown(grid, df)
+def write_tables(grid: str, df: pd.DataFrame, root: Path, versus: str | None = None) -> tuple[Path, Path, str]:
+    md = render_markdown(grid, df, versus)
     tdir = root / "tables"
     md_path, csv_path = tdir / f"{grid}.md", tdir / f"{grid}.csv"
     atomic_write_text(md_path, md)
