@@ -19,15 +19,17 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from peft3d.analysis import formatting as fm
 from peft3d.analysis import reference as ref
 from peft3d.analysis import stats
-from peft3d.reporting.tables import default_versus, fmt_params, md, paired_frame, render_markdown, summarize
+from peft3d.reporting.tables import default_versus, paired_frame, render_markdown, summarize
 
 LAYOUTS = ("default", "main", "peft", "modality", "runs")
 FORMATS = ("md", "csv", "latex")
 REFERENCES = ("paper",)
 MODALITY_ORDER = ["language", "vision", "audio"]
 PAPER_DATASETS = ["scanobjectnn/pb_t50_rs", "modelnet40"]
+REASON_CHARS = 41  # a blank cell's reason in the paper layouts: 40 characters and an ellipsis
 OURS = "ours"
 PAPER_MARK = "n/a‡"
 
@@ -43,27 +45,12 @@ class Layout:
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-def _nan(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def _f(x: Any, fmt: str = ".1f") -> str:
-    return "—" if _nan(x) else format(x, fmt)
 
 
-def _d(x: Any) -> str:
-    return "—" if _nan(x) else f"{x:+.1f}".replace("-", "−")
 
 
-def _cell(row: pd.Series | None) -> str:
-    """'mean ± std' with n when fewer runs than expected (or one); an explicit blank with the reason if none."""
-    if row is None:
-        return "—"
-    if row["n"] == 0:
-        reason = " ".join(str(row["reason"]).split())
-        return f"— ({reason[:40]}{'…' if len(reason) > 40 else ''})"
-    s = f"{row['mean']:.1f}" + (f" ± {row['std']:.1f}" if row["n"] > 1 else "")
-    return s + (f" (n={row['n']}/{row['n_expected']})" if row["n"] < row["n_expected"] or row["n"] == 1 else "")
 
 
 def _same_dataset(ours: str, wanted: str) -> bool:
@@ -146,9 +133,9 @@ def main_layout(df: pd.DataFrame, dataset: str | None = None, method: str | None
         g = s[(s["backbone"] == k.backbone) & (s["weights"] == k.weights) & (s["method"] == k.method)]
         ok = g[g["n"] > 0]
         r = {"Modality": k.modality, "Backbone": k.backbone + ("" if k.weights == "pretrained" else f" [{k.weights}]"),
-             "Method": k.method, "source": OURS, "PEFT params": fmt_params(ok["params_method"].max()),
-             "Trainable excl. head": fmt_params(ok["params"].max()),
-             "incl. head": fmt_params(ok["params_trainable"].max()), "_bb": k.backbone}
+             "Method": k.method, "source": OURS, "PEFT params": fm.params(ok["params_method"].max()),
+             "Trainable excl. head": fm.params(ok["params"].max()),
+             "incl. head": fm.params(ok["params_trainable"].max()), "_bb": k.backbone}
         n = {"_bb": k.backbone, "modality": k.modality, "backbone": k.backbone, "weights": k.weights,
              "method": k.method, "source": OURS,
              "params_method": ok["params_method"].max(), "params_trainable_excl_head": ok["params"].max(),
@@ -156,11 +143,11 @@ def main_layout(df: pd.DataFrame, dataset: str | None = None, method: str | None
         for ds in cols:
             c = g[g["dataset"] == ds]
             row = c.iloc[0] if len(c) else None
-            r[ds] = _cell(row) if ds in datasets else "—"
+            r[ds] = fm.cell(row, REASON_CHARS) if ds in datasets else "—"
             for stat in ("mean", "std", "ci_low", "ci_high", "binom_se", "best_test_mean"):
                 n[f"{ds}:{stat}"] = row[stat] if row is not None and row["n"] > 0 else math.nan
             if paper:
-                r[f"{ds} best-on-test‡"] = _f(row["best_test_mean"]) if row is not None and row["n"] > 0 else "—"
+                r[f"{ds} best-on-test‡"] = fm.num(row["best_test_mean"]) if row is not None and row["n"] > 0 else "—"
         rows.append(r)
         nums.append(n)
     if paper:
@@ -191,7 +178,7 @@ def _main_paper_rows(cols: list[str], include_prior: bool) -> tuple[list[dict], 
              "params_trainable_excl_head": p.params_m * 1e6 if p.params_m else math.nan, "_bb": p.backbone}
         for ds, v in vals.items():
             r[ds] = PAPER_MARK if v is not None else "—"
-            r[f"{ds} best-on-test‡"] = (_f(v) + ("*" if p.voting and ds.startswith("modelnet") else "")
+            r[f"{ds} best-on-test‡"] = (fm.num(v) + ("*" if p.voting and ds.startswith("modelnet") else "")
                                         if v is not None else "—")
             n[f"{ds}:best_test_mean"] = v if v is not None else math.nan
         rows.append(r)
@@ -216,7 +203,7 @@ def peft_layout(df: pd.DataFrame, dataset: str | None = None, versus: str | None
     rows, nums = [], []
     for m in methods:
         g = summary[summary["method"] == m]
-        r: dict[str, Any] = {"Method": m, "source": OURS, "PEFT params": fmt_params(g["params_method"].max())}
+        r: dict[str, Any] = {"Method": m, "source": OURS, "PEFT params": fm.params(g["params_method"].max())}
         n: dict[str, Any] = {"method": m, "source": OURS, "dataset": ds, "params_method": g["params_method"].max()}
         deltas, means = [], []
         for (b, w), name in col.items():
@@ -224,7 +211,8 @@ def peft_layout(df: pd.DataFrame, dataset: str | None = None, versus: str | None
             row = c.iloc[0] if len(c) else None
             v = summary[(summary["method"] == versus) & (summary["backbone"] == b) & (summary["weights"] == w)]
             delta = row["mean"] - v["mean"].iloc[0] if has_versus and row is not None and len(v) else math.nan
-            r[name] = _cell(row) + (f" (Δ {_d(delta)})" if has_versus and m != versus and not _nan(delta) else "")
+            shows_delta = has_versus and m != versus and not fm.is_missing(delta)
+            r[name] = fm.cell(row, REASON_CHARS) + (f" (Δ {fm.signed(delta)})" if shows_delta else "")
             pr = paired[(paired["method"] == m) & (paired["backbone"] == b) & (paired["weights"] == w)] \
                 if has_versus and m != versus else pd.DataFrame()
             n.update({f"{name}:mean": row["mean"] if row is not None else math.nan,
@@ -233,11 +221,11 @@ def peft_layout(df: pd.DataFrame, dataset: str | None = None, versus: str | None
                       f"{name}:prob_improvement": pr["prob_improvement"].iloc[0] if len(pr) else math.nan})
             means.append(row["mean"] if row is not None else math.nan)
             deltas.append(delta)
-        r["Mean over backbones"] = _f(np.nanmean(means) if not all(map(_nan, means)) else math.nan)
-        r[f"Δ to {versus}"] = _d(np.nanmean(deltas)) if has_versus and m != versus and \
-            not all(map(_nan, deltas)) else "—"
-        n.update(mean_over_backbones=np.nanmean(means) if not all(map(_nan, means)) else math.nan,
-                 delta_mean=np.nanmean(deltas) if not all(map(_nan, deltas)) else math.nan)
+        r["Mean over backbones"] = fm.num(np.nanmean(means) if not all(map(fm.is_missing, means)) else math.nan)
+        r[f"Δ to {versus}"] = fm.signed(np.nanmean(deltas)) if has_versus and m != versus and \
+            not all(map(fm.is_missing, deltas)) else "—"
+        n.update(mean_over_backbones=np.nanmean(means) if not all(map(fm.is_missing, means)) else math.nan,
+                 delta_mean=np.nanmean(deltas) if not all(map(fm.is_missing, deltas)) else math.nan)
         rows.append(r)
         nums.append(n)
     notes = [f"{ds}: test accuracy (%) at the best-validation epoch, mean ± std over seeds; Δ = method − {versus} "
@@ -266,9 +254,9 @@ def _peft_paper_rows(ds: str, col: dict, versus: str) -> tuple[list[dict], list[
     exact = ref.dataset_key(ds) is not None
     for m in ref.PEFT_GAINS:
         if exact:
-            txt, val = _d(ref.peft_delta(m, ds)), ref.peft_delta(m, ds)
+            txt, val = fm.signed(ref.peft_delta(m, ds)), ref.peft_delta(m, ds)
         else:  # a dataset the paper does not cover: show its figures with their datasets named
-            txt = " / ".join(f"{_d(ref.peft_delta(m, d))} ({d})" for d in PAPER_DATASETS)
+            txt = " / ".join(f"{fm.signed(ref.peft_delta(m, d))} ({d})" for d in PAPER_DATASETS)
             val = math.nan
         rows.append({"Method": m, "source": "paper", f"Δ to {versus}": txt})
         nums.append({"method": m, "source": "paper", "delta_mean": val,
@@ -305,16 +293,16 @@ def modality_layout(df: pd.DataFrame, dataset: str | None = None, method: str | 
                 n.update({f"{ds}:mean": mean, f"{ds}:ci_low": lo, f"{ds}:ci_high": hi, f"{ds}:n_runs": len(acc),
                           f"{ds}:backbone_min": bb_means.min() if len(bb_means) else math.nan,
                           f"{ds}:backbone_max": bb_means.max() if len(bb_means) else math.nan})
-                r[ds] = _f(mean) + (f" [{lo:.1f}, {hi:.1f}]" if not _nan(lo) else "")
+                r[ds] = fm.num(mean) + (f" [{lo:.1f}, {hi:.1f}]" if not fm.is_missing(lo) else "")
             block.append((r, n))
         for ds in cols:  # rank modalities within the method and dataset, 1 = best
             means = pd.Series([n[f"{ds}:mean"] for _, n in block])
             for (r, n), rk in zip(block, means.rank(ascending=False, method="min"), strict=True):
                 n[f"{ds}:rank"] = rk
                 if ds in datasets:
-                    r[f"{ds} rank"] = "—" if _nan(rk) else str(int(rk))
+                    r[f"{ds} rank"] = "—" if fm.is_missing(rk) else str(int(rk))
         block.sort(key=lambda rn: np.nanmean([rn[1][f"{d}:rank"] for d in datasets])
-                   if not all(_nan(rn[1][f"{d}:rank"]) for d in datasets) else math.inf)
+                   if not all(fm.is_missing(rn[1][f"{d}:rank"]) for d in datasets) else math.inf)
         rows += [r for r, _ in block]
         nums += [n for _, n in block]
     notes = [f"Method: {', '.join(chosen)}. Each modality: mean of its backbones' mean test accuracy (%) over seeds; "
@@ -356,15 +344,15 @@ RUNS_NUMERIC = ["run_id", "backbone", "modality", "weights", "method", "preset",
 
 def runs_layout(df: pd.DataFrame, dataset: str | None = None) -> Layout:
     d = df[df["dataset"].isin(datasets_of(df, dataset))]
-    pct = lambda c: [_f(x * 100) if not _nan(x) else "—" for x in d[c]]  # noqa: E731
+    pct = lambda c: [fm.num(x * 100) if not fm.is_missing(x) else "—" for x in d[c]]  # noqa: E731
     display = pd.DataFrame({
         "run_id": d["run_id"], "backbone": d["backbone"], "modality": d["modality"], "weights": d["weights"],
         "method": d["method"], "dataset": d["dataset"], "seed": d["seed"].astype(str), "status": d["status"],
         "test": pct("test_acc"), "val": pct("val_acc"), "best-on-test†": pct("test_acc_best_test"),
         "last": pct("test_acc_last"),
-        "epoch": [str(int(x)) if not _nan(x) else "—" for x in d["selected_epoch"]],
-        "params excl. head": [fmt_params(x) for x in d["params_trainable_excl_head"]],
-        "time (s)": [_f(x, ".0f") for x in d["time_s"]],
+        "epoch": [str(int(x)) if not fm.is_missing(x) else "—" for x in d["selected_epoch"]],
+        "params excl. head": [fm.params(x) for x in d["params_trainable_excl_head"]],
+        "time (s)": [fm.num(x, ".0f") for x in d["time_s"]],
         "error": [(" ".join(str(e).split())[:60] if isinstance(e, str) else "") for e in d["error"]]})
     return Layout("runs", "All runs", display, d[RUNS_NUMERIC].copy(),
                   ["Accuracies in %; test = at the best-validation epoch. † optimistic (epoch selected on test)."])
@@ -417,7 +405,7 @@ def render(layout: Layout, fmt: str) -> str:
     if fmt == "latex":
         return _latex(layout.display, layout.title, layout.name, layout.notes)
     if fmt == "md":
-        return "\n".join([f"## {layout.title}", "", md(layout.display.fillna("")), "",
+        return "\n".join([f"## {layout.title}", "", fm.markdown(layout.display.fillna("")), "",
                           *[f"{n}\n" for n in layout.notes]])
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
@@ -433,7 +421,7 @@ def render_default(grid: str, df: pd.DataFrame, fmt: str, versus: str | None = N
         if reference == "paper":
             rows, _ = _main_paper_rows(PAPER_DATASETS, include_prior=True)
             paper = pd.DataFrame(rows).drop(columns=["_bb", *PAPER_DATASETS], errors="ignore")
-            text += "\n## Paper reference (Any2Point, arXiv 2404.07989)\n\n" + md(paper) + "\n\n" + \
+            text += "\n## Paper reference (Any2Point, arXiv 2404.07989)\n\n" + fm.markdown(paper) + "\n\n" + \
                 _selection_note() + "\n"
         return text
     if fmt == "csv":

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from peft3d.analysis import formatting as fm
 from peft3d.core.results import atomic_write_text, load_results
 from peft3d.reporting import layouts
 from peft3d.reporting.tables import friedman_of, method_table, paired_frame, stats_table, summarize
@@ -299,20 +300,15 @@ def _paired_html(df: pd.DataFrame, versus: str | None) -> str:
     t = usable.copy()
     for c in ("delta",):
         t[c] = t[c].map(lambda x: f"{x:+.2f}")
-    for c in ("p_permutation", "p_wilcoxon", "prob_improvement"):
-        t[c] = t[c].map(lambda x: "—" if x != x else f"{x:.3f}")
+    for c in ("p_permutation", "p_wilcoxon"):
+        t[c] = t[c].map(fm.p_value)
+    t["prob_improvement"] = t["prob_improvement"].map(lambda x: fm.num(x, ".3f"))
     return _table(t) + _notes([f"Δ = method − {t['versus'].iloc[0]} (points), paired by seed; two-sided paired "
                                "permutation and Wilcoxon tests; P(improvement) = Mann-Whitney U / n·m."])
 
 
 def _friedman_html(summary: pd.DataFrame) -> str:
-    f = friedman_of(summary)
-    if f.note:
-        return _notes([f"Friedman: {f.note}."])
-    ranks = ", ".join(f"{m} {r:.2f}" for m, r in f.avg_ranks.items())
-    return _notes([f"Friedman over {f.n_cells} cells × {f.k} methods: χ² = {f.statistic:.2f}, p = {f.pvalue:.3g}. "
-                   f"Average ranks: {ranks}. Nemenyi CD (α = {f.alpha}) = {f.cd:.2f}, from "
-                   "scipy.stats.studentized_range (scipy has no Nemenyi test)."])
+    return _notes([f"Friedman: {fm.friedman_sentence(friedman_of(summary))}"])
 
 
 def write_report(grid: str, specs: list, root: Path, out: Path | None = None, reference: str | None = None,
