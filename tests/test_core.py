@@ -44,11 +44,13 @@ def test_run_id_stable_and_sensitive():
 
 
 def test_run_id_is_pinned_across_processes():
+    """A literal id: a change to RunSpec's canonical form or hash orphans every stored result and fails here."""
     code = ("from peft3d.core.spec import RunSpec; print(RunSpec(backbone='minilm', method='adapter', "
             "method_cfg={'bottleneck': 8}).run_id)")
     ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={"PYTHONHASHSEED": str(s), "PATH": ""}).stdout.strip() for s in (1, 2)}
-    assert len(ids) == 1
+    assert ids == {"138d3c228330"}
+    assert RunSpec(backbone="minilm", method="linear").run_id == "1ce24748fc59"
 
 
 def test_spec_rejects_unknown_and_bad_values():

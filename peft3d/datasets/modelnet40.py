@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from peft3d.core.digest import array_sha256, file_sha256, parts_sha256
 from peft3d.core.errors import DataError
-from peft3d.datasets.base import DatasetFamily, Split, array_digest
-from peft3d.datasets.cache import cached, file_sha256, key
+from peft3d.datasets.base import DatasetFamily, Split
+from peft3d.datasets.cache import cached
 from peft3d.datasets.io import (
     MANIFEST,
     as_labels,
@@ -252,7 +253,7 @@ def read_txt_split(d: Path, split: str, names: list[str], cache_dir: str | None 
     f = fix("normal_resampled", d)
     ids, labels, files = index or txt_index(d, split, names)
     stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    name = f"modelnet40-txt-{split}-{key('v1', d.resolve(), ids, names, stats, TXT_POINTS)[:24]}.npy"
+    name = f"modelnet40-txt-{split}-{parts_sha256('v1', d.resolve(), ids, names, stats, TXT_POINTS)[:24]}.npy"
 
     def parse() -> np.ndarray:
         out = np.empty((len(files), TXT_POINTS, 3), np.float32)
@@ -320,12 +321,12 @@ Points are centred and scaled into the unit sphere per shape; normals are ignore
             source["sha256"] = {s: file_sha256(p)[:16] for s, p in files.items()}
         elif fmt == "ply_hdf5_2048":
             splits = {s: read_h5_split(d, s, len(names)) for s in SPLITS}
-            source["sha256"] = {s: key(*(file_sha256(p) for p in h5_files(d, s)))[:16] for s in SPLITS}
+            source["sha256"] = {s: parts_sha256(*(file_sha256(p) for p in h5_files(d, s)))[:16] for s in SPLITS}
         else:
             idx = {s: txt_index(d, s, names) for s in SPLITS}  # both lists complete before any conversion
             read = {s: read_txt_split(d, s, names, self.cache_dir, idx[s]) for s in SPLITS}
             splits = {s: r[0] for s, r in read.items()}
-            source["sha256"] = {s: array_digest(sp.points, sp.labels) for s, sp in splits.items()}
+            source["sha256"] = {s: array_sha256(sp.points, sp.labels)[:16] for s, sp in splits.items()}
             source["converted"] = {s: r[1] for s, r in read.items()}
         if manifest:
             source["export_of"] = manifest.get("source")

@@ -24,7 +24,6 @@ method, then the best configuration on the grid's seeds as ordinary runs (protoc
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from peft3d.core.digest import text_sha256
 from peft3d.core.errors import ConfigError
 from peft3d.core.results import atomic_write_text, failure_result, read_result, succeeded, write_result
 from peft3d.core.spec import RunSpec
@@ -66,7 +66,7 @@ class Cell:
         b = self.base
         ident = b.identity()
         ident.pop("seed")
-        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+        digest = text_sha256(json.dumps(ident, sort_keys=True))[:8]  # (spaced JSON: kept, names existing studies)
         preset = f"/{b.preset}" if b.preset else ""
         return f"{self.grid}/{b.backbone}[{b.weights}]/{b.dataset}:{b.variant}/{b.method}{preset}/{digest}"
 
@@ -185,7 +185,7 @@ def open_study(cell: Cell, storage: Any, pruner_kind: str) -> Any:
     study = optuna.create_study(storage=storage, study_name=cell.study_name, direction="maximize",
                                 load_if_exists=True)
     # Seeded by the study's history, so a resumed study does not replay the first samples of its first session.
-    seed = int(hashlib.sha256(f"{cell.study_name}#{len(study.trials)}".encode()).hexdigest()[:8], 16)
+    seed = int(text_sha256(f"{cell.study_name}#{len(study.trials)}")[:8], 16)
     study.sampler = optuna.samplers.TPESampler(seed=seed)
     study.pruner, _ = make_pruner(pruner_kind, cell.base.budget.epochs)
     return study
