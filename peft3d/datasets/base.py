@@ -80,12 +80,23 @@ def stratified_val_split(labels: np.ndarray, fraction: float, seed: int) -> tupl
 
 
 class DatasetFamily:
-    """Subclasses implement ``load_raw``: returns (train Split, test Split, class_names, source identity)."""
+    """Subclasses set ``name`` and implement ``load_raw``: returns (train Split, test Split, class_names, source
+    identity). ``variants``, ``default_variant``, ``needs_root`` and the published ``counts`` are read from the
+    registry entry (peft3d/datasets/__init__.py), the one place that states them."""
 
     name: ClassVar[str]
     variants: ClassVar[tuple[str, ...]]
     default_variant: ClassVar[str]
-    needs_root: ClassVar[bool] = True
+    needs_root: ClassVar[bool]
+    counts: ClassVar[dict[str, dict[str, int]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        from peft3d.datasets import DATASETS  # the package's registry (it imports no dataset module)
+
+        meta = DATASETS.meta(cls.name)
+        cls.variants, cls.default_variant = tuple(meta["variants"]), meta["default_variant"]
+        cls.needs_root, cls.counts = meta["needs_root"], meta.get("counts", {})
 
     def load_raw(self, variant: str, root: str | None) -> tuple[Split, Split, list[str], dict[str, Any]]:
         raise NotImplementedError

@@ -50,8 +50,6 @@ CLASSES = ["airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl",
 FORMATS = ("fps_cache", "ply_hdf5_2048", "normal_resampled")  # auto-detection order
 DIRS = {"fps_cache": "modelnet40_normal_resampled", "ply_hdf5_2048": "modelnet40_ply_hdf5_2048",
         "normal_resampled": "modelnet40_normal_resampled"}
-EXPECTED = {"fps_cache": {"train": 9843, "test": 2468}, "normal_resampled": {"train": 9843, "test": 2468},
-            "ply_hdf5_2048": {"train": 9840, "test": 2468}}
 POINTS = {"fps_cache": 8192, "ply_hdf5_2048": 2048, "normal_resampled": 8192}
 TXT_POINTS = 8192
 SPLITS = ("train", "test")
@@ -305,7 +303,7 @@ Any one of these distributions works; `auto` (the default) uses the first presen
 
 Points are centred and scaled into the unit sphere per shape; normals are ignored."""
 
-    name, variants, default_variant, needs_root = "modelnet40", ("auto",) + FORMATS, "auto", True
+    name = "modelnet40"
 
     def __init__(self, cache_dir: str | None = None) -> None:
         self.cache_dir = cache_dir
@@ -340,7 +338,7 @@ Points are centred and scaled into the unit sphere per shape; normals are ignore
             return {"counts": manifest["counts"], "points": manifest.get("points", points),
                     "classes": len(manifest["class_names"]), "format": fmt,
                     "basis": "export manifest"}
-        return {"counts": EXPECTED[fmt], "points": points, "classes": len(CLASSES), "format": fmt,
+        return {"counts": self.counts[fmt], "points": points, "classes": len(CLASSES), "format": fmt,
                 "basis": "published"}
 
     def check_files(self, variant: str, root: str | None) -> None:

@@ -150,7 +150,7 @@ def generate(variant: str, per_class: int, n_points: int, seed: int) -> Split:
 
 
 class Synthetic(DatasetFamily):
-    name, variants, default_variant, needs_root = "synthetic", ("clean", "scan"), "scan", False
+    name = "synthetic"
     TRAIN_PER_CLASS, TEST_PER_CLASS, POINTS, SEED = 40, 20, 1024, 20240411
 
     def splits(self, variant: str, points: int | None = None) -> tuple[Split, Split]:

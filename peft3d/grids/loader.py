@@ -19,8 +19,6 @@ GRID_DIR = Path(__file__).parent / "files"
 KEYS = {"description", "include", "backbones", "weights", "methods", "datasets", "seeds", "protocol",
         "num_points", "budget", "tokenizer", "head", "method_cfg", "data_root", "device", "compare_to"}
 REQUIRED = ("backbones", "methods", "datasets")
-# Short dataset tags used in preset names such as ``paper_{backbone}_{dataset_tag}``.
-DATASET_TAGS = {"scanobjectnn": "scan", "modelnet40": "mn40", "synthetic": "synthetic"}
 
 
 @dataclass(frozen=True)
@@ -164,7 +162,7 @@ def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str]
         if variant not in meta["variants"]:
             raise ConfigError(f"grid: dataset {family} has no variant {variant!r}; "
                               f"choose one of {list(meta['variants'])}")
-        preset = entry.preset.format(backbone=backbone, dataset=family, dataset_tag=DATASET_TAGS.get(family, family)
+        preset = entry.preset.format(backbone=backbone, dataset=family, dataset_tag=meta.get("tag", family)
                                      ) if entry.preset else None
         cfg_cls = config_class(entry.name)
         overrides = {**(per_method.get(entry.name) or {}), **dict(entry.cfg)}
