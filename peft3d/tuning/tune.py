@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from peft3d.core.digest import text_sha256
 from peft3d.core.errors import ConfigError
-from peft3d.core.results import atomic_write_text, failure_result, read_result, succeeded, write_result
+from peft3d.core.results import atomic_write_text, failure_result, read_result, write_result
 from peft3d.core.spec import RunSpec
 from peft3d.tuning.tracking import TuneTracker, owner_alive, owner_token
 
@@ -510,8 +510,6 @@ def tuned_specs(grid: str, root: Path) -> list[RunSpec]:
     return [RunSpec.from_dict(d) for d in read_manifest(root, grid)["runs"]]
 
 
-def succeeded_all(specs: list[RunSpec], root: Path) -> bool:
-    return all(succeeded(root, s.run_id) for s in specs)
 
 
 def budget_line(manifest: dict[str, Any]) -> str:

@@ -21,7 +21,6 @@ class Any2Point(Method):
     name, prefix, config_cls = "any2point", "a2p_", Any2PointConfig
 
     def attach(self, model, cfg: Any2PointConfig) -> None:
-        model.freeze_backbone()
         bb = model.backbone
         flags = cfg.flags(declared(bb.spec.name, "a2p_arm_quirks", ()))
         projection = VirtualProjection(bb, cfg, flags, model.context)
