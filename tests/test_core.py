@@ -139,3 +139,30 @@ def test_compare_to_comes_from_the_grid(tmp_path):
     with pytest.raises(ConfigError, match="compare_to 'adapter' is not one of its methods"):
         expand(bad)
     assert compare_to("smoke") == "any2point" and compare_to("paper_any2point") == "any2point"
+
+
+def test_bench_ls_grids_one_line_each_and_long():
+    from peft3d.grids.loader import list_grids
+
+    run = lambda *a: subprocess.run([sys.executable, "-m", "peft3d", "ls", "grids", *a], capture_output=True,  # noqa: E731
+                                    text=True, check=True).stdout.splitlines()
+    short, long = run(), run("--long")
+    assert [line.split()[0] for line in short] == list_grids()
+    smoke = next(line for line in short if line.startswith("smoke "))
+    assert smoke.endswith("Tiny models, few points, two epochs — the test suite's end-to-end grid (< 1 minute).")
+    assert len(long) > len(short) and any("docs/any2point.md" in line for line in long)
+
+
+def test_readme_and_grid_descriptions_cite_only_files_in_the_repository():
+    import re
+    from pathlib import Path
+
+    from peft3d.grids.loader import list_grids, load_grid
+
+    repo = Path(__file__).resolve().parents[1]
+    texts = {"README.md": (repo / "README.md").read_text()}
+    texts.update({f"grid {g}": str(load_grid(g).get("description", "")) for g in list_grids()})
+    for where, text in texts.items():
+        assert "../" not in text and "/shared" not in text, where
+        for ref in re.findall(r"[\w./-]+\.md\b", text):
+            assert (repo / ref).is_file(), f"{where} cites {ref}, which is not a file of the repository"

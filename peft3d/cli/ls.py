@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from typing import Any
 
 import typer
@@ -78,6 +79,15 @@ def ls(what: str = typer.Argument(..., help="backbones | methods | datasets | gr
         fail(str(e))
     if as_json:
         print(json.dumps(table_rows, indent=2))
+        return
+    if what == "grids":  # one line per grid (a table would wrap the sentences); --long: the rest below it
+        width = max(len(r["name"]) for r in table_rows)
+        for r in table_rows:
+            first, rest = first_sentence(r["description"])
+            typer.echo(f"{r['name']:<{width}}  {first}")
+            if long and rest:
+                typer.echo(textwrap.fill(rest, 110, initial_indent=" " * (width + 2),
+                                         subsequent_indent=" " * (width + 2)))
         return
     from rich.console import Console
     from rich.table import Table
