@@ -31,8 +31,9 @@ from peft3d.methods.base import MethodConfig
 
 # Released-code behaviours (any2point.md §2, §3, §10). Each is a config field: None follows ``variant``.
 FLAGS: dict[str, str] = {
-    "batch_attention": "CLIP text only (auto): the frozen blocks get (B, T, D) as (seq, batch, feat), so every "
-                       "token position attends over the samples of the mini-batch, not over tokens (§10.1)",
+    "batch_attention": "arm-only (a2p_arm_quirks; the CLIP text arm): the frozen blocks get (B, T, D) as "
+                       "(seq, batch, feat), so every token position attends over the samples of the mini-batch, "
+                       "not over tokens (§10.1)",
     "scrambled_pe": "2D: the [B*M, D, N] grid_sample output is reshaped to [B, M, N, D] without a permute, so a "
                     "token's 'encoding' is a slab of channels across all tokens of its view (§2.1 BUG)",
     "line_rotations": "1D: the six cube-view rotations of ONE direction (line_dir) instead of M distinct lines "
@@ -44,8 +45,8 @@ FLAGS: dict[str, str] = {
     "released_canvas": "2D: the released pixel map px = (u+1) W/2 - 0.5, py = (v H/W + 1) H/2 - 0.5, canvas "
                        "corners aligned to the corner cells (grid_sample align_corners=True, zero padding), "
                        "cells in pixels from the canvas origin (§2.1)",
-    "misshaped_grid": "ImageBind only (auto): the (rows x cols) table read in the transposed shape (12x19 read as "
-                      "19x12, a row-major reshape; no-op for square grids) (§10.3)",
+    "misshaped_grid": "arm-only (a2p_arm_quirks; the ImageBind audio arm): the (rows x cols) table read in the "
+                      "transposed shape (12x19 read as 19x12, a row-major reshape; no-op for square grids) (§10.3)",
     "bn_empty_cells": "the per-view BatchNorm of pooled cells also counts every EMPTY cell of the fixed cell grid "
                       "(zeros from scatter_mean with dim_size = B x all cells) in its statistics (§3.6)",
 }
