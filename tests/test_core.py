@@ -139,6 +139,11 @@ def test_compare_to_comes_from_the_grid(tmp_path):
     with pytest.raises(ConfigError, match="compare_to 'adapter' is not one of its methods"):
         expand(bad)
     assert compare_to("smoke") == "any2point" and compare_to("paper_any2point") == "any2point"
+    # an including grid that lists its own methods does not inherit the included grid's comparison
+    child = write_grid(tmp_path, "include: named.yaml\nmethods: [linear, lora]\n", "child.yaml")
+    assert compare_to(child) == "linear"
+    kept = write_grid(tmp_path, "include: named.yaml\nseeds: [3]\n", "kept.yaml")
+    assert compare_to(kept) == "prompt"
 
 
 def test_bench_ls_grids_one_line_each_and_long():

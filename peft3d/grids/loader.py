@@ -80,6 +80,8 @@ def load_grid(name: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     for inc in [includes] if isinstance(includes, str) else includes:
         target = inc if Path(inc).is_absolute() else str(path.parent / inc) if inc.endswith(".yaml") else inc
         merged = _merge(merged, load_grid(target, (*_seen, path)))
+    if "methods" in data and "compare_to" not in data:
+        merged.pop("compare_to", None)  # a comparison belongs to the methods list it was written for
     return _merge(merged, data)
 
 
