@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from peft3d.core.digest import file_sha256
 from peft3d.core.errors import DataError
 from peft3d.datasets import sh3f, sweethome3d
 
@@ -122,7 +123,7 @@ def test_prepare_classifies_samples_normalises_and_records_identity(root, tmp_pa
     np.testing.assert_allclose(np.linalg.norm(pts, axis=-1).max(axis=1), 1, rtol=1e-5)
     assert [u["name"] for u in meta["unmatched"]] == ["Toaster", "Toilet paper dispenser"]
     cat = meta["catalogues"][0]
-    assert cat["version"] == "1.8" and cat["sha256"] == sweethome3d.cache.file_sha256(root / "Test.sh3f")
+    assert cat["version"] == "1.8" and cat["sha256"] == file_sha256(root / "Test.sh3f")
     assert meta["class_table_sha256"] == sweethome3d.class_table_digest() and meta["skipped_count"] == 0
     # attributions travel per model; a per-model licence overrides the catalogue's; \u escapes decoded
     m1, m2 = meta["models"][:2]

@@ -10,7 +10,6 @@ train/test splits of the same models (the classes are small: report the mean ove
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -21,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from peft3d.core.atomic import atomic_write
+from peft3d.core.digest import array_sha256, file_sha256, parts_sha256, text_sha256
 from peft3d.core.errors import DataError
 from peft3d.datasets import cache, sh3f
-from peft3d.datasets.base import DatasetFamily, Split, array_digest
+from peft3d.datasets.base import DatasetFamily, Split
 
 POINTS = 2048
 SEED = 20261129
@@ -33,7 +33,7 @@ FORMAT = "sweethome3d-v1"  # bump when sampling or normalisation changes (old ca
 
 
 def class_table_digest() -> str:
-    return hashlib.sha256(sh3f.class_table_text().encode()).hexdigest()[:16]
+    return text_sha256(sh3f.class_table_text())[:16]
 
 
 def _rotation(m: sh3f.Model) -> np.ndarray | None:
@@ -85,7 +85,7 @@ def prepare(root: str | None = None, points: int = POINTS, skip_broken: bool = F
             raise
         log(f"downloading {sh3f.DEB_PACKAGE} into {dl} (apt-get download + dpkg-deb -x)")
         files, origin = sh3f.find_catalogues(None, sh3f.download(dl))
-    digests = {f.name: cache.file_sha256(f) for f in files}
+    digests = {f.name: file_sha256(f) for f in files}
     out = cache_file(digests, points, skip_broken, cache_dir)
     if out.exists() and read_cached(out) is not None:
         return out
@@ -96,7 +96,7 @@ def prepare(root: str | None = None, points: int = POINTS, skip_broken: bool = F
 
 
 def cache_file(digests: dict[str, str], points: int, skip_broken: bool, cache_dir: str | None) -> Path:
-    k = cache.key(FORMAT, sorted(digests.items()), class_table_digest(), points, SEED, skip_broken)
+    k = parts_sha256(FORMAT, sorted(digests.items()), class_table_digest(), points, SEED, skip_broken)
     return cache.cache_dir(cache_dir) / "sweethome3d" / f"sweethome3d-{points}-{k[:20]}.npz"
 
 
@@ -135,7 +135,7 @@ def _build(files: list[Path], digests: dict[str, str], points: int, skip_broken:
             "class_table_sha256": class_table_digest(), "catalogues": catalogues, "models": models,
             "unmatched": unmatched, "skipped": skipped, "skipped_count": sum(s["models"] or 0 for s in skipped),
             "skipped_catalogues": [s["file"] for s in skipped if s["models"] is None],
-            "sha256": array_digest(arrays["points"], arrays["labels"])}
+            "sha256": array_sha256(arrays["points"], arrays["labels"])[:16]}
     return arrays, meta
 
 
@@ -152,7 +152,7 @@ def read_cached(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | No
             arrays = {"points": z["points"], "labels": z["labels"]}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
-    if meta.get("format") != FORMAT or meta.get("sha256") != array_digest(arrays["points"], arrays["labels"]):
+    if meta.get("format") != FORMAT or meta.get("sha256") != array_sha256(arrays["points"], arrays["labels"])[:16]:
         return None
     return arrays, meta
 
@@ -171,8 +171,9 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 
 class SweetHome3D(DatasetFamily):
-    name, default_variant, needs_root = "sweethome3d", "s0", False
-    variants = tuple(f"s{i}" for i in range(SPLITS))
+    """Variants, counts and the preset tag are stated in the registry (peft3d/datasets/__init__.py)."""
+
+    name = "sweethome3d"
 
     def __init__(self, skip_broken: bool = False, cache_dir: str | None = None) -> None:
         self.skip_broken, self.cache_dir = skip_broken, cache_dir
@@ -217,7 +218,8 @@ class SweetHome3D(DatasetFamily):
         return "\n".join(lines)
 
     def expected(self, variant: str, root: str | None) -> dict[str, Any]:
-        return {"points": POINTS, "classes": len(sh3f.CLASSES), "basis": "class table"}
+        return {"counts": self.counts.get(variant), "points": POINTS, "classes": len(sh3f.CLASSES),
+                "basis": "class table on package 1.8-1"}
 
     def check_files(self, variant: str, root: str | None) -> None:
         for f in sh3f.find_catalogues(root, cache.cache_dir(self.cache_dir) / "sweethome3d" / "deb")[0]:
@@ -244,7 +246,7 @@ class SweetHome3D(DatasetFamily):
             files, _ = sh3f.find_catalogues(None, cache.cache_dir(self.cache_dir) / "sweethome3d" / "deb")
         except DataError as e:
             return [f"  attributions: {e}"]
-        digests = {f.name: cache.file_sha256(f) for f in files}
+        digests = {f.name: file_sha256(f) for f in files}
         got = read_cached(cache_file(digests, POINTS, self.skip_broken, self.cache_dir))
         if got is None:
             return ["  attributions: shown once prepared (bench data prepare sweethome3d)"]
