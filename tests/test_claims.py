@@ -100,7 +100,8 @@ def test_device_slots(monkeypatch):
 
 def test_three_bench_runs_on_one_folder_train_every_run_once(tmp_path):
     grid = tmp_path / "three.yaml"
-    grid.write_text(f"include: {GRID_DIR / 'smoke.yaml'}\nmethods: [linear, prompt, lora, adapter]\n")
+    grid.write_text(f"include: {GRID_DIR / 'smoke.yaml'}\nmethods: [linear, prompt, lora]\n"
+                    "budget: {epochs: 1, batch_size: 32, eval_batch_size: 128, lr: 0.001, warmup_epochs: 1}\n")
     root = tmp_path / "res"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "peft3d", "run", "--grid", str(grid), "--results", str(root), "--jobs", "1"]

@@ -61,6 +61,7 @@ def _mount() -> None:
         data,
         params,
         report,
+        submit,  # noqa: F401  (bench submit / bench status)
         tune,
     )
 

@@ -70,8 +70,16 @@ def live_claims(root: Path) -> dict[str, dict[str, Any]]:
 
 
 def _job_env() -> dict[str, str]:
-    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SUBMITIT_JOB_ID")
+    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
+            "SUBMITIT_LOCAL_JOB_ID")
     return {k.lower(): os.environ[k] for k in keys if k in os.environ}
+
+
+def _same_slurm_job(info: dict[str, Any]) -> bool:
+    """A requeued SLURM task finding its own earlier claim: SLURM runs one instance of a job at a time, so the
+    earlier one is gone even if its node's heartbeat is still within the grace period."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return job is not None and info.get("slurm_job_id") == job
 
 
 @dataclass
@@ -129,7 +137,7 @@ def claim(root: Path, run_id: str, slot: str | None = None) -> Claim | None:
             return None
         path = claims_dir(root) / f"{run_id}.json"
         old = _read(path)
-        if old is not None and not is_stale(old):
+        if old is not None and not is_stale(old) and not _same_slurm_job(old):
             return None
         now = time.time()
         info = {"run_id": run_id, "owner": owner_token(), "host": socket.gethostname(), "pid": os.getpid(),

@@ -59,7 +59,7 @@ def execute(spec, root: Path, progress=None, slot: str | None = None) -> int:
 def _train_and_write(spec, root: Path, report, path: Path) -> int:
     from peft3d.core.errors import Peft3dError
     from peft3d.core.results import failure_result, write_result
-    from peft3d.training.checkpoint import Preempted
+    from peft3d.training.checkpoint import Preempted, remove
     from peft3d.training.train import train_run
 
     try:
@@ -76,7 +76,7 @@ def _train_and_write(spec, root: Path, report, path: Path) -> int:
         print(f"@failed {kind}: {msg}", flush=True)
         return 1
     write_result(root, result)
-    path.unlink(missing_ok=True)  # after the result: a kill in between leaves a checkpoint, never a lost run
+    remove(path)  # after the result: a kill in between leaves a checkpoint, never a lost run
     return 0
 
 
@@ -95,6 +95,7 @@ def main(argv: list[str]) -> int:
 
     hf_logging.set_verbosity_error()  # our own strict check reports key problems; keep stdout for progress
     from peft3d.core.spec import RunSpec
+    from peft3d.training.checkpoint import Preempted
 
     spec = RunSpec.from_dict(json.loads(Path(spec_json).read_text()))
     threads = os.environ.get("PEFT3D_THREADS")
@@ -102,7 +103,10 @@ def main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(int(threads))
-    return execute(spec, root, _progress, os.environ.get("PEFT3D_SLOT"))
+    try:
+        return execute(spec, root, _progress, os.environ.get("PEFT3D_SLOT"))
+    except Preempted:  # stopped before training started: nothing to save
+        return PREEMPTED
 
 
 if __name__ == "__main__":

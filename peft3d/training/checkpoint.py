@@ -7,14 +7,14 @@ permutation and partial sums, for a stop between two steps). Written atomically 
 during the write leaves the previous checkpoint.
 
 Stops: SIGTERM / SIGUSR1 (what SLURM sends before a preemption or the time limit) set a flag; the training
-loop saves at the next step boundary and raises :class:`Preempted`. Before the loop starts, the signal exits at
-once (nothing to save yet).
+loop saves at the next step boundary and raises :class:`Preempted`. Before the loop starts, the signal raises
+:class:`Preempted` at once (nothing to save yet).
 """
 from __future__ import annotations
 
+import json
 import random
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,12 @@ class StopFlag:
     def __init__(self) -> None:
         self.requested = False
         self.armed = False  # inside the training loop: a stop is deferred to the next step boundary
+        self.signum: int | None = None  # the signal that asked for the stop
 
     def handle(self, signum: int, frame: Any = None) -> None:
+        self.signum = signum
         if not self.armed:
-            sys.exit(128 + signum)
+            raise Preempted(f"signal {signal.Signals(signum).name} before training started")
         self.requested = True
 
     def install(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)) -> None:
@@ -89,6 +91,22 @@ def set_rng_states(states: dict[str, Any], sampler_rng: np.random.Generator) -> 
 
 def save(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(dict(state, version=VERSION), f), binary=True)
+    loop = state.get("loop") or {}
+    where = {"epochs_done": loop.get("epochs_done"), "step": loop.get("step")}
+    atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(where)))  # read by `bench status`
+
+
+def remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_suffix(".json").unlink(missing_ok=True)
+
+
+def saved_epoch(path: Path) -> int | None:
+    """Completed epochs in the checkpoint at ``path`` (from its small JSON side file: no torch load)."""
+    try:
+        return int(json.loads(path.with_suffix(".json").read_text())["epochs_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load(path: Path | None, run_id: str) -> dict[str, Any] | None:
