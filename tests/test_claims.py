@@ -98,6 +98,7 @@ def test_device_slots(monkeypatch):
         parse_devices("auto", want_cuda=True)
 
 
+@pytest.mark.slow  # ~1-3 min on 2 shared cores; .ci/run runs it with the services tests
 def test_three_bench_runs_on_one_folder_train_every_run_once(tmp_path):
     grid = tmp_path / "three.yaml"
     grid.write_text(f"include: {GRID_DIR / 'smoke.yaml'}\nmethods: [linear, prompt, lora]\n"
