@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -119,16 +120,20 @@ def submissions(root: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def job_state(root: Path, rec: dict[str, Any]) -> str | None:
-    """The scheduler's state of a recorded SLURM job (through submitit/sacct); None when unknown (local)."""
+def job_state(rec: dict[str, Any]) -> str | None:
+    """SLURM's state of a recorded job from ``squeue`` (works without accounting, unlike sacct); "GONE" when
+    the scheduler no longer lists it; None when unknown (local executor, no squeue)."""
     if rec.get("executor") != "slurm":
         return None
     try:
-        import submitit
-
-        return submitit.SlurmJob(root / "submitit" / "%j", rec["job_id"]).state
-    except Exception:  # sacct missing or slow: the status falls back to files
+        out = subprocess.run(["squeue", "-h", "-j", rec["job_id"], "-o", "%T"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.SubprocessError):
         return None
+    if out.returncode != 0:
+        return "GONE" if "Invalid job id" in out.stderr else None
+    states = out.stdout.split()
+    return states[0] if states else "GONE"
 
 
 def run_states(specs: list[RunSpec], root: Path) -> list[dict[str, Any]]:
@@ -152,9 +157,10 @@ def run_states(specs: list[RunSpec], root: Path) -> list[dict[str, Any]]:
         elif result:
             row.update(state="failed", detail=str(result.get("error"))[:120])
         elif sub:
-            state = job_state(root, sub)
-            ended = state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
-            row.update(state="failed" if ended else "queued", detail=state)
+            state = job_state(sub)
+            ended = state in ("GONE", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
+            row.update(state="failed" if ended else "queued",
+                       detail="job ended without a result" if state == "GONE" else state)
         else:
             row["state"] = "missing"
         rows.append(row)
