@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import app, fail
-from peft3d.cli.commands import GridOpt, ResultsOpt, _check_roots, _roots, _seeds
+from peft3d.cli.app import GridOpt, ResultsOpt, app, check_roots, fail, parse_roots, parse_seeds
 
 
 def _minutes(hms: str | None) -> int | None:
@@ -55,8 +54,8 @@ def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         fail(f"--executor must be slurm or local, got {executor!r}")
     if cpus_per_task < 1 or gpus_per_task < 0 or (max_parallel is not None and max_parallel < 1):
         fail("--cpus-per-task and --max-parallel must be >= 1, --gpus-per-task >= 0")
-    specs = expand(grid, _seeds(seeds), _roots(data_root), "cuda" if gpus_per_task else None)
-    _check_roots(specs)
+    specs = expand(grid, parse_seeds(seeds), parse_roots(data_root), "cuda" if gpus_per_task else None)
+    check_roots(specs)
     root = results_dir(results)
     todo = [s for s in pending(specs, root) if holder(root, s.run_id) is None]
     typer.echo(f"grid {grid}: {len(specs)} runs, {len(specs) - len(todo)} done or running, {len(todo)} to submit "
@@ -86,7 +85,7 @@ def status(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     from peft3d.grids.loader import expand
     from peft3d.schedule.submit import run_states
 
-    rows = run_states(expand(grid, _seeds(seeds)), results_dir(results))
+    rows = run_states(expand(grid, parse_seeds(seeds)), results_dir(results))
     if as_json:
         print(json.dumps(rows, indent=1))
         return
