@@ -98,3 +98,22 @@ def test_runs_are_logged_to_a_tracking_server(tmp_path):
     runs = client.search_runs([exp.experiment_id])
     assert sorted(r.data.tags["peft3d.run_id"] for r in runs) == sorted(s.run_id for s in expand(str(grid)))
     assert not (root / "mlflow.db").exists()
+
+
+def test_a_tune_is_logged_to_a_tracking_server(tmp_path):
+    why = mlflow_up()
+    if why:
+        pytest.skip(why)
+    import mlflow
+
+    grid = tmp_path / f"tunesrv{int(time.time() * 1000)}.yaml"
+    grid.write_text(tiny_grid(tmp_path, epochs=1).read_text().replace("methods: [linear, lora]", "methods: [linear]"))
+    root = tmp_path / "res"
+    out = bench("tune", "--grid", str(grid), "--results", str(root), "--trials", "1", "--tracking-uri", MLFLOW_URI)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    client = mlflow.MlflowClient(MLFLOW_URI)
+    exp = client.get_experiment_by_name(f"peft3d/{grid.stem}/tune")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags.get("peft3d.role") for r in runs) == ["study", "trial"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert not (root / "mlflow.db").exists()
