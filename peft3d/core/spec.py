@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Mapping, TypeVar, Union
 
+from peft3d.core.digest import json_sha256
 from peft3d.core.errors import ConfigError
 
 T = TypeVar("T")
@@ -189,8 +188,15 @@ class RunSpec:
     data_root: str | None = None  # machine-specific: not part of run_id
     device: str = "cpu"  # execution detail: not part of run_id
     grid: str | None = None  # the grid that scheduled it: not part of run_id
+    # Save a resumable checkpoint every this many epochs (and on SIGTERM/SIGUSR1). Execution detail: not part
+    # of run_id. 5: at paper size an epoch is minutes, a PEFT checkpoint megabytes; `full` writes the backbone.
+    checkpoint_every: int = 5
 
-    NON_IDENTITY = ("data_root", "device", "grid")
+    NON_IDENTITY = ("data_root", "device", "grid", "checkpoint_every")
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -205,8 +211,7 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        canon = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canon.encode()).hexdigest()[:12]
+        return json_sha256(self.identity())[:12]
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":

@@ -18,10 +18,9 @@ from peft3d.grids.validate import check_device, check_grid
 
 GRID_DIR = Path(__file__).parent / "files"
 KEYS = {"description", "include", "backbones", "weights", "methods", "datasets", "seeds", "protocol",
-        "num_points", "budget", "tokenizer", "head", "method_cfg", "data_root", "device"}
+        "num_points", "budget", "tokenizer", "head", "method_cfg", "data_root", "device", "compare_to",
+        "checkpoint_every"}
 REQUIRED = ("backbones", "methods", "datasets")
-# Short dataset tags used in preset names such as ``paper_{backbone}_{dataset_tag}``.
-DATASET_TAGS = {"scanobjectnn": "scan", "modelnet40": "mn40", "synthetic": "synthetic"}
 
 
 @dataclass(frozen=True)
@@ -83,6 +82,8 @@ def load_grid(name: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     for inc in [includes] if isinstance(includes, str) else includes:
         target = inc if Path(inc).is_absolute() else str(path.parent / inc) if inc.endswith(".yaml") else inc
         merged = _merge(merged, load_grid(target, (*_seen, path)))
+    if "methods" in data and "compare_to" not in data:
+        merged.pop("compare_to", None)  # a comparison belongs to the methods list it was written for
     return _merge(merged, data)
 
 
@@ -111,6 +112,16 @@ def _method_entries(grid: dict[str, Any]) -> list[MethodEntry]:
     return out
 
 
+def compare_to(name: str) -> str:
+    """The method a grid's tables compare the others with: its ``compare_to``, else its first method."""
+    grid = load_grid(name)
+    methods = [e.name for e in _method_entries(grid)]
+    chosen = grid.get("compare_to", methods[0])
+    if chosen not in methods:
+        raise ConfigError(f"grid {Path(name).stem}: compare_to {chosen!r} is not one of its methods {methods}")
+    return chosen
+
+
 def _data_root(grid: dict[str, Any], family: str, overrides: dict[str, str]) -> str | None:
     if family in overrides:
         return overrides[family]
@@ -118,6 +129,14 @@ def _data_root(grid: dict[str, Any], family: str, overrides: dict[str, str]) -> 
     if isinstance(root, dict):
         return root.get(family)
     return root
+
+
+def _checkpoint_every(grid: dict[str, Any]) -> int:
+    every = grid.get("checkpoint_every", RunSpec.checkpoint_every)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ConfigError(f"grid checkpoint_every: expected an integer >= 1 (epochs between "
+                          f"checkpoints), got {every!r}")
+    return every
 
 
 def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str] | None = None,
@@ -135,6 +154,7 @@ def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str]
         seeds = check_grid({"seeds": seeds}, Path(name).stem)["seeds"]
     for key in REQUIRED:
         _as_list(grid, key)
+    compare_to(name)
     budget = from_mapping(Budget, grid.get("budget"), "grid budget")
     tokenizer = from_mapping(TokenizerCfg, grid.get("tokenizer"), "grid tokenizer")
     head = grid.get("head") or {}
@@ -158,7 +178,7 @@ def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str]
         if variant not in meta["variants"]:
             raise ConfigError(f"grid: dataset {family} has no variant {variant!r}; "
                               f"choose one of {list(meta['variants'])}")
-        preset = entry.preset.format(backbone=backbone, dataset=family, dataset_tag=DATASET_TAGS.get(family, family)
+        preset = entry.preset.format(backbone=backbone, dataset=family, dataset_tag=meta.get("tag", family)
                                      ) if entry.preset else None
         cfg_cls = config_class(entry.name)
         overrides = {**(per_method.get(entry.name) or {}), **dict(entry.cfg)}
@@ -171,7 +191,8 @@ def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str]
             method_cfg=cfg.to_dict(), preset=preset, protocol=protocol, num_points=int(grid.get("num_points", 1024)),
             seed=int(seed), budget=budget, tokenizer=tokenizer, head_hidden=int(head.get("hidden", 256)),
             head_dropout=float(head.get("dropout", 0.5)), data_root=_data_root(grid, family, data_roots or {}),
-            device=device or grid.get("device", "cpu"), grid=grid_name))
+            device=device or grid.get("device", "cpu"), grid=grid_name,
+            checkpoint_every=_checkpoint_every(grid)))
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"grid {grid_name}: two entries expand to the same run (duplicate axis values?)")
