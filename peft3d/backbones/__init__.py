@@ -37,6 +37,10 @@ BACKBONES.register("ssast", _B + "ssast:build_ssast", modality="2d", pretrain="a
                    width=768, depth=12, params=PLAIN_BLOCKS, source="SSAST-Base-Patch-400.pth",
                    weights_check="file:SSAST-Base-Patch-400.pth")
 
+# The no-transformer control (peft3d.backbones.controls): tokenizer -> LayerNorm -> head; weights: random only.
+BACKBONES.register("none", _B + "controls:build_none", modality="none", pretrain="none", width=384, depth=0,
+                   params=0, source="no transformer (control)", weights_check="random", control=True)
+
 # Tiny random variants: same classes and code paths as the real ones, for the test battery.
 _TINY = {"pretrain": "none", "depth": 2, "params": None, "source": "random (tiny test model)",
          "weights_check": "random",

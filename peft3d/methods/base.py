@@ -21,6 +21,9 @@ class MethodConfig:
     ``search_space`` (Optuna) and ``presets`` (named overrides)."""
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # What the method needs from the shared pipeline, checked by grid validation before any run starts.
+    needs_blocks: ClassVar[bool] = True  # False: meaningful on a backbone with zero blocks (the none control)
+    sets_pos_encoding: ClassVar[bool] = False  # True: installs its own positional encoding (pipeline's must be mlp)
 
     @classmethod
     def resolve(cls, overrides: Mapping[str, Any] | None = None, preset: str | None = None,

@@ -1,7 +1,6 @@
 """Train and evaluate one RunSpec (protocol.md): select the epoch on validation, read test there."""
 from __future__ import annotations
 
-import math
 import resource
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from peft3d.datasets.sampling import TrainSampler
 from peft3d.models.build import build_model
 from peft3d.models.model import PointModel, param_groups
 from peft3d.schedule.environment import environment
+from peft3d.training.schedules import clip_gradients, lr_lambda, make_scheduler  # noqa: F401  (lr_lambda: re-export)
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -48,19 +48,6 @@ def optimizer_for(model: PointModel, lr: float, weight_decay: float) -> torch.op
             groups.setdefault((no_decay, model.lr_scale(name)), []).append(p)
     return torch.optim.AdamW([{"params": ps, "weight_decay": 0.0 if nd else weight_decay, "lr": lr * scale}
                               for (nd, scale), ps in sorted(groups.items())], lr=lr)
-
-
-def lr_lambda(total: int, warmup: int, lr: float, min_lr: float) -> Callable[[int], float]:
-    """Linear warm-up then cosine decay to ``min_lr``, per optimizer step (factor of the base lr)."""
-    floor = min(min_lr / lr, 1.0)
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return max(floor, (step + 1) / warmup)
-        t = (step - warmup) / max(1, total - warmup)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-    return f
 
 
 @torch.no_grad()
@@ -127,8 +114,7 @@ def train_run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]
     n = len(data.train)
     steps_per_epoch = max(1, n // b.batch_size)  # drop the last partial batch (BatchNorm needs > 1 sample)
     opt = optimizer_for(model, b.lr, b.weight_decay)
-    factor = lr_lambda(b.epochs * steps_per_epoch, b.warmup_epochs * steps_per_epoch, b.lr, b.min_lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched, current_lr = make_scheduler(opt, b, steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=b.label_smoothing)
     rng = np.random.default_rng(spec.seed)
     curves, train_s, eval_s, steps = Curves.empty(), 0.0, 0.0, 0
@@ -146,8 +132,9 @@ def train_run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch} step {s}: lower the lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], b.grad_clip)
+            clip_gradients(opt, b.grad_clip)
             opt.step()
+            lr_used = current_lr()
             sched.step()
             losses += loss.item() * len(idx)
             correct += int((logits.argmax(-1) == y).sum())
@@ -160,7 +147,7 @@ def train_run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]
         eval_s += time.time() - te
         for k, v in (("epoch", epoch), ("train_loss", losses / seen), ("train_acc", correct / seen),
                      ("val_acc", va["acc"]), ("test_acc", tst["acc"]), ("test_macc", tst["macc"]),
-                     ("lr", b.lr * factor(steps - 1))):
+                     ("lr", lr_used)):
             getattr(curves, k).append(v)
         if progress:
             progress({"epoch": epoch, "epochs": b.epochs, "train_loss": losses / seen, "val_acc": va["acc"],

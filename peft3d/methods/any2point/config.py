@@ -23,7 +23,7 @@ the variant), so the harness can measure what each one does to the paper's numbe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from peft3d.methods.base import MethodConfig
 
@@ -57,6 +57,8 @@ class Any2PointConfig(MethodConfig):
     encoding, and in every block a bottleneck adapter on the FFN output plus the any-to-3D guided adapter
     (M local cell attentions, cell pooling, 3D-voxel-weighted ensemble). Defaults: the released DINOv2-Scan
     copy's module sizes; use a preset for a backbone x dataset."""
+
+    sets_pos_encoding: ClassVar[bool] = True  # the virtual projection replaces the pipeline's encoding
 
     # -- 3D-to-any virtual projection ------------------------------------------------------------------------
     views: int = 6  # M: 2D views (the first M of the six cube-face views) or 1D lines
