@@ -200,3 +200,22 @@ def test_run_ids_change_only_for_non_default_options():
         Budget(schedule="step")
     with pytest.raises(ValueError, match="pos_encoding must be one of"):
         PipelineCfg(pos_encoding="sine")
+
+
+# -- reporting ---------------------------------------------------------------------------------------------
+
+def test_late_selection_controls_and_pipeline_labels_in_tables():
+    from peft3d.reporting.tables import control_of, effective_modality, late_selection, method_labels
+
+    assert late_selection(10, 10) and late_selection(14, 15) and not late_selection(13, 15)
+    assert late_selection(5, 5) and not late_selection(4, 5) and late_selection(None, 5) is None
+    assert control_of("none", "random") == "no transformer" and control_of("minilm", "shuffled:1") == "shuffled"
+    assert control_of("minilm", "random") == "random init" and control_of("minilm", "pretrained") == ""
+    assert effective_modality("language", "shuffled") == "none (shuffled)"
+    a = RunSpec(backbone="minilm", method="linear")
+    b = a.replace(pipeline=PipelineCfg(cls_token=False))
+    c = a.replace(budget=Budget(schedule="onecycle"))
+    labels = method_labels([a, b, c])
+    assert len(set(labels.values())) == 3  # never averaged together as if they were seeds
+    assert "cls_token=False" in labels[b.run_id] and "schedule=onecycle" in labels[c.run_id]
+    assert method_labels([a])[a.run_id] == "linear"

@@ -191,6 +191,11 @@ class RunSpec:
     def replace(self, **changes: Any) -> "RunSpec":
         return dataclasses.replace(self, **changes)
 
+    def pipeline_options(self) -> dict[str, Any]:
+        """Every shared-pipeline ablation option of this run (defaults included), for labels and tables."""
+        return {**dataclasses.asdict(self.pipeline), "token_norm": self.tokenizer.out_norm_name,
+                "schedule": self.budget.schedule, "grad_clip": self.budget.grad_clip}
+
     @property
     def label(self) -> str:
         extra = ",".join(f"{k}={v}" for k, v in self.pipeline.non_default().items())
