@@ -219,3 +219,56 @@ def test_late_selection_controls_and_pipeline_labels_in_tables():
     assert len(set(labels.values())) == 3  # never averaged together as if they were seeds
     assert "cls_token=False" in labels[b.run_id] and "schedule=onecycle" in labels[c.run_id]
     assert method_labels([a])[a.run_id] == "linear"
+
+
+# -- grids -------------------------------------------------------------------------------------------------
+
+def test_transfer_ablation_grid_is_one_at_a_time_from_two_starting_points():
+    from peft3d.grids.loader import expand
+
+    specs = expand("transfer_ablation")
+    assert len(specs) == 18 * 2 * 3
+    assert {s.weights for s in specs} == {"pretrained", "random"} and {s.seed for s in specs} == {0, 1, 2}
+    pipelines = {tuple(sorted(s.pipeline_options().items())) for s in specs}
+    assert len(pipelines) == 18
+    paper = dict(RunSpec(backbone="minilm", method="linear").pipeline_options(), grad_clip=10.0)
+    reference = {"pos_encoding": "table", "cls_token": False, "head": "mean_ln_linear", "blocks": None,
+                 "token_norm": "none", "schedule": "onecycle", "grad_clip": 0.0}
+    assert dict(paper) in [dict(p) for p in pipelines] and reference in [dict(p) for p in pipelines]
+    for p in map(dict, pipelines):  # every variant differs from one of the two starting points in one option
+        assert min(sum(p[k] != base[k] for k in p) for base in (paper, reference)) <= 1, p
+    base = [s for s in specs if s.pipeline_options() == paper]
+    assert base and all(s.run_id == s.replace(grid=None).run_id for s in base)
+
+
+def test_also_variants_must_be_mappings_and_may_not_duplicate(tmp_path):
+    from peft3d.grids.loader import expand
+
+    g = tmp_path / "g.yaml"
+    g.write_text("backbones: [test_bert]\nweights: [random]\nmethods: [linear]\ndatasets: [synthetic/scan]\n"
+                 "also:\n  - {pipeline: {cls_token: false}}\n  - {backbones: [none]}\n")
+    specs = expand(str(g))
+    assert [(s.backbone, s.pipeline.cls_token) for s in specs] == [("test_bert", True), ("test_bert", False),
+                                                                    ("none", True)]
+    g.write_text("backbones: [test_bert]\nweights: [random]\nmethods: [linear]\ndatasets: [synthetic/scan]\n"
+                 "also:\n  - {pipeline: {cls_token: true}}\n")
+    with pytest.raises(ConfigError, match="expand to the same run"):
+        expand(str(g))
+    g.write_text("backbones: [test_bert]\nweights: [random]\nmethods: [linear]\ndatasets: [synthetic/scan]\n"
+                 "also: [cls_token]\n")
+    with pytest.raises(ConfigError, match=r"also\[0\] must be a mapping"):
+        expand(str(g))
+
+
+def test_cpu_modality_sweep_once_its_backbones_and_meshes_are_registered():
+    from peft3d.backbones import BACKBONES
+    from peft3d.datasets import DATASETS
+    from peft3d.grids.loader import expand
+
+    if not all(b in BACKBONES for b in ("minilm_l3", "dinov2_small", "whisper_tiny")) or "sweethome3d" not in DATASETS:
+        pytest.skip("the real-modality backbones / SweetHome3D dataset are not on this branch yet")
+    specs = expand("cpu_modality_sweep")
+    full = 4 * 3 * 3 * 2 * 3
+    assert len(specs) == full + 2 * 3 + 3 * 3 * 3 * 2 * 3  # + none x linear + matched depth (3 backbones)
+    assert {s.pipeline.blocks for s in specs} == {None, 3}
+    assert {s.method for s in specs if s.backbone == "none"} == {"linear"}
