@@ -272,3 +272,18 @@ def test_cpu_modality_sweep_once_its_backbones_and_meshes_are_registered():
     assert len(specs) == full + 2 * 3 + 3 * 3 * 3 * 2 * 3  # + none x linear + matched depth (3 backbones)
     assert {s.pipeline.blocks for s in specs} == {None, 3}
     assert {s.method for s in specs if s.backbone == "none"} == {"linear"}
+
+
+def test_controls_are_labelled_in_the_table_of_real_results(tmp_path):
+    from peft3d.core.results import write_result
+    from peft3d.reporting.tables import render_markdown, runs_frame
+
+    specs = [tiny("none"), tiny("test_bert"), tiny("test_bert", pipeline=PipelineCfg(head="mean_ln_linear"))]
+    for s in specs:
+        write_result(tmp_path, train_run(s))
+    df = runs_frame(specs, tmp_path)
+    assert list(df["control"]) == ["no transformer", "random init", "random init"]
+    assert list(df["modality"])[0] == "none (no transformer)"
+    assert df["train_acc"].notna().all() and set(df["late_selection"]) == {True}  # 1 epoch: the last one
+    text = render_markdown("g", df)
+    assert "| control " in text and "no transformer" in text and "‡" in text and "head=mean_ln_linear" in text

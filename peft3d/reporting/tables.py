@@ -113,6 +113,7 @@ def runs_frame(specs: list[RunSpec], root: Path) -> pd.DataFrame:
         })
     df = pd.DataFrame(rows, columns=[c for c in RUN_COLUMNS if c != "modality"] + ["method_name"])
     df["modality"] = [effective_modality(p, w) for p, w in zip(df["pretrain_modality"], df["weights"], strict=True)]
+    df.loc[df["control"] == "no transformer", "modality"] = "none (no transformer)"
     ok = df["status"] == "success"
     for c in ("test_acc", "val_acc", "test_acc_best_test", "test_acc_last", "train_acc"):
         df[c] = pd.to_numeric(df[c].where(ok), errors="coerce")  # failed runs never carry numbers
