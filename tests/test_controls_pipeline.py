@@ -287,3 +287,8 @@ def test_controls_are_labelled_in_the_table_of_real_results(tmp_path):
     assert df["train_acc"].notna().all() and set(df["late_selection"]) == {True}  # 1 epoch: the last one
     text = render_markdown("g", df)
     assert "| control " in text and "no transformer" in text and "‡" in text and "head=mean_ln_linear" in text
+
+
+def test_building_a_blockless_model_for_a_method_that_needs_blocks_fails_in_one_line():
+    with pytest.raises(ConfigError, match="method lora needs transformer blocks and backbone none runs with none"):
+        build_model(tiny("none", "lora"), num_classes=3)

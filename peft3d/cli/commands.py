@@ -60,7 +60,8 @@ def validate(grid: str = GridOpt, data_root: Optional[list[str]] = typer.Option(
 
     specs = expand(grid, _seeds(seeds), _roots(data_root))
     _check_roots(specs)
-    cells = {(s.backbone, s.weights, s.dataset, s.variant, s.method, s.preset) for s in specs}
+    cells = {(s.backbone, s.weights, s.dataset, s.variant, s.method, s.preset,
+              tuple(sorted(s.pipeline_options().items()))) for s in specs}
     typer.echo(f"grid {grid}: OK — {len(specs)} runs ({len(cells)} cells × seeds)")
 
 

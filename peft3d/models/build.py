@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from peft3d.backbones.controls import build_backbone
+from peft3d.core.errors import ConfigError
 from peft3d.core.spec import RunSpec
 from peft3d.methods import METHODS
 from peft3d.models.model import PointModel
@@ -18,6 +19,9 @@ def build_model(spec: RunSpec, num_classes: int, device: str = "cpu") -> tuple[P
         model = PointModel(backbone, num_classes, spec.tokenizer, spec.head_hidden, spec.head_dropout,
                            spec.pipeline)
     method = METHODS.get(spec.method)()
+    if not backbone.blocks and method.config_cls.needs_blocks:  # grids refuse this at validate time already
+        raise ConfigError(f"method {spec.method} needs transformer blocks and backbone {spec.backbone} runs with "
+                          "none; fix: use a method that works without blocks (linear) or a backbone with blocks")
     cfg = method.config_cls.resolve(spec.method_cfg, None, where=f"method {spec.method}")
     model.freeze_backbone()
     with torch.device(device):
