@@ -18,8 +18,8 @@ from peft3d.grids.checks import check_combination
 
 GRID_DIR = Path(__file__).parent / "files"
 KEYS = {"description", "include", "backbones", "weights", "methods", "datasets", "seeds", "protocol",
-        "num_points", "budget", "tokenizer", "head", "method_cfg", "data_root", "device", "compare_to", "pipeline",
-        "also"}
+        "num_points", "budget", "tokenizer", "head", "method_cfg", "data_root", "device", "compare_to",
+        "checkpoint_every", "pipeline", "also"}
 REQUIRED = ("backbones", "methods", "datasets")
 
 
@@ -131,6 +131,14 @@ def _data_root(grid: dict[str, Any], family: str, overrides: dict[str, str]) -> 
     return root
 
 
+def _checkpoint_every(grid: dict[str, Any]) -> int:
+    every = grid.get("checkpoint_every", RunSpec.checkpoint_every)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ConfigError(f"grid checkpoint_every: expected an integer >= 1 (epochs between "
+                          f"checkpoints), got {every!r}")
+    return every
+
+
 def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str] | None = None,
            device: str | None = None) -> list[RunSpec]:
     """All RunSpecs of a grid, validated (names, method configs, budget) without importing torch.
@@ -219,5 +227,6 @@ def _expand_one(grid: dict[str, Any], grid_name: str, seeds: list[int] | None, d
             seed=int(seed), budget=budget, tokenizer=tokenizer, head_hidden=int(head.get("hidden", 256)),
             head_dropout=float(head.get("dropout", 0.5)), pipeline=pipeline,
             data_root=_data_root(grid, family, data_roots or {}),
-            device=device or grid.get("device", "cpu"), grid=grid_name))
+            device=device or grid.get("device", "cpu"), grid=grid_name,
+            checkpoint_every=_checkpoint_every(grid)))
     return specs
