@@ -61,7 +61,9 @@ def cell(row: pd.Series | None, reason_chars: int = 60) -> str:
     if row["n"] == 0:
         return f"{MISSING} ({short(row['reason'], reason_chars)})"
     s = f"{row['mean']:.1f}" + (f" ± {row['std']:.1f}" if row["n"] > 1 else "")
-    return s + (f" (n={row['n']}/{row['n_expected']})" if row["n"] < row["n_expected"] or row["n"] == 1 else "")
+    s += f" (n={row['n']}/{row['n_expected']})" if row["n"] < row["n_expected"] or row["n"] == 1 else ""
+    # ‡: some seed selected an epoch in the last 10% of its epochs (protocol.md "Convergence")
+    return s + (" ‡" if row.get("n_late", 0) else "")
 
 
 def friedman_sentence(f: Friedman) -> str:

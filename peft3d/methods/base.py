@@ -22,6 +22,9 @@ class MethodConfig:
     ``search_space`` (Optuna) and ``presets`` (named overrides)."""
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # What the method needs from the shared pipeline, checked by grid validation before any run starts.
+    needs_blocks: ClassVar[bool] = True  # False: meaningful on a backbone with zero blocks (the none control)
+    sets_pos_encoding: ClassVar[bool] = False  # True: installs its own positional encoding (pipeline's must be mlp)
 
     @classmethod
     def resolve(cls, overrides: Mapping[str, Any] | None = None, preset: str | None = None,
@@ -29,7 +32,8 @@ class MethodConfig:
         data: dict[str, Any] = {}
         if preset is not None:
             if preset not in cls.presets:
-                raise ConfigError(f"{where}: unknown preset {preset!r}; available: {sorted(cls.presets) or 'none'}")
+                known = sorted(cls.presets) or "(no presets)"
+                raise ConfigError(f"{where}: unknown preset {preset!r}; available: {known}")
             data.update(cls.presets[preset])
         data.update(overrides or {})
         return from_mapping(cls, data, where)

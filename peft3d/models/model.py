@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from peft3d.backbones.base import Backbone
-from peft3d.core.spec import TokenizerCfg
+from peft3d.core.spec import PipelineCfg, TokenizerCfg
+from peft3d.models.positional import MLPPosEncoder, make_pos_encoder  # noqa: F401  (MLPPosEncoder: re-export)
 from peft3d.models.tokenizer import PointTokenizer
 
 
@@ -30,22 +31,14 @@ class ForwardContext:
         self.centres, self.num_prefix, self.cache = centres, num_prefix, {}
 
 
-class MLPPosEncoder(nn.Module):
-    """Learned positional encoding of token centres: a small 3D MLP (Point-BERT / Point-MAE style)."""
-
-    def __init__(self, width: int, hidden: int = 128) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(3, hidden), nn.GELU(), nn.Linear(hidden, width))
-
-    def forward(self, centres: torch.Tensor) -> torch.Tensor:  # (B, G, 3) -> (B, G, D)
-        return self.net(centres)
-
-
 class Head(nn.Module):
-    """cls ⊕ max-pool (2D) -> Linear -> BN -> ReLU -> Dropout -> Linear -> BN -> ReLU -> Dropout -> Linear."""
+    """cls ⊕ max-pool (2D) -> Linear -> BN -> ReLU -> Dropout -> Linear -> BN -> ReLU -> Dropout -> Linear.
+    Without a cls token (``num_prefix=0``) the mean of the point tokens stands in for it."""
 
-    def __init__(self, width: int, num_classes: int, hidden: int = 256, dropout: float = 0.5) -> None:
+    def __init__(self, width: int, num_classes: int, hidden: int = 256, dropout: float = 0.5,
+                 num_prefix: int = 1) -> None:
         super().__init__()
+        self.num_prefix = num_prefix
         self.net = nn.Sequential(
             nn.Linear(2 * width, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
             nn.Dropout(dropout),
@@ -55,7 +48,22 @@ class Head(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, C)
-        return self.net(torch.cat([x[:, 0], x[:, 1:].amax(dim=1)], dim=-1))
+        points = x[:, self.num_prefix:]
+        first = x[:, 0] if self.num_prefix else points.mean(dim=1)
+        return self.net(torch.cat([first, points.amax(dim=1)], dim=-1))
+
+
+class MeanHead(nn.Module):
+    """Mean over the point tokens -> LayerNorm -> Linear (the usual linear-probe head of ViT / BERT work)."""
+
+    def __init__(self, width: int, num_classes: int, num_prefix: int = 1) -> None:
+        super().__init__()
+        self.num_prefix = num_prefix
+        self.norm = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, C)
+        return self.fc(self.norm(x[:, self.num_prefix:].mean(dim=1)))
 
 
 class PointModel(nn.Module):
@@ -63,17 +71,21 @@ class PointModel(nn.Module):
     SHARED = ("tokenizer", "pos_embed", "cls_token", "cls_pos", "backbone.final_norm")
 
     def __init__(self, backbone: Backbone, num_classes: int, tokenizer: TokenizerCfg,
-                 head_hidden: int = 256, head_dropout: float = 0.5) -> None:
+                 head_hidden: int = 256, head_dropout: float = 0.5, pipeline: PipelineCfg | None = None) -> None:
         super().__init__()
+        pipeline = pipeline or PipelineCfg()
         width = backbone.spec.width
         self.backbone = backbone
         self.tokenizer = PointTokenizer(tokenizer, width)
-        self.pos_embed: nn.Module = MLPPosEncoder(width)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.cls_pos = nn.Parameter(torch.zeros(1, 1, width))
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.cls_pos, std=0.02)
-        self.head = Head(width, num_classes, head_hidden, head_dropout)
+        self.pos_embed: nn.Module = make_pos_encoder(pipeline.pos_encoding, backbone, width)
+        self.num_prefix = 1 if pipeline.cls_token else 0
+        if pipeline.cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+            self.cls_pos = nn.Parameter(torch.zeros(1, 1, width))
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+            nn.init.trunc_normal_(self.cls_pos, std=0.02)
+        self.head = Head(width, num_classes, head_hidden, head_dropout, self.num_prefix) \
+            if pipeline.head == "paper" else MeanHead(width, num_classes, self.num_prefix)
         self.context = ForwardContext()
         self.backbone_train_mode = False  # frozen backbone runs without dropout unless a method asks
         # The pretrained backbone's own dropout / drop-path modules, listed before any method attaches (a plain
@@ -107,9 +119,10 @@ class PointModel(nn.Module):
 
     def forward(self, xyz: torch.Tensor) -> torch.Tensor:  # (B, N, 3) -> logits (B, C)
         tokens, centres = self.tokenizer(xyz)  # (B, G, D), (B, G, 3)
-        self.context.reset(centres, num_prefix=1)
-        x = torch.cat([(self.cls_token + self.cls_pos).expand(len(xyz), -1, -1),
-                       tokens + self.pos_embed(centres)], dim=1)  # (B, 1+G, D)
+        self.context.reset(centres, num_prefix=self.num_prefix)
+        x = tokens + self.pos_embed(centres)  # (B, G, D)
+        if self.num_prefix:
+            x = torch.cat([(self.cls_token + self.cls_pos).expand(len(xyz), -1, -1), x], dim=1)  # (B, 1+G, D)
         x = self.backbone(self.backbone.embed_norm(x))
         return self.head(x)
 

@@ -79,7 +79,8 @@ class PointTokenizer(nn.Module):
             c *= 2
         self.stages = nn.ModuleList(stages)
         self.proj = nn.Identity() if c == width else nn.Linear(c, width)
-        self.out_norm = nn.BatchNorm1d(width) if cfg.out_norm else nn.Identity()
+        self.out_norm = {"batchnorm": nn.BatchNorm1d, "layernorm": nn.LayerNorm}.get(
+            cfg.out_norm_name, lambda _: nn.Identity())(width)
 
     def forward(self, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if xyz.shape[1] % 2**self.cfg.num_stages:
@@ -91,4 +92,6 @@ class PointTokenizer(nn.Module):
         tokens = self.proj(feat)  # (B, G, D)
         if isinstance(self.out_norm, nn.BatchNorm1d):
             tokens = self.out_norm(tokens.transpose(1, 2)).transpose(1, 2)
+        else:  # LayerNorm over channels, or identity
+            tokens = self.out_norm(tokens)
         return tokens, centres

@@ -277,7 +277,9 @@ def render_report(grid: str, df: pd.DataFrame, results: dict[str, RunResult | No
              "<h2>Method table</h2>", _table(method_table(summary)),
              "<h2>Per-cell statistics</h2>", _table(stats_table(summary)) if (summary["n"] > 0).any() else "",
              _notes(["95% CI: percentile bootstrap of the mean over seeds (scipy.stats.bootstrap); binom. SE: "
-                     "sqrt(p(1−p)/n_test)."]),
+                     "sqrt(p(1−p)/n_test). val / train: accuracy at the selected epoch. ‡: some run of the cell "
+                     "selected an epoch in the last 10% of its epochs (possibly under-trained). control: the "
+                     "row is a control (random init, shuffled weights, no transformer), not a transfer result."]),
              "<h2>Paired comparisons and Friedman test</h2>", _paired_html(df, versus), _friedman_html(summary),
              "<h2>Accuracy vs trainable parameters</h2>", _safe(plot_pareto, summary),
              "<h2>Modality ranking</h2>", _safe(plot_modality, df),

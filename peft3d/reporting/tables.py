@@ -22,7 +22,8 @@ from peft3d.core.spec import RunSpec
 RUN_COLUMNS = ["run_id", "backbone", "weights", "method", "preset", "dataset", "seed", "status", "error",
                "test_acc", "val_acc", "test_acc_best_test", "test_acc_last", "selected_epoch", "n_test",
                "params_method", "params_trainable_excl_head", "params_trainable", "params_total", "time_s",
-               "step_ms", "pretrain_modality", "modality"]
+               "step_ms", "pretrain_modality", "modality", "control", "train_acc", "epochs", "late_selection"]
+LATE_FRACTION = 0.1  # protocol.md "Convergence": a selected epoch in the last 10% of epochs may be under-trained
 
 
 def _registry_modality(backbone: str) -> str | None:
@@ -38,7 +39,28 @@ def effective_modality(pretrain: str | None, weights: str) -> str:
     """The modality a run actually transfers from: a randomly initialised backbone transfers none."""
     if weights == "random":
         return "none (random init)"
+    if weights.startswith("shuffled"):
+        return "none (shuffled)"
     return pretrain or "unknown"
+
+
+def control_of(backbone: str, weights: str) -> str:
+    """'' for a real transfer run, else which control it is (protocol.md "Controls")."""
+    try:
+        from peft3d.backbones import BACKBONES
+
+        if BACKBONES.meta(backbone).get("control"):
+            return "no transformer"
+    except Exception:  # noqa: BLE001  (a name from another checkout is no control we know of)
+        pass
+    return "random init" if weights == "random" else "shuffled" if weights.startswith("shuffled") else ""
+
+
+def late_selection(selected: Any, epochs: Any) -> bool | None:
+    """True when the selected epoch lies in the last 10% of the run's epochs (possibly under-trained)."""
+    if selected is None or not epochs:
+        return None
+    return bool(selected > (1 - LATE_FRACTION) * epochs)
 
 
 def method_labels(specs: list[RunSpec]) -> dict[str, str]:
@@ -49,27 +71,39 @@ def method_labels(specs: list[RunSpec]) -> dict[str, str]:
     for s in specs:
         cells.setdefault((s.backbone, s.weights, s.dataset, s.variant, s.method), []).append(s)
     labels = {}
-    for group in cells.values():
-        cfgs = [dict(s.method_cfg, preset=s.preset) for s in group]
+    for group in cells.values():  # pipeline options that differ inside a cell are labelled like method settings
+        cfgs = [dict(s.method_cfg, preset=s.preset, **_pipeline_options(s)) for s in group]
         keys = sorted({k for c in cfgs for k in c if len({repr(d.get(k)) for d in cfgs}) > 1})
         for s, c in zip(group, cfgs, strict=True):
             labels[s.run_id] = s.method + (f"[{','.join(f'{k}={c.get(k)}' for k in keys)}]" if keys else "")
     return labels
 
 
+def _pipeline_options(spec: Any) -> dict[str, Any]:
+    # Spec-like records read back from stored results may predate the pipeline options (all defaults then).
+    return spec.pipeline_options() if hasattr(spec, "pipeline_options") else {}
+
+
 def _run_row(s: RunSpec, label: str, r: RunResult | None) -> dict[str, Any]:
     m, p, t = (r and r.metrics), (r and r.params), (r.section("time") if r else {})
+    curves = (m and m.curves) or {}
+    sel, n_epochs = m and m.selected_epoch, len(curves.get("epoch") or [])
+    train = curves.get("train_acc") or []
     return {
         "run_id": s.run_id, "backbone": s.backbone, "weights": s.weights, "method": label, "method_name": s.method,
         "preset": s.preset, "dataset": f"{s.dataset}/{s.variant}", "seed": s.seed,
         "status": r.status if r else "missing", "error": r.error if r else "not run yet",
         "test_acc": m and m.test_acc, "val_acc": m and m.val_acc,
         "test_acc_best_test": m and m.test_acc_best_test, "test_acc_last": m and m.test_acc_last,
-        "selected_epoch": m and m.selected_epoch, "n_test": m and m.n_test,
+        "selected_epoch": sel, "n_test": m and m.n_test,
         "params_method": p and p.method, "params_trainable_excl_head": p and p.trainable_excluding_head,
         "params_trainable": p and p.trainable, "params_total": p and p.total,
         "time_s": t.get("total_s"), "step_ms": t.get("step_ms"),
         "pretrain_modality": (r and r.pretrain_modality) or _registry_modality(s.backbone),
+        "control": control_of(s.backbone, s.weights),
+        "train_acc": train[sel - 1] if sel and len(train) >= sel else None,
+        "epochs": n_epochs or None,
+        "late_selection": late_selection(sel, n_epochs) if r else None,
     }
 
 
@@ -81,8 +115,9 @@ def runs_frame(specs: list[RunSpec], root: Path) -> pd.DataFrame:
     rows = [_run_row(s, labels[s.run_id], results[s.run_id]) for s in specs]
     df = pd.DataFrame(rows, columns=[c for c in RUN_COLUMNS if c != "modality"] + ["method_name"])
     df["modality"] = [effective_modality(p, w) for p, w in zip(df["pretrain_modality"], df["weights"], strict=True)]
+    df.loc[df["control"] == "no transformer", "modality"] = "none (no transformer)"
     ok = df["status"] == "success"
-    for c in ("test_acc", "val_acc", "test_acc_best_test", "test_acc_last"):
+    for c in ("test_acc", "val_acc", "test_acc_best_test", "test_acc_last", "train_acc"):
         df[c] = pd.to_numeric(df[c].where(ok), errors="coerce")  # failed runs never carry numbers
     return df
 
@@ -114,7 +149,10 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                          params=ok["params_trainable_excl_head"].max() if len(ok) else math.nan,
                          params_method=ok["params_method"].max() if len(ok) else math.nan,
                          params_trainable=ok["params_trainable"].max() if len(ok) else math.nan,
-                         modality=first.get("modality"), reason=reason))
+                         modality=first.get("modality"), reason=reason, control=first.get("control", ""),
+                         train_mean=(ok["train_acc"].astype(float) * 100).mean() if len(ok) else math.nan,
+                         val_mean=(ok["val_acc"].astype(float) * 100).mean() if len(ok) else math.nan,
+                         n_late=int((ok["late_selection"] == True).sum()) if len(ok) else 0))  # noqa: E712
     return pd.DataFrame(rows)
 
 
@@ -170,7 +208,10 @@ def stats_table(summary: pd.DataFrame) -> pd.DataFrame:
         "95% CI": [f"[{lo:.1f}, {hi:.1f}]" if not math.isnan(lo) else "— (n<2)" for lo, hi in
                    zip(ok["ci_low"], ok["ci_high"], strict=True)],
         "binom. SE": ok["binom_se"].map(fm.num), "best-on-test†": ok["best_test_mean"].map(fm.num),
-        "last epoch": ok["last_mean"].map(fm.num)})
+        "last epoch": ok["last_mean"].map(fm.num), "val": ok["val_mean"].map(fm.num),
+        "train": ok["train_mean"].map(fm.num),
+        "late sel.‡": [f"{k}/{n}" for k, n in zip(ok["n_late"], ok["n"], strict=True)],
+        "control": ok["control"]})
 
 
 
@@ -214,7 +255,12 @@ def method_table(summary: pd.DataFrame) -> pd.DataFrame:
     wide = s.pivot_table(index=["backbone", "weights", "dataset"], columns="method", values="cell",
                          aggfunc="first", sort=False)
     methods = list(dict.fromkeys(summary["method"]))
-    return wide.reindex(columns=methods).reset_index()
+    out = wide.reindex(columns=methods).reset_index()
+    controls = summary.drop_duplicates(["backbone", "weights"]).set_index(["backbone", "weights"])["control"]
+    if controls.astype(bool).any():  # label the controls (protocol.md: a modality claim must beat them)
+        out.insert(2, "control", [controls.get((b, w), "") for b, w in zip(out["backbone"], out["weights"],
+                                                                            strict=True)])
+    return out
 
 
 def params_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -246,7 +292,9 @@ def render_markdown(grid: str, df: pd.DataFrame, versus: str | None = None) -> s
         parts += ["## Statistics", "", fm.markdown(stats_table(summary)), "",
                   "95% CI: percentile bootstrap of the mean over seeds (scipy.stats.bootstrap). binom. SE: the "
                   "test set's own sampling noise, sqrt(p(1−p)/n_test). † best-on-test is optimistic (epoch "
-                  "selected on test, as papers do) and never the headline.", "",
+                  "selected on test, as papers do) and never the headline. val / train: accuracy at the selected "
+                  "epoch. ‡ late sel.: runs whose selected epoch lies in the last 10% of their epochs "
+                  "(possibly under-trained; the cell is marked ‡ in the table above).", "",
                   *paired_markdown(df, versus), "", *friedman_markdown(summary), ""]
     parts.append(f"{n_ok}/{n_all} runs succeeded.")
     failed = df[df["status"] != "success"]

@@ -1,7 +1,6 @@
 """Train and evaluate one RunSpec (protocol.md): select the epoch on validation, read test there."""
 from __future__ import annotations
 
-import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from peft3d.models.build import build_model
 from peft3d.models.model import PointModel, param_groups
 from peft3d.schedule.environment import environment
 from peft3d.training import checkpoint as ckpt
+from peft3d.training.schedules import clip_gradients, lr_lambda, make_scheduler  # noqa: F401  (lr_lambda: re-export)
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -50,19 +50,6 @@ def optimizer_for(model: PointModel, lr: float, weight_decay: float) -> torch.op
             groups.setdefault((no_decay, model.lr_scale(name)), []).append(p)
     return torch.optim.AdamW([{"params": ps, "weight_decay": 0.0 if nd else weight_decay, "lr": lr * scale}
                               for (nd, scale), ps in sorted(groups.items())], lr=lr)
-
-
-def lr_lambda(total: int, warmup: int, lr: float, min_lr: float) -> Callable[[int], float]:
-    """Linear warm-up then cosine decay to ``min_lr``, per optimizer step (factor of the base lr)."""
-    floor = min(min_lr / lr, 1.0)
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return max(floor, (step + 1) / warmup)
-        t = (step - warmup) / max(1, total - warmup)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-    return f
 
 
 @torch.no_grad()
@@ -167,8 +154,7 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
     n = len(data.train)
     steps_per_epoch = max(1, n // b.batch_size)  # drop the last partial batch (BatchNorm needs > 1 sample)
     opt = optimizer_for(model, b.lr, b.weight_decay)
-    factor = lr_lambda(b.epochs * steps_per_epoch, b.warmup_epochs * steps_per_epoch, b.lr, b.min_lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched, current_lr = make_scheduler(opt, b, steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=b.label_smoothing)
     rng = np.random.default_rng(spec.seed)
     loop = Loop(curves=Curves.empty())
@@ -189,6 +175,7 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
             ts = time.time()
             if loop.order is None:  # a new epoch (a restored mid-epoch stop keeps its permutation)
                 loop.order, loop.losses, loop.correct, loop.seen = rng.permutation(n), 0.0, 0, 0
+            lr_used = current_lr()
             for s in range(loop.step, steps_per_epoch):
                 if ckpt.STOP.requested:
                     loop.step = s
@@ -203,8 +190,9 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
                     raise FloatingPointError(f"non-finite training loss at epoch {epoch} step {s}: lower the lr")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], b.grad_clip)
+                clip_gradients(opt, b.grad_clip)
                 opt.step()
+                lr_used = current_lr()
                 sched.step()
                 loop.losses += loss.item() * len(idx)
                 loop.correct += int((logits.argmax(-1) == y).sum())
@@ -218,7 +206,7 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
             curves = loop.curves
             for k, v in (("epoch", epoch), ("train_loss", loop.losses / loop.seen),
                          ("train_acc", loop.correct / loop.seen), ("val_acc", va["acc"]), ("test_acc", tst["acc"]),
-                         ("test_macc", tst["macc"]), ("lr", b.lr * factor(loop.steps - 1))):
+                         ("test_macc", tst["macc"]), ("lr", lr_used)):
                 getattr(curves, k).append(v)
             loop.epochs_done, loop.step, loop.order = epoch, 0, None
             if epoch < b.epochs and (epoch % every == 0 or ckpt.STOP.requested):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from peft3d.backbones import BACKBONES, declared
 from peft3d.methods.base import MethodConfig
@@ -61,6 +61,8 @@ class Any2PointConfig(MethodConfig):
     encoding, and in every block a bottleneck adapter on the FFN output plus the any-to-3D guided adapter
     (M local cell attentions, cell pooling, 3D-voxel-weighted ensemble). Defaults: the released DINOv2-Scan
     copy's module sizes; use a preset for a backbone x dataset."""
+
+    sets_pos_encoding: ClassVar[bool] = True  # the virtual projection replaces the pipeline's encoding
 
     # -- 3D-to-any virtual projection ------------------------------------------------------------------------
     views: int = 6  # M: 2D views (the first M of the six cube-face views) or 1D lines
@@ -188,6 +190,8 @@ DEFAULT_ARM = {"1d": "clip_text", "2d": "dinov2"}  # a backbone that declares no
 def backbone_presets(backbone: str) -> dict[str, dict[str, Any]]:
     """``{"<backbone>_<tag>": settings}`` for one registered backbone, from what it declares."""
     meta = BACKBONES.meta(backbone)
+    if not declared(backbone, "a2p_settings") and meta.get("modality", "1d") not in DEFAULT_ARM:
+        return {}  # no positional table (the no-transformer control): nothing for Any2Point to project onto
     arm = declared(backbone, "a2p_settings") or DEFAULT_ARM[meta.get("modality", "1d")]
     geometry, rows = ARM_GEOMETRY[arm], (declared(backbone, "pos_shape") or (None,))[0]
     out = {}

@@ -22,9 +22,12 @@ def runs_layout(df: pd.DataFrame, dataset: str | None = None) -> Layout:
         "method": d["method"], "dataset": d["dataset"], "seed": d["seed"].astype(str), "status": d["status"],
         "test": pct("test_acc"), "val": pct("val_acc"), "best-on-test†": pct("test_acc_best_test"),
         "last": pct("test_acc_last"),
-        "epoch": [str(int(x)) if not fm.is_missing(x) else "—" for x in d["selected_epoch"]],
+        "epoch": [str(int(x)) + (" ‡" if late is True else "") if not fm.is_missing(x) else "—"
+                  for x, late in zip(d["selected_epoch"], d.get("late_selection", [None] * len(d)), strict=True)],
+        "train": pct("train_acc") if "train_acc" in d else ["—"] * len(d),
         "params excl. head": [fm.params(x) for x in d["params_trainable_excl_head"]],
         "time (s)": [fm.num(x, ".0f") for x in d["time_s"]],
         "error": [(" ".join(str(e).split())[:60] if isinstance(e, str) else "") for e in d["error"]]})
     return Layout("runs", "All runs", display, d[RUNS_NUMERIC].copy(),
-                  ["Accuracies in %; test = at the best-validation epoch. † optimistic (epoch selected on test)."])
+                  ["Accuracies in %; test = at the best-validation epoch. † optimistic (epoch selected on test). "
+                   "‡ the selected epoch lies in the last 10% of the run's epochs (possibly under-trained)."])
