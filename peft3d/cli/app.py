@@ -24,13 +24,14 @@ def fail(msg: str, code: int = 2) -> None:
 def _ls_rows(what: str) -> list[dict]:
     from peft3d.cli import listing
 
-    return listing.rows(what)
+    # methods: the built-in methods, then the tuners of the installed peft (this part imports peft)
+    return listing.rows(what) + (listing.peft_rows() if what == "methods" else [])
 
 
 @app.command("ls")
 def ls(what: str = typer.Argument(..., help="backbones | methods | datasets | grids | presets"),
        as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
-    """List registered names (never imports torch)."""
+    """List registered names (torch-free, except the peft tuners under ``methods``)."""
     try:
         rows = _ls_rows(what)
     except ValueError as e:

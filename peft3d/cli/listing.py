@@ -30,7 +30,8 @@ def rows(what: str) -> list[dict[str, Any]]:
     if what == "methods":
         from peft3d.methods import METHODS
 
-        return [{"name": n, "summary": METHODS.meta(n).get("summary", "")} for n in METHODS.names()]
+        return [{"name": n, "kind": "built-in", "works": "yes", "summary": METHODS.meta(n).get("summary", "")}
+                for n in METHODS.names()]
     if what == "datasets":
         from peft3d.datasets import DATASETS
 
@@ -46,4 +47,17 @@ def rows(what: str) -> list[dict[str, Any]]:
         from peft3d.methods import METHODS, config_class
 
         return [{"method": n, "presets": ", ".join(sorted(config_class(n).presets)) or "—"} for n in METHODS.names()]
+    if what == "peft":
+        return peft_rows()
     raise ValueError(f"unknown listing {what!r}; choose backbones, methods, datasets, grids or presets")
+
+
+def peft_rows() -> list[dict[str, Any]]:
+    """The tuners of the installed peft, usable as ``peft:<tuner>``, each with whether it works here and why
+    not (imports peft and torch; the probe behind ``works`` runs once per installation, then is cached)."""
+    from peft3d.methods.peft_tuner import catalog
+
+    kind = f"peft {catalog.peft_version()}"
+    return [{"name": r["name"], "kind": kind, "works": "yes" if r["works"] else "no",
+             "summary": "Hugging Face peft tuner (works on every tiny test backbone)" if r["works"] else r["why"]}
+            for r in catalog.status()]

@@ -14,23 +14,25 @@ from torch import nn
 
 from peft3d.methods.base import Method
 from peft3d.methods.peft_tuner.config import PeftTunerConfig, config_class
+from peft3d.methods.peft_tuner.mha import unfuse
 
-# peft wraps a whole ``nn.MultiheadAttention`` (fused in-projection) only in LoRA; for every other tuner a
-# declared MultiheadAttention target (ImageBind's attention) becomes the Linear layers inside it (its
-# out_proj: the fused in-projection is a bare parameter, not a module any tuner can wrap).
+# peft wraps a whole fused ``nn.MultiheadAttention`` only in LoRA. For every other tuner a declared
+# MultiheadAttention target (ImageBind's attention) is first replaced by its unfused twin (same function,
+# four Linear projections; ``mha.py``), whose projections become the attention targets.
 MHA_TUNERS = ("lora",)
 
 
 def declared_targets(backbone: Any, tuner: str) -> dict[str, list[str]]:
     """Full module names inside ``backbone.blocks`` of each target set the backbone declares (attention and
-    FFN projections), plus the blocks' LayerNorms (found by type) for ``ln_tuning``."""
+    FFN projections), plus the blocks' LayerNorms (found by type) for ``ln_tuning``. Unfuses declared
+    ``nn.MultiheadAttention`` targets in place for tuners other than LoRA."""
     out: dict[str, list[str]] = {"attention": [], "ffn": [], "norms": []}
     for i, blk in enumerate(backbone.blocks):
         modules = dict(blk.named_modules())
         for name in backbone.lora_targets(i):
-            m = modules[name]
-            if isinstance(m, nn.MultiheadAttention) and tuner not in MHA_TUNERS:
-                out["attention"] += [f"{i}.{name}.{n}" for n, c in m.named_children() if isinstance(c, nn.Linear)]
+            if isinstance(modules[name], nn.MultiheadAttention) and tuner not in MHA_TUNERS:
+                unfuse(blk, name)
+                out["attention"] += [f"{i}.{name}.{p}_proj" for p in ("q", "k", "v", "out")]
             else:
                 out["attention"].append(f"{i}.{name}")
         out["ffn"] += [f"{i}.{name}" for name in backbone.ffn_targets(i)]
