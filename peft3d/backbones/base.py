@@ -45,11 +45,14 @@ class PosTable:
     2D: ``table`` is ``[H, W, D]`` in the patch grid's own layout (row = first image axis: y for images,
     frequency for spectrograms; column = x or time), ``canvas`` = (height_px, width_px) the grid covers and
     ``patch`` = (stride_y, stride_x) in pixels, so pixel (py, px) sits in cell (py // stride, px // stride).
+    ``kernel``: the patch side in pixels where patches overlap (ImageBind audio: 16 px kernels at a 10 px
+    stride); None when it equals the stride.
     """
 
     table: torch.Tensor
     canvas: tuple[int, int] | None = None
     patch: tuple[int, int] | None = None
+    kernel: tuple[int, int] | None = None
 
     @property
     def ndim(self) -> int:

@@ -16,12 +16,12 @@ class PreLNBackbone(Backbone):
     def __init__(self, spec: BackboneSpec, blocks: list[nn.Module], sites: list[PreLNFFNSite],
                  lora: list[list[nn.Module]], table: torch.Tensor, final_norm: nn.Module,
                  canvas: tuple[int, int] | None = None, patch: tuple[int, int] | None = None,
-                 embed_norm: nn.Module | None = None) -> None:
+                 embed_norm: nn.Module | None = None, kernel: tuple[int, int] | None = None) -> None:
         super().__init__(spec)
         self.blocks = nn.ModuleList(blocks)
         # Kept as a buffer: read by positional encodings (Any2Point), never trained, not even by ``full``.
         self.register_buffer("position_table", table.detach().clone())
-        self.canvas, self.patch = canvas, patch
+        self.canvas, self.patch, self.kernel = canvas, patch, kernel
         self.final_norm = final_norm
         self.embed_norm = embed_norm if embed_norm is not None else nn.Identity()
         # Plain lists (not submodules): the same modules are already registered under ``blocks``; keeping
@@ -32,7 +32,7 @@ class PreLNBackbone(Backbone):
         self._ffn = [[site.mlp.fc1, site.mlp.fc2] for site in sites]
 
     def pos_table(self) -> PosTable:
-        return PosTable(self.position_table, self.canvas, self.patch)
+        return PosTable(self.position_table, self.canvas, self.patch, self.kernel)
 
     def ffn_site(self, i: int) -> PreLNFFNSite:
         return self._sites[i]

@@ -2,7 +2,8 @@
 
 A tuner works when, with peft's default settings, on every tiny test backbone: it attaches, the model runs
 forward and backward, every parameter it trains receives a gradient, and its state dict reloads into a
-model built with another seed to give the same output (the checks the test battery then repeats in full). Token-id tuners (prompt learning, adaption prompt, trainable tokens) are not tried:
+model built with another seed to give the same output (the checks the test battery then repeats in full).
+Token-id tuners (prompt learning, adaption prompt, trainable tokens) are not tried:
 point tokens have no ids. The answer is cached per peft version, torch version and source of the code that
 decides it (this package and the backbones), in ``$PEFT3D_CACHE`` (default ``~/.cache/peft3d``), so
 ``bench ls methods`` pays the ~half-minute probe once per installation.
