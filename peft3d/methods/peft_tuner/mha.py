@@ -37,7 +37,8 @@ class UnfusedMHA(nn.Module):
         w, b = mha.in_proj_weight, mha.in_proj_bias
         self.q_proj, self.k_proj, self.v_proj = (
             _linear(w[i * e:(i + 1) * e], None if b is None else b[i * e:(i + 1) * e]) for i in range(3))
-        self.out_proj = mha.out_proj
+        # a plain Linear copy: torch's NonDynamicallyQuantizableLinear subclass is refused by some tuners (GLoRA)
+        self.out_proj = _linear(mha.out_proj.weight, mha.out_proj.bias)
         self.bias_k, self.bias_v = mha.bias_k, mha.bias_v  # (1, 1, E) or None
         self.heads, self.dropout, self.batch_first = mha.num_heads, mha.dropout, mha.batch_first
 
