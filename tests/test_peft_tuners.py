@@ -170,3 +170,26 @@ def test_a_grid_with_peft_tuners_runs_end_to_end(tmp_path):
     table = (root / "tables" / "g.md").read_text()
     header = next(line for line in table.splitlines() if line.startswith("| backbone"))
     assert "| linear" in header and "| peft:loha" in header
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_unfused_attention_computes_the_fused_function(batch_first):
+    """ImageBind-style attention (add_bias_kv) as four Linear projections: same output, same frozen weights."""
+    import torch
+    from torch import nn
+
+    from peft3d.methods.peft_tuner.mha import unfuse
+
+    torch.manual_seed(0)
+    holder = nn.Module()
+    holder.attn = nn.MultiheadAttention(32, 4, bias=True, add_bias_kv=True, batch_first=batch_first).eval()
+    nn.init.normal_(holder.attn.bias_k), nn.init.normal_(holder.attn.bias_v)
+    nn.init.normal_(holder.attn.in_proj_bias)
+    x = torch.randn(3, 7, 32)
+    with torch.no_grad():
+        before = holder.attn(x, x, x, need_weights=False)[0]
+        new = unfuse(holder, "attn").eval()
+        after = new(x, x, x, need_weights=False)[0]
+    assert torch.allclose(before, after, atol=1e-6)
+    assert [type(m) for m in (new.q_proj, new.k_proj, new.v_proj, new.out_proj)] == [nn.Linear] * 4
+    assert sum(p.numel() for p in new.parameters()) == 4 * 32 * 32 + 4 * 32 + 2 * 32
