@@ -1,7 +1,8 @@
 """Train-step time of ``any2point`` vs ``adapter`` on the same backbone, and their ratio (target <= 1.5x).
 
 Default: MiniLM at the quickstart settings (128 points -> 16 tokens, batch 16, the quickstart tokenizer and
-adapter settings, any2point preset ``minilm_synthetic``). A step = forward, cross-entropy, backward, AdamW.
+any2point preset ``minilm_synthetic`` with the quickstart grid's any2point overrides). A step = forward,
+cross-entropy, backward, AdamW.
 The two models alternate step by step (so load from other processes hits both alike) and the median is
 reported. Random weights: the step time does not depend on them.
 
@@ -28,7 +29,8 @@ def build(backbone: str, method: str, points: int, paper: bool, device: str):
         cls = config_class("any2point")
         preset = next((p for p in (f"paper_{backbone}_scan", f"{backbone}_synthetic", f"{backbone}_scan")
                        if p in cls.presets and (paper or not p.startswith("paper_"))), None)
-        cfg = cls.resolve(None, preset).to_dict()
+        overrides = None if paper else quick["method_cfg"].get("any2point")
+        cfg = cls.resolve(overrides, preset).to_dict()
     else:
         preset, cfg = None, dict(quick["method_cfg"]["adapter"])
     spec = RunSpec(backbone=backbone, method=method, weights="random", method_cfg=cfg, preset=preset,

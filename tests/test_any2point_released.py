@@ -35,7 +35,7 @@ def test_imagebind_released_canvas_is_304_by_192_px_of_16_px_patches():
     torch.manual_seed(0)
     table = PosTable(torch.randn(12, 19, 4), canvas=(128, 204), patch=(10, 10), kernel=(16, 16))
     cfg = Any2PointConfig(variant="as_released", views=1, cell_2d=1.0, camera_distance=1.4)
-    flags = dict(cfg.flags("x"), misshaped_grid=True, released_canvas=True, scrambled_pe=False)
+    flags = dict(cfg.flags(()), misshaped_grid=True, released_canvas=True, scrambled_pe=False)
     proj = VirtualProjection(SimpleNamespace(pos_table=lambda: table), cfg, flags, ForwardContext())
     assert proj.canvas == (304.0, 192.0) and proj.stride == (16.0, 16.0) and proj.cells_hw == (19, 12)
     g = proj.geometry(torch.tensor([[[0.0, 0.69, 0.0]]]))

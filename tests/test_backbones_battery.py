@@ -134,3 +134,14 @@ def test_ffn_targets_are_the_ffn_projections(backbone):
         hidden = up.out_features
         assert (up.in_features, down.in_features, down.out_features) == (bb.spec.width, hidden, bb.spec.width)
         assert hidden > bb.spec.width
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_no_backbone_has_stochastic_depth(name):
+    """PointModel.train() silences the pretrained nn.Dropout modules only; it relies on no backbone carrying a
+    drop-path module (each is built with rate 0 or nn.Identity)."""
+    device = "cpu" if BACKBONES.meta(name).get("test") else "meta"
+    bb = BACKBONES.get(name)(weights="random", device=device)
+    stochastic = sorted({type(m).__name__ for m in bb.modules() if "droppath" in type(m).__name__.lower()
+                         or "stochasticdepth" in type(m).__name__.lower()})
+    assert not stochastic, f"{name}: {stochastic}"

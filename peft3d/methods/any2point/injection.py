@@ -29,16 +29,15 @@ MODES = ("once", "every_block", "double_first_then_every_block")
 def arm_behaviour(cfg: Any, backbone: str) -> dict[str, Any]:
     """``{"pe_injection": one of MODES, "drop_bias_kv": bool}`` in force on ``backbone`` (a registry name),
     read from the backbone's declarations (``a2p_arm_quirks``, ``a2p_pe_injection``)."""
-    from peft3d.backbones import BACKBONES
+    from peft3d.backbones import declared
 
-    meta = BACKBONES.meta(backbone)
     released = cfg.variant == "as_released"
     mode = cfg.pe_injection or ("released" if released else "once")
     if mode == "released":
-        mode = meta.get("a2p_pe_injection", "once")
+        mode = declared(backbone, "a2p_pe_injection", "once")
     drop = cfg.drop_bias_kv
     if drop is None:
-        drop = released and "drop_bias_kv" in meta.get("a2p_arm_quirks", ())
+        drop = released and "drop_bias_kv" in declared(backbone, "a2p_arm_quirks", ())
     return {"pe_injection": mode, "drop_bias_kv": bool(drop)}
 
 

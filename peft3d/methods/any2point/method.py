@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+from peft3d.backbones import declared
 from peft3d.methods.any2point.config import Any2PointConfig
 from peft3d.methods.any2point.injection import PEInjection, arm_behaviour, drop_bias_kv
 from peft3d.methods.any2point.layers import BottleneckAdapter, GuidedAggregation, GuidedBlock
@@ -23,9 +24,8 @@ class Any2Point(Method):
     name, prefix, config_cls = "any2point", "a2p_", Any2PointConfig
 
     def attach(self, model, cfg: Any2PointConfig) -> None:
-        model.freeze_backbone()
         bb = model.backbone
-        flags = cfg.flags(bb.spec.name)
+        flags = cfg.flags(declared(bb.spec.name, "a2p_arm_quirks", ()))
         arm = arm_behaviour(cfg, bb.spec.name)
         if arm["drop_bias_kv"]:
             drop_bias_kv(bb)

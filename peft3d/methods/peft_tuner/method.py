@@ -63,7 +63,6 @@ class PeftTuner(Method):
     config_cls: type[PeftTunerConfig]
 
     def attach(self, model, cfg: PeftTunerConfig) -> None:
-        model.freeze_backbone()
         bb = model.backbone
         tuner = inject(bb.blocks, peft_config_for(bb, cfg, where=f"method {self.name}"))
         # Shared state held by the tuner object (not reachable from the adapted layers) joins the backbone,
