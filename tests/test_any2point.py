@@ -28,22 +28,24 @@ from peft3d.models.model import ForwardContext
 VIEWS = [lambda x, y, z: (-y, x, z), lambda x, y, z: (-y, -z, x), lambda x, y, z: (-y, -x, -z),
          lambda x, y, z: (-y, z, -x), lambda x, y, z: (-z, x, -y), lambda x, y, z: (z, x, y)]
 DINO = dict(shape=(37, 37), canvas=(518, 518), patch=(14, 14))  # 518 px, 14-px patches
-AUDIO = dict(shape=(12, 19), canvas=(128, 204), patch=(10, 10))  # ImageBind: 12 freq x 19 time, stride 10
+AUDIO = dict(shape=(12, 19), canvas=(128, 204), patch=(10, 10),
+             kernel=(16, 16))  # ImageBind: 12 freq x 19 time, 16 px kernels at stride 10
 
 
 class FakeBackbone:
-    def __init__(self, table: torch.Tensor, canvas=None, patch=None) -> None:
-        self.t = PosTable(table, canvas, patch)
+    def __init__(self, table: torch.Tensor, canvas=None, patch=None, kernel=None) -> None:
+        self.t = PosTable(table, canvas, patch, kernel)
 
     def pos_table(self) -> PosTable:
         return self.t
 
 
-def projection(table: torch.Tensor, backbone: str = "dinov2", canvas=None, patch=None, **cfg) -> VirtualProjection:
+def projection(table: torch.Tensor, backbone: str = "dinov2", canvas=None, patch=None, kernel=None,
+               **cfg) -> VirtualProjection:
     """The projection on a fake table, with the released-arm quirks that ``backbone`` declares."""
     c = Any2PointConfig(**cfg)
     flags = c.flags(BACKBONES.meta(backbone)["a2p_arm_quirks"])
-    return VirtualProjection(FakeBackbone(table, canvas, patch), c, flags, ForwardContext())
+    return VirtualProjection(FakeBackbone(table, canvas, patch, kernel), c, flags, ForwardContext())
 
 
 def table_2d(shape, d: int = 8) -> torch.Tensor:
@@ -88,15 +90,16 @@ def test_released_canvas_pixels_and_wrap_around():
     px = (2.5 / 1.8 + 1) * 259 - 0.5
     assert fixed.geometry(torch.tensor([[far]])).coord[0, 0, 0, 1] == pytest.approx(517.0)  # clamped
     assert rel.geometry(torch.tensor([[far]])).coord[0, 0, 0, 1] == pytest.approx(px - 518, abs=1e-3)  # wrapped
-    # ImageBind as released: the 12 x 19 table read as 19 rows x 12 cols on a (19, 12)-patch canvas, v * H / W
+    # ImageBind as released: the 12 x 19 table read as 19 rows x 12 cols of 16 px patches: the 304 x 192 px
+    # canvas of the released code, v * H / W
     audio = projection(table_2d(AUDIO["shape"]), "imagebind_audio", canvas=AUDIO["canvas"], patch=AUDIO["patch"],
-                       variant="as_released", cell_2d=1.0)
-    assert audio.grid == (19, 12) and audio.canvas == (190.0, 120.0) and audio.cells_hw == (19, 12)
+                       kernel=AUDIO["kernel"], variant="as_released", cell_2d=1.0)
+    assert audio.grid == (19, 12) and audio.canvas == (304.0, 192.0) and audio.cells_hw == (19, 12)
     p = (0.1, 0.2, 0.3)
     g = audio.geometry(torch.tensor([[p]]))
     X, Y, Z = VIEWS[0](*p)
     u, v = X / (Z + 1.4), Y / (Z + 1.4)
-    assert g.coord[0, 0, 0].tolist() == pytest.approx([(v * 190 / 120 + 1) * 95 - 0.5, (u + 1) * 60 - 0.5], abs=1e-3)
+    assert g.coord[0, 0, 0].tolist() == pytest.approx([(v * 304 / 192 + 1) * 152 - 0.5, (u + 1) * 96 - 0.5], abs=1e-3)
 
 
 @pytest.mark.parametrize("geom,patch_ij,origin", [(DINO, (5, 30), (6.5, 6.5)), (AUDIO, (3, 17), (8.5, 11.5))])

@@ -2,6 +2,7 @@
 
 Parametrized over the registries, so a new backbone (``test=True``) or a new method is covered without
 editing this file. Nothing here skips: a method that needs something a backbone lacks must fail.
+The methods include every tuner of the installed peft that the catalog found working (``peft:<tuner>``).
 """
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from fixtures_backbones import one_thread  # noqa: F401  (autouse fixture)
 
 from peft3d.backbones import BACKBONES
 from peft3d.core.spec import RunSpec, TokenizerCfg
-from peft3d.methods import METHODS
+from peft3d.methods import METHODS, config_class
+from peft3d.methods.peft_tuner import catalog
+from peft3d.methods.peft_tuner.method import peft_config_for
 from peft3d.models.build import build_model
 from peft3d.models.model import param_groups
 
 TINY_BACKBONES = [n for n in BACKBONES.names() if BACKBONES.meta(n).get("test")]
+PEFT_TUNERS = catalog.working()
+ALL_METHODS = METHODS.names() + PEFT_TUNERS
 # 64 points -> 32 tokens of width 32
 TINY_TOKENIZER = TokenizerCfg(num_stages=1, embed_dim=16, k=8, lga_blocks=(1,), last_bottleneck=8)
 
@@ -30,7 +35,7 @@ def test_registry_has_a_tiny_variant_of_each_family():
             "test_ssast"} <= set(TINY_BACKBONES)
 
 
-@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("method", ALL_METHODS)
 @pytest.mark.parametrize("backbone", TINY_BACKBONES)
 def test_method_trains_only_its_parameters(backbone, method):
     model, m = build_model(_spec(backbone, method), num_classes=3)
@@ -65,7 +70,7 @@ def test_method_trains_only_its_parameters(backbone, method):
         assert torch.isfinite(model(xyz)).all()
 
 
-@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("method", ALL_METHODS)
 @pytest.mark.parametrize("backbone", TINY_BACKBONES)
 def test_state_dict_round_trip(backbone, method):
     model, _ = build_model(_spec(backbone, method), num_classes=3)
@@ -102,6 +107,33 @@ def test_ffn_site_delta_joins_the_residual(backbone):
         assert torch.allclose(after - before, ramp.expand_as(x), atol=1e-5)
     else:
         assert not torch.allclose(after, before)
+
+
+@pytest.mark.parametrize("method", PEFT_TUNERS)
+@pytest.mark.parametrize("backbone", TINY_BACKBONES)
+def test_peft_tuner_counts_agree_with_peft(backbone, method):
+    """Our accounting of the tuner's parameters equals peft's own ``get_nb_trainable_parameters()`` on a
+    PeftModel built from the same backbone and the same peft config."""
+    from peft import get_peft_model
+
+    model, m = build_model(_spec(backbone, method), num_classes=3)
+    torch.manual_seed(0)
+    bb = BACKBONES.get(backbone)(weights="random")
+    pcfg = peft_config_for(bb, config_class(method).resolve(None))
+    trainable, _ = get_peft_model(bb.blocks, pcfg).get_nb_trainable_parameters()
+    assert param_groups(model, m.prefix)["method"] == trainable > 0
+
+
+@pytest.mark.parametrize("backbone", TINY_BACKBONES)
+def test_ffn_targets_are_the_ffn_projections(backbone):
+    """Each block declares two FFN projections: up (width -> hidden) then down (hidden -> width)."""
+    bb = BACKBONES.get(backbone)(weights="random")
+    for i, blk in enumerate(bb.blocks):
+        mods = dict(blk.named_modules())
+        up, down = (mods[n] for n in bb.ffn_targets(i))
+        hidden = up.out_features
+        assert (up.in_features, down.in_features, down.out_features) == (bb.spec.width, hidden, bb.spec.width)
+        assert hidden > bb.spec.width
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())

@@ -9,7 +9,9 @@ Contract (DESIGN.md):
 - ``final_norm``: the encoder's final norm (identity for post-LN families, whose blocks end normalised).
 - ``pos_table()``: the pretrained positional table (1D ``[L, D]`` or 2D ``[H, W, D]`` plus its canvas).
 - ``ffn_site(i)``: the :class:`FFNSite` of block ``i``; methods add hooks there (adapters, Any2Point).
-- ``lora_targets(i)``: module names inside ``blocks[i]`` that LoRA should wrap.
+- ``lora_targets(i)``: module names inside ``blocks[i]`` that LoRA should wrap (the attention projections).
+- ``ffn_targets(i)``: module names inside ``blocks[i]`` of the FFN's projections (up, then down), for
+  tuners that adapt the FFN (IA3's feedforward modules, or any peft tuner with ``targets: ffn | all``).
 """
 from __future__ import annotations
 
@@ -43,11 +45,14 @@ class PosTable:
     2D: ``table`` is ``[H, W, D]`` in the patch grid's own layout (row = first image axis: y for images,
     frequency for spectrograms; column = x or time), ``canvas`` = (height_px, width_px) the grid covers and
     ``patch`` = (stride_y, stride_x) in pixels, so pixel (py, px) sits in cell (py // stride, px // stride).
+    ``kernel``: the patch side in pixels where patches overlap (ImageBind audio: 16 px kernels at a 10 px
+    stride); None when it equals the stride.
     """
 
     table: torch.Tensor
     canvas: tuple[int, int] | None = None
     patch: tuple[int, int] | None = None
+    kernel: tuple[int, int] | None = None
 
     @property
     def ndim(self) -> int:
@@ -140,6 +145,9 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def lora_targets(self, i: int) -> list[str]:
+        raise NotImplementedError
+
+    def ffn_targets(self, i: int) -> list[str]:
         raise NotImplementedError
 
     # -- shared ------------------------------------------------------------------------------

@@ -65,6 +65,9 @@ class BertFamilyBackbone(Backbone):
         return ["attention.self.query", "attention.self.key", "attention.self.value",
                 "attention.output.dense"]
 
+    def ffn_targets(self, i: int) -> list[str]:
+        return ["intermediate.dense", "output.output.dense"]  # ``output`` is the PostLNOutputSite
+
 
 def _bert_config(d: dict):
     from transformers import BertConfig

@@ -158,7 +158,7 @@ class ImageBindAudioBackbone(PreLNBackbone):
         pos = model.modality_preprocessors["audio"].pos_embedding_helper.pos_embed
         super().__init__(spec, blocks, sites, [[b.attn] for b in blocks], grid_table(pos, 1, grid_of(cfg)),
                          final_norm=model.modality_heads["audio"][0], canvas=tuple(cfg["canvas"]),
-                         patch=(cfg["stride"], cfg["stride"]))
+                         patch=(cfg["stride"], cfg["stride"]), kernel=(cfg["kernel"], cfg["kernel"]))
 
 
 def build(spec: BackboneSpec, cfg: dict[str, Any], weights: str, device: str) -> Backbone:

@@ -16,32 +16,40 @@ class PreLNBackbone(Backbone):
     def __init__(self, spec: BackboneSpec, blocks: list[nn.Module], sites: list[PreLNFFNSite],
                  lora: list[list[nn.Module]], table: torch.Tensor, final_norm: nn.Module,
                  canvas: tuple[int, int] | None = None, patch: tuple[int, int] | None = None,
-                 embed_norm: nn.Module | None = None) -> None:
+                 embed_norm: nn.Module | None = None, kernel: tuple[int, int] | None = None) -> None:
         super().__init__(spec)
         self.blocks = nn.ModuleList(blocks)
         # Kept as a buffer: read by positional encodings (Any2Point), never trained, not even by ``full``.
         self.register_buffer("position_table", table.detach().clone())
-        self.canvas, self.patch = canvas, patch
+        self.canvas, self.patch, self.kernel = canvas, patch, kernel
         self.final_norm = final_norm
         self.embed_norm = embed_norm if embed_norm is not None else nn.Identity()
         # Plain lists (not submodules): the same modules are already registered under ``blocks``; keeping
         # the objects rather than names keeps these accessors valid when a method wraps a block.
         self._sites = list(sites)
         self._lora = [list(m) for m in lora]
+        # FFN projections: every pre-LN family's MLP (now inside its site) names them fc1 (up) and fc2 (down).
+        self._ffn = [[site.mlp.fc1, site.mlp.fc2] for site in sites]
 
     def pos_table(self) -> PosTable:
-        return PosTable(self.position_table, self.canvas, self.patch)
+        return PosTable(self.position_table, self.canvas, self.patch, self.kernel)
 
     def ffn_site(self, i: int) -> PreLNFFNSite:
         return self._sites[i]
 
     def lora_targets(self, i: int) -> list[str]:
+        return self._names_in_block(i, self._lora[i], "LoRA")
+
+    def ffn_targets(self, i: int) -> list[str]:
+        return self._names_in_block(i, self._ffn[i], "FFN")
+
+    def _names_in_block(self, i: int, modules: list[nn.Module], what: str) -> list[str]:
         names = {id(m): n for n, m in self.blocks[i].named_modules()}
-        missing = [m for m in self._lora[i] if id(m) not in names]
+        missing = [m for m in modules if id(m) not in names]
         if missing:
-            raise RuntimeError(f"{self.spec.name}: LoRA target modules of block {i} are no longer inside it "
+            raise RuntimeError(f"{self.spec.name}: {what} target modules of block {i} are no longer inside it "
                                f"(already wrapped?): {[type(m).__name__ for m in missing]}")
-        return [names[id(m)] for m in self._lora[i]]
+        return [names[id(m)] for m in modules]
 
 
 def grid_table(pos: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:

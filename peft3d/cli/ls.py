@@ -1,4 +1,5 @@
-"""``bench ls``: registered names and what they are; never imports torch."""
+"""``bench ls``: registered names and what they are; never imports torch, except ``ls methods``, whose second
+part lists the tuners of the installed peft (peft imports torch)."""
 from __future__ import annotations
 
 import json
@@ -59,7 +60,8 @@ def rows(what: str, long: bool = False) -> list[dict[str, Any]]:
     if what == "methods":
         from peft3d.methods import METHODS
 
-        return [{"name": n, "summary": METHODS.meta(n).get("summary", "")} for n in METHODS.names()]
+        return [{"name": n, "kind": "built-in", "works": "yes", "summary": METHODS.meta(n).get("summary", "")}
+                for n in METHODS.names()]
     if what == "datasets":
         from peft3d.datasets import DATASETS
 
@@ -81,14 +83,26 @@ def rows(what: str, long: bool = False) -> list[dict[str, Any]]:
     raise ValueError(f"unknown listing {what!r}; choose backbones, methods, datasets, grids or presets")
 
 
+def peft_rows() -> list[dict[str, Any]]:
+    """The tuners of the installed peft, usable as ``peft:<tuner>``, each with whether it works here and why
+    not (imports peft and torch; the probe behind ``works`` runs once per installation, then is cached)."""
+    from peft3d.methods.peft_tuner import catalog
+
+    kind = f"peft {catalog.peft_version()}"
+    return [{"name": r["name"], "kind": kind, "works": "yes" if r["works"] else "no",
+             "summary": "Hugging Face peft tuner (works on every tiny test backbone)" if r["works"] else r["why"]}
+            for r in catalog.status()]
+
+
 @app.command("ls")
 def ls(what: str = typer.Argument(..., help="backbones | methods | datasets | grids | presets"),
        as_json: bool = typer.Option(False, "--json", help="print JSON"),
        long: bool = typer.Option(False, "--long", help="grids: the whole description, not its first sentence")
        ) -> None:
-    """List registered names (never imports torch)."""
+    """List registered names (torch-free, except the peft tuners listed under methods)."""
     try:
-        table_rows = rows(what, long)
+        # methods: the built-in methods, then the tuners of the installed peft (this part imports peft)
+        table_rows = rows(what, long) + (peft_rows() if what == "methods" else [])
     except ValueError as e:
         fail(str(e))
     if as_json:

@@ -11,7 +11,8 @@ from peft3d.cli.app import GridOpt, app, check_roots, parse_roots, parse_seeds
 @app.command("validate")
 def validate(grid: str = GridOpt, data_root: Optional[list[str]] = typer.Option(None, "--data-root"),
              seeds: Optional[str] = typer.Option(None, "--seeds")) -> None:
-    """Check a grid (names, settings, data roots) without running it. Never imports torch."""
+    """Check a grid (names, settings, data roots) without running it. Never imports torch, except through
+    peft for grids that name peft tuners."""
     from peft3d.grids.loader import expand
 
     specs = expand(grid, parse_seeds(seeds), parse_roots(data_root))

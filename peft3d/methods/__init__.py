@@ -2,10 +2,52 @@
 
 ``config`` metadata names the (torch-free) config class so ``bench validate`` can check method settings
 without importing torch.
+
+Besides the built-in methods, every tuner of the installed Hugging Face ``peft`` resolves by name as
+``peft:<tuner>`` (``peft3d.methods.peft_tuner``), read from peft's own registry when first named: there is
+no list of tuners here. ``names()`` lists the built-in methods only; a grid that names a peft tuner imports
+peft (and torch) when it is validated, because peft's config classes live in its torch package.
 """
+from typing import Any
+
 from peft3d.core.registry import Registry
 
-METHODS = Registry("method")
+PEFT_PREFIX = "peft:"
+
+
+def is_peft(name: str) -> bool:
+    return name.startswith(PEFT_PREFIX)
+
+
+class MethodRegistry(Registry):
+    """The registry plus ``peft:<tuner>`` names, resolved from the installed peft."""
+
+    def check(self, name: str) -> str:
+        if is_peft(name):
+            from peft3d.methods.peft_tuner.config import check_tuner
+
+            check_tuner(name)
+            return name
+        return super().check(name)
+
+    def get(self, name: str) -> Any:
+        if is_peft(name):
+            from peft3d.methods.peft_tuner.method import method_class
+
+            return method_class(name)
+        return super().get(name)
+
+    def meta(self, name: str) -> dict[str, Any]:
+        if is_peft(name):
+            self.check(name)
+            return {"summary": f"Hugging Face peft tuner {name[len(PEFT_PREFIX):]}"}
+        return super().meta(name)
+
+    def __contains__(self, name: object) -> bool:
+        return (isinstance(name, str) and is_peft(name)) or super().__contains__(name)
+
+
+METHODS = MethodRegistry("method")
 
 
 def register(name: str, cls: str, config: str, summary: str) -> None:
@@ -24,8 +66,13 @@ register("any2point", "Any2Point", "Any2PointConfig",
 
 
 def config_class(name: str):
-    """The method's config dataclass, imported without torch."""
+    """The method's config dataclass, imported without torch (except for peft tuners: peft's classes)."""
     import importlib
+
+    if is_peft(name):
+        from peft3d.methods.peft_tuner.config import config_class as peft_config_class
+
+        return peft_config_class(name)
 
     module, attr = METHODS.meta(name)["config"].split(":")
     return getattr(importlib.import_module(module), attr)

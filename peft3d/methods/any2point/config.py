@@ -17,8 +17,8 @@ canvas, patch grid, table length — is read from ``Backbone.pos_table()`` at at
 - ``voxel``: 3D voxel edge in point-cloud units (CLIP-Scan 0.08, all others 0.16).
 
 Variants: ``variant="fixed"`` (default) is the method as intended; ``variant="as_released"`` switches on every
-behaviour of the released code listed in :data:`FLAGS`. Each flag can also be set on its own (``None`` = follow
-the variant), so the harness can measure what each one does to the paper's numbers.
+behaviour of the released code listed in :data:`FLAGS` and :data:`ARM_FLAGS`. Each flag can also be set on its
+own (``None`` = follow the variant), so the harness can measure what each one does to the paper's numbers.
 """
 from __future__ import annotations
 
@@ -50,6 +50,16 @@ FLAGS: dict[str, str] = {
     "bn_empty_cells": "the per-view BatchNorm of pooled cells also counts every EMPTY cell of the fixed cell grid "
                       "(zeros from scatter_mean with dim_size = B x all cells) in its statistics (§3.6)",
 }
+# Released-code behaviours that differ per released arm, resolved from the backbone's declarations
+# (``a2p_pe_injection``, ``a2p_arm_quirks``; see ``injection.py``). None follows ``variant``.
+ARM_FLAGS: dict[str, str] = {
+    "pe_injection": "where the encoding enters: once (at the input; fixed), every_block (before every block), "
+                    "released (the backbone's arm: CLIP text block 1 gets tokens + 2 PE and PE again before every "
+                    "later block; DINOv2 PE before every block; ImageBind once) (§1.2, §10.4)",
+    "drop_bias_kv": "attention without ImageBind's learned bias_k/bias_v key-value token, as the released audio arm "
+                    "loaded it (strict=False dropped them); as_released only where the backbone lists it (§10.14)",
+}
+PE_INJECTION = ("once", "every_block", "released")
 # Flags that the released code had in one arm only: under ``as_released`` they are in force only on a backbone
 # that declares them in its ``a2p_arm_quirks`` (peft3d/backbones/__init__.py); every other flag is generic.
 ARM_ONLY = frozenset({"batch_attention", "misshaped_grid", "drop_bias_kv"})
@@ -91,6 +101,8 @@ class Any2PointConfig(MethodConfig):
     released_canvas: bool | None = None
     misshaped_grid: bool | None = None
     bn_empty_cells: bool | None = None
+    pe_injection: str | None = None  # once | every_block | released; None: released under as_released, else once
+    drop_bias_kv: bool | None = None
 
     def __post_init__(self) -> None:
         if self.views < 1:
@@ -111,7 +123,9 @@ class Any2PointConfig(MethodConfig):
             raise ValueError(f"variant must be 'fixed' or 'as_released', got {self.variant!r}")
         if len(self.line_dir) != 3 or not any(self.line_dir):
             raise ValueError(f"line_dir must be a non-zero 3-vector, got {self.line_dir}")
-        for name in FLAGS:
+        if self.pe_injection not in (None, *PE_INJECTION):
+            raise ValueError(f"pe_injection must be one of {list(PE_INJECTION)} or null, got {self.pe_injection!r}")
+        for name in (*FLAGS, "drop_bias_kv"):
             if getattr(self, name) not in (None, True, False):
                 raise ValueError(f"{name} must be true, false or null, got {getattr(self, name)!r}")
 

@@ -183,18 +183,22 @@ class GuidedAggregation(nn.Module):
 class GuidedBlock(nn.Module):
     """Wraps ``backbone.blocks[i]``: runs the block, then adds the guided ensemble to the point tokens (those
     after ``context.num_prefix``; the cls token passes through). ``batch_attention`` reproduces the released
-    CLIP code, whose blocks read (B, T, D) as (seq, batch, feat)."""
+    CLIP code, whose blocks read (B, T, D) as (seq, batch, feat); ``injection`` (``pe_injection`` other than
+    once) adds the encoding to the block's input first."""
 
     def __init__(self, block: nn.Module, index: int, guided: GuidedAggregation, context: Any,
-                 batch_attention: bool) -> None:
+                 batch_attention: bool, injection: Any = None) -> None:
         super().__init__()
         self.block = block
         self.index = index
         self.batch_attention = batch_attention
         self._guided = [guided]  # lists: owned by the model, not by the backbone
         self._context = [context]
+        self._injection = [injection]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        if self._injection[0] is not None:
+            x = self._injection[0].before_block(x, self.index)
         y = self.block(x.transpose(0, 1)).transpose(0, 1) if self.batch_attention else self.block(x)
         ctx, guided = self._context[0], self._guided[0]
         n = ctx.num_prefix

@@ -96,6 +96,13 @@ class VirtualProjection(nn.Module):
         canvas = table.canvas or (rows * table.patch[0], cols * table.patch[1])
         if self.flags["misshaped_grid"] and rows != cols:  # the flattened rows read as (cols x rows)
             rows, cols = cols, rows
+        if (self.flags["released_canvas"] or self.flags["misshaped_grid"]) and table.kernel is not None:
+            # The released code took overlapping patches for a tiling of kernel-sized ones: its canvas is the
+            # (possibly misshaped) grid x kernel px, with cells in kernel px (ImageBind: 19 x 12 patches of
+            # 16 px = 304 x 192 px, not the 190 x 120 px the real 10 px stride would give).
+            self.stride = (float(table.kernel[0]), float(table.kernel[1]))
+            canvas = (rows * table.kernel[0], cols * table.kernel[1])
+        elif self.flags["misshaped_grid"] and (rows, cols) != tuple(table.table.shape[:2]):
             canvas = (rows * table.patch[0], cols * table.patch[1])
         self.grid, self.canvas = (rows, cols), (float(canvas[0]), float(canvas[1]))
         if self.flags["released_canvas"]:  # cells in pixels from the canvas origin
