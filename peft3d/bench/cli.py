@@ -59,6 +59,7 @@ def _mount() -> None:
     from peft3d.bench import (  # noqa: F401
         cli_data,
         cli_params,
+        cli_perf,
         cli_report,
         cli_tune,
         commands,  # noqa: F401  (registers run/table/validate/...)

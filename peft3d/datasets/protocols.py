@@ -83,12 +83,12 @@ def fps_random(points: np.ndarray, num_points: int, rng: np.random.Generator, ov
     Sampling matters: evaluation uses FPS, whose points are evenly spread; a plain random subset has a
     different density, so kNN groups of the same k cover different radii and a model trained on random
     subsets does not transfer to FPS inputs (measured: train accuracy 40%, validation at chance).
-    FPS here is :func:`peft3d.datasets.sampling.fps` (≈5× faster on CPU); for a full-speed pipeline precompute
+    FPS here is :func:`peft3d.models.geometry.farthest_point_sample`; for a full-speed pipeline precompute
     the candidates once with :class:`peft3d.datasets.sampling.TrainSampler`.
     """
     import torch
 
-    from peft3d.datasets.sampling import fps
+    from peft3d.models.geometry import farthest_point_sample as fps
 
     B, P, _ = points.shape
     m = min(P, int(np.ceil(oversample * num_points)))
@@ -101,10 +101,10 @@ def fps_random(points: np.ndarray, num_points: int, rng: np.random.Generator, ov
 
 def fps_indices(points: np.ndarray, num_points: int, chunk: int = 256) -> np.ndarray:
     """Deterministic FPS indices ``(N, num_points)`` (int32) of ``points (N, P, 3)`` starting at point 0, in chunks
-    of samples (:func:`peft3d.datasets.sampling.fps`, the CPU-fast equivalent of ``geometry.farthest_point_sample``)."""
+    of samples (:func:`peft3d.models.geometry.farthest_point_sample`)."""
     import torch  # lazily: grids validate protocol names without importing torch
 
-    from peft3d.datasets.sampling import fps
+    from peft3d.models.geometry import farthest_point_sample as fps
 
     out = [np.zeros((0, num_points), np.int32)]
     for i in range(0, len(points), chunk):
@@ -113,7 +113,7 @@ def fps_indices(points: np.ndarray, num_points: int, chunk: int = 256) -> np.nda
     return np.concatenate(out)
 
 
-FPS_VERSION = "fps-start0-v2"  # bump when the FPS implementation changes, so old cache entries are not reused
+FPS_VERSION = "fps-start0-v3"  # bump when the FPS implementation changes, so old cache entries are not reused
 
 
 def eval_points(points: np.ndarray, num_points: int, proto: Protocol, chunk: int = 256, *,

@@ -1,0 +1,299 @@
+"""``bench perf``: the cost of one training step per method against the cheapest possible step.
+
+The floor is the ``linear`` step (trainable tokenizer and head, gradients flowing back through the frozen
+backbone without weight gradients). Every method is built on the same inputs, their steps alternate (so load
+from other processes hits all alike) and the median per method is reported, with its ratio to the floor,
+its peak memory, samples/s, and the tokenizer's own forward+backward share of the floor.
+
+Memory is measured while each model is built and warmed up alone (the other models are already resident and
+idle): CUDA reports ``max_memory_allocated`` above what was allocated before the build; the CPU reports the
+peak-RSS growth (``VmHWM`` after resetting it through ``/proc/self/clear_refs``), which includes allocator
+slack and is an upper bound.
+
+Nothing here imports mlflow or optuna: the command must run on a bare GPU machine.
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+PAPER_POINTS = 1024
+PAPER_K = 64  # Any2Point's DINOv2-Scan arm (--patchknn 64); the CLIP arm uses 81
+ALL_METHODS = ("linear", "full", "prompt", "adapter", "lora", "any2point")
+FLOOR = "linear"
+
+
+@dataclass
+class PerfSettings:
+    backbone: str = "minilm"
+    methods: tuple[str, ...] = ALL_METHODS
+    points: int | None = None  # default: 128, or 1024 with ``paper``
+    batch: int = 16
+    paper: bool = False
+    device: str = "cpu"
+    precision: str | None = None  # default: bf16 on CUDA, fp32 on the CPU
+    compile: bool = False
+    steps: int = 20
+    warmup: int = 3
+    full_size: bool = False
+    weights: str = "random"
+    threads: int = 0
+    num_classes: int = 15
+    seed: int = 0
+    attention: str | None = None  # default: "sdpa" on CUDA, the backbone's own default on the CPU
+
+    def __post_init__(self) -> None:
+        from peft3d.errors import ConfigError
+
+        if self.points is None:
+            self.points = PAPER_POINTS if self.paper else 128
+        if self.precision is None:
+            self.precision = "bf16" if self.device.startswith("cuda") else "fp32"
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+        if FLOOR not in self.methods:
+            self.methods = (FLOOR, *self.methods)
+        if self.steps < 1 or self.batch < 2:
+            raise ConfigError("--steps must be >= 1 and --batch >= 2 (BatchNorm needs 2 samples)")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device visible to torch; fix: --device cpu")
+        if self.full_size:
+            from peft3d.backbones import BACKBONES
+
+            BACKBONES.check(self.backbone)
+            if BACKBONES.meta(self.backbone).get("test"):
+                raise ConfigError(f"--full-size: {self.backbone} is a tiny test backbone; fix: name a paper "
+                                  "backbone (bench ls backbones) or drop --full-size")
+            self.weights = "random"
+
+
+@dataclass
+class MethodRun:
+    name: str
+    preset: str | None
+    model: nn.Module
+    step: Callable[[], None]
+    times: list[float] = field(default_factory=list)
+    peak_mb: float | None = None
+
+
+def tokenizer_cfg(s: PerfSettings):
+    from peft3d.bench.grids import load_grid
+    from peft3d.spec import TokenizerCfg, from_mapping
+
+    if s.paper:
+        return TokenizerCfg(k=PAPER_K)
+    return from_mapping(TokenizerCfg, load_grid("quickstart")["tokenizer"], "quickstart tokenizer")
+
+
+def method_cfg(s: PerfSettings, method: str) -> tuple[str | None, dict[str, Any]]:
+    """The quickstart's settings per method; Any2Point takes the backbone's paper (or family) preset."""
+    from peft3d.bench.grids import load_grid
+    from peft3d.methods import config_class
+
+    cls = config_class(method)
+    names = (f"paper_{s.backbone}_scan", f"{s.backbone}_synthetic", f"{s.backbone}_scan")
+    preset = next((p for p in names if p in cls.presets and (s.paper or not p.startswith("paper_"))), None)
+    if preset is None and method == "any2point":
+        preset = next((p for p in names if p in cls.presets), None)
+    quick = load_grid("quickstart").get("method_cfg", {}).get(method) or {}
+    return preset, cls.resolve(None if preset else dict(quick), preset).to_dict()
+
+
+def autocast(s: PerfSettings):
+    if s.precision == "bf16":
+        return torch.autocast(torch.device(s.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def build_run(s: PerfSettings, method: str, xyz: torch.Tensor, labels: torch.Tensor) -> MethodRun:
+    from peft3d.models.build import build_model
+    from peft3d.spec import RunSpec
+
+    preset, cfg = method_cfg(s, method)
+    spec = RunSpec(backbone=s.backbone, method=method, weights=s.weights, method_cfg=cfg, preset=preset,
+                   tokenizer=tokenizer_cfg(s), num_points=s.points, seed=s.seed)
+    model, _ = build_model(spec, s.num_classes, device=s.device, attention=s.attention)
+    model.to(s.device).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    fwd = torch.compile(model) if s.compile else model
+
+    def step() -> None:
+        with autocast(s):
+            loss = nn.functional.cross_entropy(fwd(xyz), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return MethodRun(method, preset, model, step)
+
+
+class PeakMemory:
+    """Peak memory of what runs inside the context, above what was allocated when it started (MB)."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.mb: float | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = _rss_kb("VmRSS") if _reset_peak_rss() else None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        elif self.base is not None:
+            self.mb = (_rss_kb("VmHWM") - self.base) / 1024
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux: resets VmHWM to the current RSS
+        return _rss_kb("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def _rss_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def timed(fn: Callable[[], None], device: str) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def tokenizer_step(model: nn.Module, xyz: torch.Tensor, s: PerfSettings) -> Callable[[], None]:
+    """Forward + backward of the tokenizer alone (the part of every step that is not the transformer)."""
+    tok = model.tokenizer
+
+    def step() -> None:
+        with autocast(s):
+            tokens, _ = tok(xyz)
+        tokens.float().square().mean().backward()
+        tok.zero_grad(set_to_none=True)
+
+    return step
+
+
+def count_flops(fn: Callable[[], None]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_flops_per_s(rows: int, width: int, device: str, dtype: torch.dtype, repeats: int = 5) -> float:
+    """Achieved FLOP/s of a plain ``(rows, width) @ (width, width)`` matmul: the machine's reference rate for
+    arithmetic shaped like the tokenizer's 1x1 convolutions."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(rows, width, device=device, dtype=dtype, generator=g)
+    b = torch.randn(width, width, device=device, dtype=dtype, generator=g)
+    torch.matmul(a, b)
+    t = statistics.median(timed(lambda: torch.matmul(a, b), device) for _ in range(repeats))
+    return 2 * rows * width * width / t
+
+
+def measure(s: PerfSettings, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Build every method, warm it up (measuring its memory), alternate timed steps, return the summary."""
+    from peft3d.backbones import BACKBONES
+    from peft3d.errors import ConfigError
+    from peft3d.methods import METHODS
+
+    BACKBONES.check(s.backbone)
+    for m in s.methods:
+        METHODS.check(m)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    if s.points % 2 ** tokenizer_cfg(s).num_stages:
+        raise ConfigError(f"--points {s.points} must be divisible by 2**num_stages")
+    g = torch.Generator().manual_seed(s.seed)
+    xyz = (torch.rand(s.batch, s.points, 3, generator=g) * 2 - 1).to(s.device)
+    labels = torch.randint(0, s.num_classes, (s.batch,), generator=g).to(s.device)
+    for m in s.methods:  # import every module first: the first build must not pay for imports in its memory
+        METHODS.get(m)
+    BACKBONES.get(s.backbone)
+    runs: dict[str, MethodRun] = {}
+    for m in s.methods:
+        log(f"building {m}")
+        with PeakMemory(s.device) as mem:
+            run = build_run(s, m, xyz, labels)
+            for _ in range(s.warmup):
+                run.step()
+        run.peak_mb = mem.mb
+        runs[m] = run
+    tok = tokenizer_step(runs[FLOOR].model, xyz, s)
+    tok_times: list[float] = []
+    for _ in range(s.warmup):
+        tok()
+    log(f"timing {s.steps} alternated steps")
+    for _ in range(s.steps):
+        for run in runs.values():
+            run.times.append(timed(run.step, s.device))
+        tok_times.append(timed(tok, s.device))
+    return summarise(s, runs, tok, tok_times)
+
+
+def summarise(s: PerfSettings, runs: dict[str, MethodRun], tok: Callable[[], None],
+              tok_times: list[float]) -> dict[str, Any]:
+    floor = statistics.median(runs[FLOOR].times)
+    tok_s = statistics.median(tok_times)
+    cfg = tokenizer_cfg(s)
+    flops = count_flops(tok)
+    dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
+    rows = s.batch * (s.points // 2) * cfg.k  # grouped rows of the first stage
+    ref = matmul_flops_per_s(rows, 2 * cfg.embed_dim, s.device, dtype)
+    methods = {}
+    for name, run in runs.items():
+        ms = 1000 * statistics.median(run.times)
+        methods[name] = {"ms": round(ms, 3), "ratio": round(ms / (1000 * floor), 4),
+                         "peak_mb": None if run.peak_mb is None else round(run.peak_mb, 1),
+                         "samples_per_s": round(s.batch / (ms / 1000), 2), "preset": run.preset,
+                         "min_ms": round(1000 * min(run.times), 3)}
+    return {
+        "floor_ms": round(1000 * floor, 3),
+        "tokenizer_ms": round(1000 * tok_s, 3),
+        "tokenizer_share": round(tok_s / floor, 4),
+        "tokenizer_gflop": round(flops / 1e9, 3),
+        "tokenizer_gflop_per_s": round(flops / tok_s / 1e9, 2),
+        "matmul_gflop_per_s": round(ref / 1e9, 2),
+        "matmul_shape": [rows, 2 * cfg.embed_dim, 2 * cfg.embed_dim],
+        "tokenizer_efficiency": round(flops / tok_s / ref, 4),
+        "methods": methods,
+        "settings": {"backbone": s.backbone, "points": s.points, "batch": s.batch, "paper": s.paper,
+                     "k": cfg.k, "device": s.device, "precision": s.precision, "compile": s.compile,
+                     "steps": s.steps, "warmup": s.warmup, "weights": s.weights, "full_size": s.full_size,
+                     "attention": s.attention or "backbone default", "threads": torch.get_num_threads(),
+                     "torch": torch.__version__},
+        "memory": "CUDA max_memory_allocated above the pre-build level" if s.device.startswith("cuda") else
+                  "peak RSS growth during build + warm-up (VmHWM after /proc/self/clear_refs; upper bound)",
+    }
