@@ -5,10 +5,10 @@ backbone without weight gradients). Every method is built on the same inputs, th
 from other processes hits all alike) and the median per method is reported, with its ratio to the floor,
 its peak memory, samples/s, and the tokenizer's own forward+backward share of the floor.
 
-Memory is measured while each model is built and warmed up alone (the other models are already resident and
-idle): CUDA reports ``max_memory_allocated`` above what was allocated before the build; the CPU reports the
-peak-RSS growth (``VmHWM`` after resetting it through ``/proc/self/clear_refs``), which includes allocator
-slack and is an upper bound.
+Memory: on CUDA, ``max_memory_allocated`` while each model is built and warmed up (the other models are
+resident and idle), above what was allocated before its build. The CPU allocator keeps no statistics and RSS
+does not fall when tensors are freed, so there the figure is an estimate: weights, gradients, AdamW moments
+and the activations autograd saves in one forward (:func:`estimated_peak_mb`).
 
 Nothing here imports mlflow or optuna: the command must run on a bare GPU machine.
 """
@@ -79,6 +79,7 @@ class MethodRun:
     preset: str | None
     model: nn.Module
     step: Callable[[], None]
+    loss: Callable[[], torch.Tensor]
     times: list[float] = field(default_factory=list)
     peak_mb: float | None = None
 
@@ -129,58 +130,50 @@ def build_run(s: PerfSettings, method: str, xyz: torch.Tensor, labels: torch.Ten
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     fwd = torch.compile(model) if s.compile else model
 
-    def step() -> None:
+    def loss() -> torch.Tensor:
         with autocast(s):
-            loss = nn.functional.cross_entropy(fwd(xyz), labels)
-        loss.backward()
+            return nn.functional.cross_entropy(fwd(xyz), labels)
+
+    def step() -> None:
+        loss().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return MethodRun(method, preset, model, step)
+    return MethodRun(method, preset, model, step, loss)
 
 
-class PeakMemory:
-    """Peak memory of what runs inside the context, above what was allocated when it started (MB)."""
+class CudaPeak:
+    """CUDA ``max_memory_allocated`` inside the context, above what was allocated when it started (MB)."""
 
-    def __init__(self, device: str) -> None:
-        self.cuda = device.startswith("cuda")
-        self.mb: float | None = None
-
-    def __enter__(self) -> "PeakMemory":
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.base = _rss_kb("VmRSS") if _reset_peak_rss() else None
+    def __enter__(self) -> "CudaPeak":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self.base = torch.cuda.memory_allocated()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        elif self.base is not None:
-            self.mb = (_rss_kb("VmHWM") - self.base) / 1024
+        torch.cuda.synchronize()
+        self.mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20
 
 
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # Linux: resets VmHWM to the current RSS
-        return _rss_kb("VmHWM") is not None
-    except OSError:
-        return False
+def estimated_peak_mb(model: nn.Module, forward: Callable[[], torch.Tensor]) -> float:
+    """CPU estimate of a training step's peak (the CPU allocator keeps no statistics and RSS does not fall
+    when tensors are freed): weights and buffers + gradients + AdamW's two moments of every trainable
+    parameter + the activations autograd saves during one forward (unique storages, parameters excluded)."""
+    own = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
 
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in own:
+            saved[st.data_ptr()] = st.nbytes()
+        return t
 
-def _rss_kb(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return (size + 3 * trainable + sum(saved.values())) / 2**20
 
 
 def timed(fn: Callable[[], None], device: str) -> float:
@@ -245,11 +238,17 @@ def measure(s: PerfSettings, log: Callable[[str], None] = lambda _m: None) -> di
     runs: dict[str, MethodRun] = {}
     for m in s.methods:
         log(f"building {m}")
-        with PeakMemory(s.device) as mem:
+        if s.device.startswith("cuda"):
+            with CudaPeak() as mem:
+                run = build_run(s, m, xyz, labels)
+                for _ in range(s.warmup):
+                    run.step()
+            run.peak_mb = mem.mb
+        else:
             run = build_run(s, m, xyz, labels)
             for _ in range(s.warmup):
                 run.step()
-        run.peak_mb = mem.mb
+            run.peak_mb = estimated_peak_mb(run.model, run.loss)
         runs[m] = run
     tok = tokenizer_step(runs[FLOOR].model, xyz, s)
     tok_times: list[float] = []
@@ -294,6 +293,7 @@ def summarise(s: PerfSettings, runs: dict[str, MethodRun], tok: Callable[[], Non
                      "steps": s.steps, "warmup": s.warmup, "weights": s.weights, "full_size": s.full_size,
                      "attention": s.attention or "backbone default", "threads": torch.get_num_threads(),
                      "torch": torch.__version__},
-        "memory": "CUDA max_memory_allocated above the pre-build level" if s.device.startswith("cuda") else
-                  "peak RSS growth during build + warm-up (VmHWM after /proc/self/clear_refs; upper bound)",
+        "memory": "CUDA max_memory_allocated during build + warm-up, above the pre-build level"
+                  if s.device.startswith("cuda") else "CPU estimate: weights + buffers + gradients + AdamW "
+                  "moments + autograd-saved activations of one forward (no allocator statistics on CPU)",
     }
