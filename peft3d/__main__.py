@@ -1,3 +1,3 @@
-from peft3d.bench.cli import main
+from peft3d.cli.app import main
 
 main()

@@ -11,11 +11,11 @@ from fixtures_backbones import one_thread  # noqa: F401  (autouse fixture)
 from typer.testing import CliRunner
 
 from peft3d.backbones import BACKBONES
-from peft3d.errors import ConfigError
+from peft3d.core.errors import ConfigError
+from peft3d.core.spec import RunSpec, TokenizerCfg
 from peft3d.methods.any2point.config import FLAGS, PRESET_DOCS, Any2PointConfig
 from peft3d.models.build import build_model
 from peft3d.models.model import param_groups
-from peft3d.spec import RunSpec, TokenizerCfg
 
 TINY_TOKENIZER = TokenizerCfg(num_stages=1, embed_dim=16, k=8, lga_blocks=(1,), last_bottleneck=8)  # 64 -> 32
 
@@ -30,8 +30,8 @@ EXPECTED = {"clip_text": (16, 0.95e6, SHARED + 235_224 + 12 * (25_360 + 10_752))
 
 @pytest.mark.parametrize("backbone", list(EXPECTED))
 def test_full_size_trainable_parameters_match_the_paper(backbone):
-    from peft3d.bench import cli_params  # noqa: F401  (registers the command)
-    from peft3d.bench.cli import app
+    from peft3d.cli import params as cli_params  # noqa: F401  (registers the command)
+    from peft3d.cli.app import app
 
     r, paper, exact = EXPECTED[backbone]
     for tag in ("scan", "mn40"):
@@ -168,7 +168,7 @@ def test_more_than_six_cube_views_fail_on_2d():
 
 
 def test_grids_use_any2point():
-    from peft3d.bench.grids import expand
+    from peft3d.grids.loader import expand
 
     tags = {"scanobjectnn": "scan", "modelnet40": "mn40"}
     cells = {(s.backbone, s.dataset): s for s in expand("paper_any2point")}

@@ -10,10 +10,10 @@ import torch
 from fixtures_backbones import one_thread  # noqa: F401  (autouse fixture)
 
 from peft3d.backbones import BACKBONES
+from peft3d.core.spec import RunSpec, TokenizerCfg
 from peft3d.methods import METHODS
 from peft3d.models.build import build_model
 from peft3d.models.model import param_groups
-from peft3d.spec import RunSpec, TokenizerCfg
 
 TINY_BACKBONES = [n for n in BACKBONES.names() if BACKBONES.meta(n).get("test")]
 # 64 points -> 32 tokens of width 32

@@ -15,7 +15,7 @@ from torch import nn
 from peft3d.backbones import BACKBONES, bert, clip, hf_vit, imagebind, ssast
 from peft3d.backbones.base import file_sha256, state_checksum
 from peft3d.backbones.sources import weights_available
-from peft3d.errors import WeightsError
+from peft3d.core.errors import WeightsError
 
 TOL = 1e-5
 

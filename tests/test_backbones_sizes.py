@@ -44,8 +44,8 @@ def test_full_size_block_params_on_meta(name):
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_bench_params_full_size_json(name):
-    from peft3d.bench import cli_params  # noqa: F401  (registers the command)
-    from peft3d.bench.cli import app
+    from peft3d.cli import params as cli_params  # noqa: F401  (registers the command)
+    from peft3d.cli.app import app
 
     r = CliRunner().invoke(app, ["params", "--backbone", name, "--method", "lora", "--full-size", "--json"])
     assert r.exit_code == 0, r.output
@@ -59,8 +59,8 @@ def test_bench_params_full_size_json(name):
 
 
 def test_bench_params_errors_and_text_output():
-    from peft3d.bench import cli_params  # noqa: F401
-    from peft3d.bench.cli import app
+    from peft3d.cli import params as cli_params  # noqa: F401
+    from peft3d.cli.app import app
 
     runner = CliRunner()
     r = runner.invoke(app, ["params", "--backbone", "dinov3", "--method", "linear"])

@@ -4,10 +4,10 @@ import sys
 
 import pytest
 
-from peft3d.bench.grids import expand
-from peft3d.errors import ConfigError
-from peft3d.registry import Registry, RegistryError
-from peft3d.spec import Budget, RunSpec, TokenizerCfg
+from peft3d.core.errors import ConfigError
+from peft3d.core.registry import Registry, RegistryError
+from peft3d.core.spec import Budget, RunSpec, TokenizerCfg
+from peft3d.grids.loader import expand
 
 
 def test_registry_duplicate_and_unknown_with_suggestion():
@@ -44,7 +44,7 @@ def test_run_id_stable_and_sensitive():
 
 
 def test_run_id_is_pinned_across_processes():
-    code = ("from peft3d.spec import RunSpec; print(RunSpec(backbone='minilm', method='adapter', "
+    code = ("from peft3d.core.spec import RunSpec; print(RunSpec(backbone='minilm', method='adapter', "
             "method_cfg={'bottleneck': 8}).run_id)")
     ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={"PYTHONHASHSEED": str(s), "PATH": ""}).stdout.strip() for s in (1, 2)}
@@ -111,7 +111,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
 
 
 def test_ls_and_validate_do_not_import_torch():
-    code = ("import sys; from peft3d.bench import listing; from peft3d.bench.grids import expand; "
+    code = ("import sys; from peft3d.cli import listing; from peft3d.grids.loader import expand; "
             "[listing.rows(w) for w in ('backbones','methods','datasets','grids','presets')]; "
             "expand('quickstart'); expand('smoke'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -13,7 +13,7 @@ import pytest
 from test_datasets_formats import write_mn_dat, write_mn_txt, write_scan
 from typer.testing import CliRunner
 
-from peft3d.bench import cli
+from peft3d.cli import app as cli
 from peft3d.datasets.synthetic import Synthetic
 
 cli._mount()
@@ -136,7 +136,7 @@ def test_exit_code_and_torch_free_in_subprocess(tmp_path):
     """The installed entry point maps an invalid dataset to exit 2; checking never imports torch."""
     write_scan(tmp_path, data=np.full((30, 64, 3), np.inf, np.float32))
     code = ("import sys; from peft3d.datasets import check_root; from peft3d.datasets.check import check; "
-            "import peft3d.bench.cli_data; "
+            "import peft3d.cli.data; "
             f"r = check('scanobjectnn', {str(tmp_path)!r}); assert not r.valid, r; "
             f"assert check_root('scanobjectnn', None, {str(tmp_path)!r}) is None; "
             "assert 'torch' not in sys.modules, 'torch imported'")

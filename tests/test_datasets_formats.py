@@ -10,12 +10,12 @@ import h5py
 import numpy as np
 import pytest
 
+from peft3d.core.errors import DataError
 from peft3d.datasets import DATASETS, check_root, modelnet40, scanobjectnn, split_name
 from peft3d.datasets.io import safe_unpickle
 from peft3d.datasets.modelnet40 import ModelNet40
 from peft3d.datasets.scanobjectnn import ScanObjectNN
 from peft3d.datasets.synthetic import Synthetic
-from peft3d.errors import DataError
 
 RNG = np.random.default_rng(0)
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from peft3d.core.errors import ConfigError
 from peft3d.datasets.protocols import PROTOCOLS, augment, get_protocol, train_batch
 from peft3d.datasets.sampling import TrainSampler
-from peft3d.errors import ConfigError
 from peft3d.models.geometry import farthest_point_sample
 
 PTS = np.random.default_rng(0).normal(size=(6, 96, 3)).astype(np.float32)

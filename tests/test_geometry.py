@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from peft3d.core.spec import TokenizerCfg
 from peft3d.models.geometry import farthest_point_sample, gather, knn
 from peft3d.models.tokenizer import PointTokenizer
-from peft3d.spec import TokenizerCfg
 
 
 def brute_fps(p: np.ndarray, n: int) -> list[int]:

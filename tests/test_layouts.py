@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from peft3d.bench import layouts
-from peft3d.bench.tables import runs_frame
+from peft3d.reporting import layouts
+from peft3d.reporting.tables import runs_frame
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("PEFT3D_UPDATE_GOLDEN") == "1"
@@ -96,7 +96,7 @@ def test_peft_delta_is_method_minus_any2point(frame):
 
 
 def test_unknown_names_are_user_errors(frame):
-    from peft3d.errors import ConfigError
+    from peft3d.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not in this grid"):
         layouts.build("peft", frame, dataset="shapenet")
@@ -110,8 +110,8 @@ def test_unknown_names_are_user_errors(frame):
 
 def fake_smoke_results(root: Path) -> list:
     """Success results for every smoke-grid spec, taken from the golden fixture's shape."""
-    from peft3d.bench.grids import expand
-    from peft3d.bench.results import write_result
+    from peft3d.core.results import write_result
+    from peft3d.grids.loader import expand
 
     template = json.loads((GOLDEN / "results.json").read_text())["results"][0]
     specs = expand("smoke", seeds=[0, 1, 2])
@@ -128,7 +128,7 @@ def fake_smoke_results(root: Path) -> list:
 def test_bench_table_layouts_cli(tmp_path):
     from typer.testing import CliRunner
 
-    from peft3d.bench.cli import _mount, app
+    from peft3d.cli.app import _mount, app
 
     _mount()
     fake_smoke_results(tmp_path)

@@ -2,7 +2,7 @@
 and data to *run*, so ``bench validate`` is pointed at tiny files in the official formats."""
 import pytest
 
-from peft3d.bench.grids import expand, load_grid
+from peft3d.grids.loader import expand, load_grid
 
 PAPER_BACKBONES = {"clip_text", "roberta", "dinov2", "deit", "imagebind_audio", "ssast"}
 PAPER_DATASETS = {("scanobjectnn", "pb_t50_rs"), ("modelnet40", "auto")}
@@ -59,7 +59,7 @@ def data_roots(tmp_path, monkeypatch):
 def test_bench_validate_paper_grids(grid, data_roots):
     from typer.testing import CliRunner
 
-    from peft3d.bench.cli import _mount, app
+    from peft3d.cli.app import _mount, app
 
     _mount()
     scan, mn40 = data_roots

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from test_layouts import fake_smoke_results, golden_module
 
-from peft3d.bench.report import cliques, pareto_front, write_report
+from peft3d.reporting.report import cliques, pareto_front, write_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -103,7 +103,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 def test_bench_report_cli(tmp_path):
     from typer.testing import CliRunner
 
-    from peft3d.bench.cli import _mount, app
+    from peft3d.cli.app import _mount, app
 
     _mount()
     specs = fake_smoke_results(tmp_path)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from peft3d.bench.grids import GRID_DIR, expand
-from peft3d.bench.results import run_path, write_result
-from peft3d.bench.runner import pending
-from peft3d.bench.tables import render_markdown, runs_frame
+from peft3d.core.results import run_path, write_result
+from peft3d.grids.loader import GRID_DIR, expand
+from peft3d.reporting.tables import render_markdown, runs_frame
+from peft3d.schedule.runner import pending
 
 METHODS = ["linear", "prompt", "lora"]
 
@@ -51,7 +51,7 @@ def wait_until(cond, proc: subprocess.Popen | None, log: Path, timeout: float = 
 
 
 def workers(parent: int) -> list[int]:
-    """Worker processes (``peft3d.bench.worker``) whose parent is ``parent``."""
+    """Worker processes (``peft3d.schedule.worker``) whose parent is ``parent``."""
     out = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -61,7 +61,7 @@ def workers(parent: int) -> list[int]:
             cmd = (d / "cmdline").read_bytes()
         except (OSError, IndexError):
             continue
-        if ppid == parent and b"peft3d.bench.worker" in cmd:
+        if ppid == parent and b"peft3d.schedule.worker" in cmd:
             out.append(int(d.name))
     return out
 
@@ -112,7 +112,7 @@ def test_partial_or_unreadable_results_never_reach_a_table(tmp_path, grid):
 def test_mirror_records_only_finished_states(tmp_path, grid):
     import mlflow
 
-    from peft3d.bench.tracking import Mirror
+    from peft3d.reporting.mirror import Mirror
 
     s = expand(str(grid))[0]
     m = Mirror(f"sqlite:///{tmp_path / 'mlflow.db'}", "peft3d/resume")

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from peft3d.bench.grids import expand
-from peft3d.bench.tables import render_markdown, runs_frame
+from peft3d.grids.loader import expand
+from peft3d.reporting.tables import render_markdown, runs_frame
 
 BENCH = [sys.executable, "-m", "peft3d"]
 

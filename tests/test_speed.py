@@ -15,10 +15,10 @@ import torch
 from fixtures_backbones import one_thread  # noqa: F401  (autouse fixture)
 
 from peft3d.backbones import BACKBONES
+from peft3d.core.spec import RunSpec, TokenizerCfg
 from peft3d.models.build import build_model
 from peft3d.models.geometry import farthest_point_sample, gather, knn, knn_from_dist, pairwise_sq_dist
 from peft3d.models.tokenizer import PointTokenizer
-from peft3d.spec import RunSpec, TokenizerCfg
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BACKBONES = [n for n in BACKBONES.names() if BACKBONES.meta(n).get("test")]
@@ -129,7 +129,7 @@ def _perf_cli(*args: str) -> subprocess.CompletedProcess:
     code = ("import sys\n"
             "for m in ('mlflow', 'optuna', 'optuna_integration'): sys.modules[m] = None\n"
             f"sys.argv = ['bench', 'perf', *{list(args)!r}]\n"
-            "from peft3d.bench.cli import main\nmain()\n")
+            "from peft3d.cli.app import main\nmain()\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
                           cwd=ROOT)
@@ -158,8 +158,8 @@ def test_bench_perf_json_without_mlflow_or_optuna():
 def test_bench_perf_rejects_bad_input_in_one_line(args, message):
     from typer.testing import CliRunner
 
-    from peft3d.bench import cli_perf  # noqa: F401  (registers the command)
-    from peft3d.bench.cli import app
+    from peft3d.cli import perf  # noqa: F401  (registers the command)
+    from peft3d.cli.app import app
 
     res = CliRunner().invoke(app, ["perf", *args])
     assert res.exit_code == 2, res.output

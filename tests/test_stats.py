@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from peft3d.bench import stats
+from peft3d.analysis import stats
 
 A = [88.1, 87.4, 88.9, 87.9, 88.4]
 B = [87.0, 87.5, 87.6, 86.8, 87.9]

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from peft3d.bench.train import Curves, lr_lambda, select, train_run
-from peft3d.errors import WeightsError
+from peft3d.core.errors import WeightsError
+from peft3d.core.spec import Budget, RunSpec, TokenizerCfg
 from peft3d.models.build import build_model
 from peft3d.models.model import param_groups
-from peft3d.spec import Budget, RunSpec, TokenizerCfg
+from peft3d.training.train import Curves, lr_lambda, select, train_run
 
 TINY_TOK = TokenizerCfg(num_stages=2, embed_dim=8, k=8, lga_blocks=(1, 1), last_bottleneck=8)
 
@@ -128,8 +128,8 @@ def test_minilm_blocks_equal_hf_encoder():
 
 
 def test_nan_points_are_rejected():
+    from peft3d.core.errors import DataError
     from peft3d.datasets.base import Split, validate_split
-    from peft3d.errors import DataError
 
     p = np.zeros((3, 8, 3), np.float32)
     p[1, 2, 0] = np.nan
@@ -138,7 +138,7 @@ def test_nan_points_are_rejected():
 
 
 def test_full_scales_the_backbone_lr_only():
-    from peft3d.bench.train import optimizer_for
+    from peft3d.training.train import optimizer_for
 
     model, _ = build_model(tiny_spec("full", method_cfg={"backbone_lr_scale": 0.1}), num_classes=12)
     opt = optimizer_for(model, 1e-3, 0.05)
@@ -161,7 +161,7 @@ def test_pretrained_dropout_off_but_method_dropout_on():
 
 
 def test_two_configs_of_one_method_are_separate_columns(tmp_path):
-    from peft3d.bench.tables import runs_frame, summarize
+    from peft3d.reporting.tables import runs_frame, summarize
 
     a = tiny_spec("lora", method_cfg={"r": 2, "alpha": 4.0, "dropout": 0.0, "targets": []})
     b = tiny_spec("lora", method_cfg={"r": 4, "alpha": 4.0, "dropout": 0.0, "targets": []})

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from peft3d.bench.grids import expand
-from peft3d.bench.results import read_result, write_result
-from peft3d.bench.tune import (
+from peft3d.core.errors import ConfigError
+from peft3d.core.results import read_result, write_result
+from peft3d.grids.loader import expand
+from peft3d.tuning.tune import (
     TuneOptions,
     Tuner,
     cells_of,
@@ -29,7 +30,6 @@ from peft3d.bench.tune import (
     suggest,
     tuned_specs,
 )
-from peft3d.errors import ConfigError
 
 
 def result_for(spec, vals):
@@ -242,7 +242,7 @@ def test_every_method_declares_a_usable_search_space():
 def test_cli_tune_dry_run_and_table_without_tune(tmp_path):
     from typer.testing import CliRunner
 
-    from peft3d.bench.cli import _mount, app
+    from peft3d.cli.app import _mount, app
 
     _mount()
     out = CliRunner().invoke(app, ["tune", "--grid", "smoke", "--trials", "2", "--dry-run", "--results",
@@ -315,7 +315,7 @@ def test_tune_smoke_grid_interrupted_twice_resumes_with_equal_budgets(tmp_path):
 def test_table_and_report_of_the_tuned_runs(tmp_path):
     from typer.testing import CliRunner
 
-    from peft3d.bench.cli import _mount, app
+    from peft3d.cli.app import _mount, app
 
     _mount()
     specs = smoke_specs(["linear", "lora", "any2point"])

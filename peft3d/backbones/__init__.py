@@ -6,7 +6,7 @@ count of the encoder's transformer blocks at full size (verified by tests on the
 alternatives separated by ``|``, each ``hub:<repo id>`` (local Hugging Face cache) or ``file:<name>``.
 ``test=True`` marks the tiny random variants that the test battery runs every method on.
 """
-from peft3d.registry import Registry
+from peft3d.core.registry import Registry
 
 BACKBONES = Registry("backbone")
 

@@ -17,7 +17,7 @@ from peft3d.backbones.base import (
     state_checksum,
 )
 from peft3d.backbones.sources import minilm_dir, parse_weights
-from peft3d.errors import WeightsError
+from peft3d.core.errors import WeightsError
 
 # all-MiniLM-L6-v2, revision 1110a243: sha256 of model.safetensors as published on the Hub.
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"

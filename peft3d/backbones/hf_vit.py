@@ -30,7 +30,7 @@ from peft3d.backbones.loading import (
 )
 from peft3d.backbones.preln import PreLNBackbone, grid_table
 from peft3d.backbones.sources import parse_weights
-from peft3d.errors import WeightsError
+from peft3d.core.errors import WeightsError
 
 # -- configs (set every field: the config classes' defaults are not these checkpoints, pitfall 7) ----------
 DINOV2_B14 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "mlp_ratio": 4,

@@ -38,7 +38,7 @@ from peft3d.backbones.loading import (
 )
 from peft3d.backbones.preln import PreLNBackbone, grid_table
 from peft3d.backbones.sources import parse_weights
-from peft3d.errors import WeightsError
+from peft3d.core.errors import WeightsError
 
 IMAGEBIND_AUDIO = {"width": 768, "depth": 12, "heads": 12, "mlp_hidden": 3072, "canvas": (128, 204),
                    "kernel": 16, "stride": 10,

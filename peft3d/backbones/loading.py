@@ -4,7 +4,7 @@ Every loader follows the same steps: find the weights (Hub cache folder, checkpo
 verify the file's digest where a published one is known, read the tensors, rename them to the module's own
 names, and load them **strictly**: every key the module has must be in the checkpoint, and every checkpoint
 key the module lacks must be on the family's explicit allow-list (e.g. CLIP's vision tower). Anything else
-raises one :class:`~peft3d.errors.WeightsError` that lists the offending keys.
+raises one :class:`~peft3d.core.errors.WeightsError` that lists the offending keys.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torch import nn
 
 from peft3d.backbones.base import Backbone, PreLNFFNSite, file_sha256, state_checksum
 from peft3d.backbones.sources import KNOWN_SHA256, describe_search, locate, parse_weights
-from peft3d.errors import WeightsError
+from peft3d.core.errors import WeightsError
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                    "pytorch_model.bin.index.json")

@@ -27,7 +27,7 @@ from peft3d.backbones.loading import (
 )
 from peft3d.backbones.preln import PreLNBackbone, grid_table
 from peft3d.backbones.sources import parse_weights
-from peft3d.errors import WeightsError
+from peft3d.core.errors import WeightsError
 
 SSAST_BASE = {"width": 768, "depth": 12, "heads": 12, "input": (128, 1024), "patch": 16}  # 8 x 64 grid
 TINY_SSAST = {"width": 32, "depth": 2, "heads": 2, "input": (64, 80), "patch": 16}  # 4 x 5 grid

@@ -1,5 +1,5 @@
 """Dataset registry. A grid names ``family`` or ``family/variant`` (e.g. ``scanobjectnn/pb_t50_rs``)."""
-from peft3d.registry import Registry
+from peft3d.core.registry import Registry
 
 DATASETS = Registry("dataset")
 DATASETS.register("synthetic", "peft3d.datasets.synthetic:Synthetic", variants=("clean", "scan"), classes=12,
@@ -30,7 +30,7 @@ def check_root(name: str, variant: str | None, root: str | None) -> str | None:
     """One line describing what is wrong with ``root`` for dataset ``name`` (``family`` or ``family/variant``),
     or None when its files are present and structurally right. Cheap (no full read) and torch-free: it is what
     ``bench validate`` runs before any training."""
-    from peft3d.errors import DataError
+    from peft3d.core.errors import DataError
 
     family, v = split_name(name)
     meta = DATASETS.meta(family)

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from peft3d.errors import DataError
+from peft3d.core.errors import DataError
 
 
 @dataclass

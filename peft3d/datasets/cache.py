@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from peft3d.atomic import atomic_write
+from peft3d.core.atomic import atomic_write
 
 ENV = "PEFT3D_CACHE"
 DEFAULT = Path("results") / "cache"
@@ -42,7 +42,7 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def atomic_save(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` (.npy) atomically (see :mod:`peft3d.atomic`)."""
+    """Write ``array`` to ``path`` (.npy) atomically (see :mod:`peft3d.core.atomic`)."""
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False), binary=True)
 
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from peft3d.core.errors import DataError
 from peft3d.datasets import DATASETS, split_name
 from peft3d.datasets.base import Split, array_digest, stratified_val_split, validate_split
-from peft3d.errors import DataError
 
 LEVELS = ("ok", "note", "warning", "error")
 

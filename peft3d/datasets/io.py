@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from peft3d.errors import DataError
+from peft3d.core.errors import DataError
 
 # What a pickled numpy array needs (numpy 1.x and 2.x module paths; protocol 2-5), and nothing else.
 _ALLOWED = {

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from peft3d.core.errors import DataError
 from peft3d.datasets.base import DatasetFamily, Split, array_digest
 from peft3d.datasets.cache import cached, file_sha256, key
 from peft3d.datasets.io import (
@@ -40,7 +41,6 @@ from peft3d.datasets.io import (
     safe_unpickle,
     unit_sphere,
 )
-from peft3d.errors import DataError
 
 CLASSES = ["airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone", "cup",
            "curtain", "desk", "door", "dresser", "flower_pot", "glass_box", "guitar", "keyboard", "lamp", "laptop",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from peft3d.errors import ConfigError
+from peft3d.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,9 @@ class TrainSampler:
     def __init__(self, points: np.ndarray, num_points: int, starts: int = 8, oversample: float = 1.2,
                  seed: int = 0, cache_key: str | None = None, cache_dir: str | None = None,
                  device: str = "cpu") -> None:
+        from peft3d.core.errors import ConfigError
         from peft3d.datasets import cache
         from peft3d.datasets.protocols import array_digest_full
-        from peft3d.errors import ConfigError
 
         N, P, _ = points.shape
         if num_points > P:

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from peft3d.core.errors import DataError
 from peft3d.datasets.base import DatasetFamily, Split
 from peft3d.datasets.cache import file_sha256
 from peft3d.datasets.io import MANIFEST, as_labels, as_points, check_values, h5_shapes, read_h5, read_manifest
-from peft3d.errors import DataError
 
 CLASSES = ["bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table", "bed", "pillow",
            "sink", "sofa", "toilet"]

@@ -3,7 +3,7 @@
 ``config`` metadata names the (torch-free) config class so ``bench validate`` can check method settings
 without importing torch.
 """
-from peft3d.registry import Registry
+from peft3d.core.registry import Registry
 
 METHODS = Registry("method")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Mapping
 
-from peft3d.errors import ConfigError
-from peft3d.spec import from_mapping
+from peft3d.core.errors import ConfigError
+from peft3d.core.spec import from_mapping
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 
 from peft3d.backbones import BACKBONES
+from peft3d.core.spec import RunSpec
 from peft3d.methods import METHODS
 from peft3d.models.model import PointModel
-from peft3d.spec import RunSpec
 
 
 def build_model(spec: RunSpec, num_classes: int, device: str = "cpu",

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from peft3d.backbones.base import Backbone
+from peft3d.core.spec import TokenizerCfg
 from peft3d.models.tokenizer import PointTokenizer
-from peft3d.spec import TokenizerCfg
 
 
 @dataclass

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from peft3d.core.spec import TokenizerCfg
 from peft3d.models.geometry import farthest_point_sample, gather, knn_from_dist, pairwise_sq_dist, sub_matrix
-from peft3d.spec import TokenizerCfg
 
 
 def conv1x1(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ class PerfSettings:
     attention: str | None = None  # default: "sdpa" on CUDA, the backbone's own default on the CPU
 
     def __post_init__(self) -> None:
-        from peft3d.errors import ConfigError
+        from peft3d.core.errors import ConfigError
 
         if self.points is None:
             self.points = PAPER_POINTS if self.paper else 128
@@ -85,8 +85,8 @@ class MethodRun:
 
 
 def tokenizer_cfg(s: PerfSettings):
-    from peft3d.bench.grids import load_grid
-    from peft3d.spec import TokenizerCfg, from_mapping
+    from peft3d.core.spec import TokenizerCfg, from_mapping
+    from peft3d.grids.loader import load_grid
 
     if s.paper:
         return TokenizerCfg(k=PAPER_K)
@@ -95,7 +95,7 @@ def tokenizer_cfg(s: PerfSettings):
 
 def method_cfg(s: PerfSettings, method: str) -> tuple[str | None, dict[str, Any]]:
     """The quickstart's settings per method; Any2Point takes the backbone's paper (or family) preset."""
-    from peft3d.bench.grids import load_grid
+    from peft3d.grids.loader import load_grid
     from peft3d.methods import config_class
 
     cls = config_class(method)
@@ -119,8 +119,8 @@ def sync(device: str) -> None:
 
 
 def build_run(s: PerfSettings, method: str, xyz: torch.Tensor, labels: torch.Tensor) -> MethodRun:
+    from peft3d.core.spec import RunSpec
     from peft3d.models.build import build_model
-    from peft3d.spec import RunSpec
 
     preset, cfg = method_cfg(s, method)
     spec = RunSpec(backbone=s.backbone, method=method, weights=s.weights, method_cfg=cfg, preset=preset,
@@ -219,7 +219,7 @@ def matmul_flops_per_s(rows: int, width: int, device: str, dtype: torch.dtype, r
 def measure(s: PerfSettings, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Build every method, warm it up (measuring its memory), alternate timed steps, return the summary."""
     from peft3d.backbones import BACKBONES
-    from peft3d.errors import ConfigError
+    from peft3d.core.errors import ConfigError
     from peft3d.methods import METHODS
 
     BACKBONES.check(s.backbone)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from peft3d.spec import Budget, RunSpec
+from peft3d.core.spec import Budget, RunSpec
 
 HERE = Path(__file__).parent
 BACKBONES = {"clip_text": ("language", 0.0), "roberta": ("language", -1.0), "dinov2": ("vision", -3.0),
@@ -109,7 +109,7 @@ class StoredSpec:
 
 def load_into(root: Path) -> list[StoredSpec]:
     """Write the fixture's result JSONs under ``root/runs`` and return every expected run (the missing one too)."""
-    from peft3d.bench.results import write_result
+    from peft3d.core.results import write_result
 
     data = json.loads((HERE / "results.json").read_text())
     for r in data["results"]:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from peft3d.backbones.base import PosTable
-from peft3d.errors import ConfigError
+from peft3d.core.errors import ConfigError
 
 # The released PCViews Euler angles (rx, ry, rz), R = Rx @ Ry @ Rz; optical axes +z, +x, -z, -x, -y, +y.
 VIEW_ANGLES = ((0.0, 0.0, math.pi / 2), (math.pi / 2, 0.0, math.pi / 2), (math.pi, 0.0, math.pi / 2),

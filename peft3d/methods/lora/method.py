@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from peft3d.errors import ConfigError
+from peft3d.core.errors import ConfigError
 from peft3d.methods.base import Method
 from peft3d.methods.lora.config import LoRAConfig
 

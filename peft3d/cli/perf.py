@@ -9,9 +9,9 @@ from typing import Optional
 
 import typer
 
-from peft3d.bench.cli import app, fail
-from peft3d.errors import Peft3dError
-from peft3d.registry import RegistryError
+from peft3d.cli.app import app, fail
+from peft3d.core.errors import Peft3dError
+from peft3d.core.registry import RegistryError
 
 
 def _print_table(r: dict) -> None:

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, TypeVar
 
-from peft3d.errors import ConfigError
+from peft3d.core.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from peft3d.atomic import atomic_write
+from peft3d.core.atomic import atomic_write
 
 SCHEMA = 1
 

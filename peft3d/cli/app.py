@@ -1,6 +1,6 @@
 """The ``bench`` command line. Light at import: torch is imported only by commands that train or build.
 
-User errors (:class:`peft3d.errors.Peft3dError`) print one line and exit 2.
+User errors (:class:`peft3d.core.errors.Peft3dError`) print one line and exit 2.
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 
 import typer
 
-from peft3d.errors import Peft3dError
-from peft3d.registry import RegistryError
+from peft3d.core.errors import Peft3dError
+from peft3d.core.registry import RegistryError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="peft3d: which pretrained modality transfers best to 3D point clouds, under which PEFT method.")
@@ -22,7 +22,7 @@ def fail(msg: str, code: int = 2) -> None:
 
 
 def _ls_rows(what: str) -> list[dict]:
-    from peft3d.bench import listing
+    from peft3d.cli import listing
 
     return listing.rows(what)
 
@@ -41,7 +41,7 @@ def ls(what: str = typer.Argument(..., help="backbones | methods | datasets | gr
     from rich.console import Console
     from rich.table import Table
 
-    from peft3d.bench.listing import JSON_ONLY
+    from peft3d.cli.listing import JSON_ONLY
 
     table = Table(title=what)
     cols = [c for c in (rows[0] if rows else ["name"]) if c not in JSON_ONLY]
@@ -56,13 +56,13 @@ def ls(what: str = typer.Argument(..., help="backbones | methods | datasets | gr
 
 def _mount() -> None:
     """Sub-commands that live in their own modules (kept import-light)."""
-    from peft3d.bench import (  # noqa: F401
-        cli_data,
-        cli_params,
-        cli_perf,
-        cli_report,
-        cli_tune,
+    from peft3d.cli import (  # noqa: F401
         commands,  # noqa: F401  (registers run/table/validate/...)
+        data,
+        params,
+        perf,
+        report,
+        tune,
     )
 
 

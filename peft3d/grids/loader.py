@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
-from peft3d.errors import ConfigError
-from peft3d.spec import Budget, RunSpec, TokenizerCfg, from_mapping
+from peft3d.core.errors import ConfigError
+from peft3d.core.spec import Budget, RunSpec, TokenizerCfg, from_mapping
 
-GRID_DIR = Path(__file__).parent / "grids"
+GRID_DIR = Path(__file__).parent / "files"
 KEYS = {"description", "include", "backbones", "weights", "methods", "datasets", "seeds", "protocol",
         "num_points", "budget", "tokenizer", "head", "method_cfg", "data_root", "device"}
 REQUIRED = ("backbones", "methods", "datasets")

@@ -1,4 +1,4 @@
-"""``bench report``: a self-contained HTML report of a grid (:mod:`peft3d.bench.report`)."""
+"""``bench report``: a self-contained HTML report of a grid (:mod:`peft3d.reporting.report`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from peft3d.bench.cli import app, fail
-from peft3d.bench.commands import GridOpt, ResultsOpt, _roots, _seeds
+from peft3d.cli.app import app, fail
+from peft3d.cli.commands import GridOpt, ResultsOpt, _roots, _seeds
 
 
 @app.command("report")
@@ -20,9 +20,9 @@ def report(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
            seeds: Optional[str] = typer.Option(None, "--seeds"),
            data_root: Optional[list[str]] = typer.Option(None, "--data-root")) -> None:
     """Write one self-contained HTML file with the grid's tables and plots (from result JSONs only)."""
-    from peft3d.bench.grids import expand
-    from peft3d.bench.report import write_report
-    from peft3d.bench.results import results_dir
+    from peft3d.core.results import results_dir
+    from peft3d.grids.loader import expand
+    from peft3d.reporting.report import write_report
 
     if reference not in (None, "paper"):
         fail(f"--reference must be 'paper', got {reference!r}")
@@ -30,7 +30,7 @@ def report(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     name = Path(grid).stem
     extra = None
     if tuned:
-        from peft3d.bench.tune import read_manifest, tuned_specs
+        from peft3d.tuning.tune import read_manifest, tuned_specs
 
         specs, m = tuned_specs(name, root), read_manifest(root, name)
         extra = [f"Tuned runs: {m['n_trials']} Optuna trials per cell in every study ({m['counting']}); equal "

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from peft3d.bench.results import failure_result, read_result, succeeded, write_result
-from peft3d.spec import RunSpec
+from peft3d.core.results import failure_result, read_result, succeeded, write_result
+from peft3d.core.spec import RunSpec
 
 # glibc serves allocations above its mmap threshold with fresh pages and unmaps them on free, so every
 # large CPU activation pays page faults again. Measured on the Point-PN tokenizer (256 points, batch 16,
@@ -63,7 +63,7 @@ def _start(job: Job, root: Path, threads: int, on_event: Callable[[Job], None]) 
     env = dict(os.environ, PEFT3D_THREADS=str(threads), HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
                PYTHONUNBUFFERED="1")
     env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
-    job.proc = subprocess.Popen([sys.executable, "-m", "peft3d.bench.worker", name, str(root)],
+    job.proc = subprocess.Popen([sys.executable, "-m", "peft3d.schedule.worker", name, str(root)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True)  # Ctrl-C reaches the parent only; we stop children
     job.started = time.time()

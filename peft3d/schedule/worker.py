@@ -1,4 +1,4 @@
-"""Runs one RunSpec in its own process (``python -m peft3d.bench.worker SPEC_JSON RESULTS_DIR``).
+"""Runs one RunSpec in its own process (``python -m peft3d.schedule.worker SPEC_JSON RESULTS_DIR``).
 
 Prints one JSON progress line per epoch on stdout (prefixed ``@progress``) for the scheduler's bars and
 writes the result JSON atomically. A Python exception becomes a ``failed`` result with a one-line reason;
@@ -40,10 +40,10 @@ def main(argv: list[str]) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # our own strict check reports key problems; keep stdout for progress
-    from peft3d.bench.results import failure_result, write_result
-    from peft3d.bench.train import train_run
-    from peft3d.errors import Peft3dError
-    from peft3d.spec import RunSpec
+    from peft3d.core.errors import Peft3dError
+    from peft3d.core.results import failure_result, write_result
+    from peft3d.core.spec import RunSpec
+    from peft3d.training.train import train_run
 
     spec = RunSpec.from_dict(json.loads(Path(spec_json).read_text()))
     threads = os.environ.get("PEFT3D_THREADS")

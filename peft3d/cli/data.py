@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from peft3d.bench.cli import app, fail
+from peft3d.cli.app import app, fail
 
 data_app = typer.Typer(no_args_is_help=True, help="Check, describe and export datasets (ScanObjectNN, ModelNet40, "
                                                   "synthetic).")
@@ -21,8 +21,8 @@ EXPORT_FORMATS = {"scanobjectnn": None, "modelnet40_dat": "fps_cache", "modelnet
 
 
 def _family(name: str):
+    from peft3d.core.registry import RegistryError
     from peft3d.datasets import DATASETS, split_name
-    from peft3d.registry import RegistryError
 
     family, variant = split_name(name)
     try:

@@ -1,5 +1,5 @@
 """``bench tune``: equal-budget Optuna search per cell, then the best configuration on the grid's seeds
-(:mod:`peft3d.bench.tune`)."""
+(:mod:`peft3d.tuning.tune`)."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,8 @@ from typing import Optional
 
 import typer
 
-from peft3d.bench.cli import app, fail
-from peft3d.bench.commands import GridOpt, ResultsOpt, _check_roots, _roots, _seeds
+from peft3d.cli.app import app, fail
+from peft3d.cli.commands import GridOpt, ResultsOpt, _check_roots, _roots, _seeds
 
 
 def _sigterm_as_interrupt(*_: object) -> None:
@@ -35,10 +35,10 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     """Tune every backbone × dataset × method cell with the same number of Optuna trials (validation metric,
     pruning on the validation curve), then run the best configuration of each on the grid's seeds.
     Resumable: re-run the same command after an interruption."""
-    from peft3d.bench.grids import expand
-    from peft3d.bench.results import results_dir
-    from peft3d.bench.tracking import tracking_uri as default_uri
-    from peft3d.bench.tune import TuneOptions, Tuner, cells_of, storage_url, write_tuned_tables
+    from peft3d.core.results import results_dir
+    from peft3d.grids.loader import expand
+    from peft3d.reporting.mirror import tracking_uri as default_uri
+    from peft3d.tuning.tune import TuneOptions, Tuner, cells_of, storage_url, write_tuned_tables
 
     specs = expand(grid, _seeds(seeds), _roots(data_root), device)
     root = results_dir(results)

@@ -5,7 +5,7 @@ method, then the best configuration on the grid's seeds as ordinary runs (protoc
   the same for every method, plus the method's own knobs (``MethodConfig.search_space``). Objective: the best
   validation accuracy of the run (the epoch selection of protocol.md); the test set is never looked at.
 - A trial is an ordinary training run (a RunSpec with the trial's ``method_cfg``, ``lr`` and ``weight_decay``,
-  at the grid's first seed) executed in its own worker process (:func:`peft3d.bench.runner.run_specs`); its
+  at the grid's first seed) executed in its own worker process (:func:`peft3d.schedule.runner.run_specs`); its
   result JSON goes to ``results/tune/<study>/runs/``, never among the grid's runs.
 - Pruning is live: every ``@progress`` line's validation accuracy is reported to the study
   (``MedianPruner``); a pruned trial's process is terminated at once.
@@ -33,10 +33,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from peft3d.bench.results import atomic_write_text, failure_result, read_result, succeeded, write_result
-from peft3d.bench.tune_tracking import TuneTracker, owner_alive, owner_token
-from peft3d.errors import ConfigError
-from peft3d.spec import RunSpec
+from peft3d.core.errors import ConfigError
+from peft3d.core.results import atomic_write_text, failure_result, read_result, succeeded, write_result
+from peft3d.core.spec import RunSpec
+from peft3d.tuning.tracking import TuneTracker, owner_alive, owner_token
 
 __all__ = ["Tuner", "TuneOptions", "TuneTracker", "cells_of", "counts", "owner_alive", "owner_token", "recover",
            "read_manifest", "suggest", "tuned_specs"]
@@ -198,7 +198,7 @@ def best_spec(study: Any) -> tuple[RunSpec | None, Any]:
     if not done:
         return None, None
     best = max(done, key=lambda t: (t.value, -t.number))  # earliest trial on ties
-    return RunSpec.from_dict(best.user_attrs["peft3d.spec"]), best
+    return RunSpec.from_dict(best.user_attrs["peft3d.core.spec"]), best
 
 
 # ------------------------------------------------------------------------------------------- one trial
@@ -210,7 +210,7 @@ Execute = Callable[[RunSpec, Path, Report], tuple[dict[str, Any], bool]]
 def run_trial_process(spec: RunSpec, root: Path, report: Report) -> tuple[dict[str, Any], bool]:
     """Run ``spec`` in a worker process (the same path as ``bench run``); terminate it when ``report`` says so.
     Returns (result dict, stopped)."""
-    from peft3d.bench.runner import run_specs
+    from peft3d.schedule.runner import run_specs
 
     stopped = threading.Event()
     seen: set[int] = set()
@@ -351,7 +351,7 @@ class Tuner:
                 trial = study.ask()
                 spec = suggest(trial, cell.base)
                 for k, v in (("peft3d.owner", owner_token()), ("peft3d.run_id", spec.run_id),
-                             ("peft3d.spec", spec.to_dict())):
+                             ("peft3d.core.spec", spec.to_dict())):
                     trial.set_user_attr(k, v)
                 if self.tracker:
                     mrid = self.tracker.trial_run(parent, cell.study_name, trial.number, spec, trial.params)
@@ -405,7 +405,7 @@ class Tuner:
 
     def run(self, run_final: Callable[[list[RunSpec], dict[str, dict[str, Any]]], None] | None = None) -> dict:
         """Tune every cell to N trials, then run the best configurations on the grid's seeds."""
-        from peft3d.bench.runner import pending
+        from peft3d.schedule.runner import pending
 
         self.prepare()
         for i, cell in enumerate(self.cells, 1):
@@ -424,11 +424,11 @@ class Tuner:
         return read_manifest(self.root, self.grid)
 
     def run_final(self, todo: list[RunSpec], blocks: dict[str, dict[str, Any]]) -> None:
-        from peft3d.bench.runner import run_specs
+        from peft3d.schedule.runner import run_specs
 
         mirror = None
         if self.opts.mlflow_uri:
-            from peft3d.bench.tracking import Mirror
+            from peft3d.reporting.mirror import Mirror
 
             mirror = Mirror(self.opts.mlflow_uri, experiment=f"peft3d/{self.grid}.tuned")
 
@@ -524,7 +524,7 @@ def budget_line(manifest: dict[str, Any]) -> str:
 
 def write_tuned_tables(grid: str, root: Path) -> tuple[Path, str, int]:
     """``<grid>.tuned`` tables with the tuning budget under them; returns (md path, markdown, runs not succeeded)."""
-    from peft3d.bench.tables import runs_frame, write_tables
+    from peft3d.reporting.tables import runs_frame, write_tables
 
     manifest = read_manifest(root, grid)
     df = runs_frame([RunSpec.from_dict(d) for d in manifest["runs"]], root)

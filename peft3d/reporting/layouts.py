@@ -1,6 +1,6 @@
 """Paper layouts of a grid's results, rendered as markdown, CSV or LaTeX (``bench table --layout L --format F``).
 
-- ``default``: the method table with per-cell statistics, paired tests and Friedman (:mod:`peft3d.bench.tables`).
+- ``default``: the method table with per-cell statistics, paired tests and Friedman (:mod:`peft3d.reporting.tables`).
 - ``main``: the paper's main table: rows backbone / modality, columns datasets, with trainable parameters.
 - ``peft``: methods × backbones on one dataset, with Δ to Any2Point (or ``versus``).
 - ``modality``: language vs 2D vision vs audio, averaged over the backbones of each modality, with CIs.
@@ -8,7 +8,7 @@
 
 Each layout is built from the runs frame only (result JSONs), as a display frame (strings: md, LaTeX) and a
 numeric frame (CSV). ``reference="paper"`` adds the Any2Point paper's published figures
-(:mod:`peft3d.bench.reference`) as rows labelled with their source.
+(:mod:`peft3d.analysis.reference`) as rows labelled with their source.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from peft3d.bench import reference as ref
-from peft3d.bench import stats
-from peft3d.bench.tables import default_versus, fmt_params, md, paired_frame, render_markdown, summarize
+from peft3d.analysis import reference as ref
+from peft3d.analysis import stats
+from peft3d.reporting.tables import default_versus, fmt_params, md, paired_frame, render_markdown, summarize
 
 LAYOUTS = ("default", "main", "peft", "modality", "runs")
 FORMATS = ("md", "csv", "latex")
@@ -76,7 +76,7 @@ def datasets_of(df: pd.DataFrame, dataset: str | None) -> list[str]:
     if dataset:
         ds = [d for d in ds if _same_dataset(d, dataset)]
         if not ds:
-            from peft3d.errors import ConfigError
+            from peft3d.core.errors import ConfigError
 
             have = ", ".join(dict.fromkeys(df["dataset"]))
             raise ConfigError(f"dataset {dataset!r} is not in this grid (it has {have})")
@@ -92,7 +92,7 @@ def _paper_columns(datasets: list[str]) -> list[str]:
 def _pick_methods(methods: list[str], method: str | None) -> list[str]:
     if method:
         if method not in methods:
-            from peft3d.errors import ConfigError
+            from peft3d.core.errors import ConfigError
 
             raise ConfigError(f"method {method!r} has no runs in this grid (it has {', '.join(methods)})")
         return [method]
@@ -425,7 +425,7 @@ def render_default(grid: str, df: pd.DataFrame, fmt: str, versus: str | None = N
                    reference: str | None = None) -> str:
     """The default layout: the method table with statistics (md), per-cell statistics (csv) or the method
     table (LaTeX). ``reference`` appends the paper's main-table rows."""
-    from peft3d.bench.tables import method_table
+    from peft3d.reporting.tables import method_table
 
     if fmt == "md":
         text = render_markdown(grid, df, versus)

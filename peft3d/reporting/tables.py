@@ -3,8 +3,8 @@ never a number. Accuracies are overall accuracy on the official test set at the 
 
 The default table (what ``bench run`` prints) is the method table plus per-cell statistics (mean ± std,
 95% bootstrap CI, the test set's binomial SE), paired comparisons between methods on the same backbone ×
-dataset and a Friedman test across cells (:mod:`peft3d.bench.stats`). Paper layouts live in
-:mod:`peft3d.bench.layouts`.
+dataset and a Friedman test across cells (:mod:`peft3d.analysis.stats`). Paper layouts live in
+:mod:`peft3d.reporting.layouts`.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from peft3d.bench import stats
-from peft3d.bench.results import atomic_write_text, load_results
-from peft3d.spec import RunSpec
+from peft3d.analysis import stats
+from peft3d.core.results import atomic_write_text, load_results
+from peft3d.core.spec import RunSpec
 
 RUN_COLUMNS = ["run_id", "backbone", "weights", "method", "preset", "dataset", "seed", "status", "error",
                "test_acc", "val_acc", "test_acc_best_test", "test_acc_last", "selected_epoch", "n_test",

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.bench.cli import app, fail
+from peft3d.cli.app import app, fail
 
 GridOpt = typer.Option(..., "--grid", "-g", help="grid name (bench ls grids) or path to a .yaml file")
 ResultsOpt = typer.Option(None, "--results", help="results folder (default ./results or $PEFT3D_RESULTS)")
@@ -56,7 +56,7 @@ def _check_roots(specs) -> None:
 def validate(grid: str = GridOpt, data_root: Optional[list[str]] = typer.Option(None, "--data-root"),
              seeds: Optional[str] = typer.Option(None, "--seeds")) -> None:
     """Check a grid (names, settings, data roots) without running it. Never imports torch."""
-    from peft3d.bench.grids import expand
+    from peft3d.grids.loader import expand
 
     specs = expand(grid, _seeds(seeds), _roots(data_root))
     _check_roots(specs)
@@ -75,9 +75,9 @@ def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         no_mlflow: bool = typer.Option(False, "--no-mlflow", help="do not mirror runs to MLflow"),
         dry_run: bool = typer.Option(False, "--dry-run", help="list what would run")) -> None:
     """Run every missing run of a grid (resumable), then write its table."""
-    from peft3d.bench.grids import expand
-    from peft3d.bench.results import results_dir
-    from peft3d.bench.runner import pending
+    from peft3d.core.results import results_dir
+    from peft3d.grids.loader import expand
+    from peft3d.schedule.runner import pending
 
     specs = expand(grid, _seeds(seeds), _roots(data_root), device)
     _check_roots(specs)
@@ -106,11 +106,11 @@ def _run_with_progress(todo, root: Path, jobs: int, uri: str | None, no_mlflow: 
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from peft3d.bench.runner import run_specs
+    from peft3d.schedule.runner import run_specs
 
     mirror = None
     if not no_mlflow:
-        from peft3d.bench.tracking import Mirror, tracking_uri
+        from peft3d.reporting.mirror import Mirror, tracking_uri
 
         mirror = Mirror(tracking_uri(root, uri), experiment=f"peft3d/{Path(grid).stem}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -147,7 +147,7 @@ def _run_with_progress(todo, root: Path, jobs: int, uri: str | None, no_mlflow: 
 
 def _write_table(grid: str, specs, root: Path, echo: bool) -> int:
     """Write the grid's tables; returns the number of runs that are not successes."""
-    from peft3d.bench.tables import runs_frame, write_tables
+    from peft3d.reporting.tables import runs_frame, write_tables
 
     df = runs_frame(specs, root)
     md_path, csv_path, md = write_tables(Path(grid).stem, df, root)
@@ -173,10 +173,10 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
                                                "(default any2point, else linear)"),
           tuned: bool = typer.Option(False, "--tuned", help="the tuned runs written by 'bench tune'")) -> None:
     """Rebuild a grid's tables from its result JSONs only (no training); paper layouts with --layout."""
-    from peft3d.bench.grids import expand
-    from peft3d.bench.layouts import FORMATS, LAYOUTS, REFERENCES, render_layout
-    from peft3d.bench.results import atomic_write_text, results_dir
-    from peft3d.bench.tables import runs_frame
+    from peft3d.core.results import atomic_write_text, results_dir
+    from peft3d.grids.loader import expand
+    from peft3d.reporting.layouts import FORMATS, LAYOUTS, REFERENCES, render_layout
+    from peft3d.reporting.tables import runs_frame
 
     if layout not in LAYOUTS:
         fail(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -187,7 +187,7 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     root = results_dir(results)
     name = Path(grid).stem
     if tuned:
-        from peft3d.bench.tune import tuned_specs
+        from peft3d.tuning.tune import tuned_specs
 
         specs, name = tuned_specs(name, root), f"{name}.tuned"
     else:
@@ -205,7 +205,7 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     if layout in ("main", "modality"):
         opts["method"] = method
     if layout == "default" and dataset:
-        from peft3d.bench.layouts import datasets_of
+        from peft3d.reporting.layouts import datasets_of
 
         df = df[df["dataset"].isin(datasets_of(df, dataset))]
     elif layout != "default":
@@ -219,7 +219,7 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
 
 
 def _write_tuned(name: str, root: Path) -> None:
-    from peft3d.bench.tune import write_tuned_tables
+    from peft3d.tuning.tune import write_tuned_tables
 
     md_path, md, _ = write_tuned_tables(name.removesuffix(".tuned"), root)
     typer.echo(md)

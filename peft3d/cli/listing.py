@@ -38,7 +38,7 @@ def rows(what: str) -> list[dict[str, Any]]:
                  "classes": DATASETS.meta(n).get("classes"), "summary": DATASETS.meta(n).get("summary", "")}
                 for n in DATASETS.names()]
     if what == "grids":
-        from peft3d.bench.grids import list_grids, load_grid
+        from peft3d.grids.loader import list_grids, load_grid
 
         return [{"name": g, "description": " ".join(str(load_grid(g).get("description", "")).split())}
                 for g in list_grids()]

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from peft3d.spec import RunSpec
+from peft3d.core.spec import RunSpec
 
 # ------------------------------------------------------------------------------------------- owners
 

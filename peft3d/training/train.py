@@ -12,15 +12,15 @@ import torch
 from torch import nn
 
 from peft3d.backbones.base import state_checksum
-from peft3d.bench.environment import environment
-from peft3d.bench.results import SCHEMA
+from peft3d.core.results import SCHEMA
+from peft3d.core.spec import RunSpec
 from peft3d.datasets import DATASETS, split_name
 from peft3d.datasets.base import PointCloudData
 from peft3d.datasets.protocols import eval_points, get_protocol
 from peft3d.datasets.sampling import TrainSampler
 from peft3d.models.build import build_model
 from peft3d.models.model import PointModel, param_groups
-from peft3d.spec import RunSpec
+from peft3d.schedule.environment import environment
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -68,7 +68,7 @@ def precision_for(device: str) -> str:
     result's environment). An execution detail like the device: not part of the run id."""
     import os
 
-    from peft3d.errors import ConfigError
+    from peft3d.core.errors import ConfigError
 
     p = os.environ.get("PEFT3D_PRECISION") or ("bf16" if device.startswith("cuda") else "fp32")
     if p not in ("fp32", "bf16"):

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from peft3d.bench import layouts
-from peft3d.bench.results import atomic_write_text, load_results
-from peft3d.bench.tables import friedman_of, method_table, paired_frame, stats_table, summarize
+from peft3d.core.results import atomic_write_text, load_results
+from peft3d.reporting import layouts
+from peft3d.reporting.tables import friedman_of, method_table, paired_frame, stats_table, summarize
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
@@ -316,7 +316,7 @@ def _friedman_html(summary: pd.DataFrame) -> str:
 
 def write_report(grid: str, specs: list, root: Path, out: Path | None = None, reference: str | None = None,
                  extra: list[str] | None = None) -> Path:
-    from peft3d.bench.tables import runs_frame
+    from peft3d.reporting.tables import runs_frame
 
     df = runs_frame(specs, root)
     results = load_results(root, list(df["run_id"]))

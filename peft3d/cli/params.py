@@ -13,19 +13,19 @@ from typing import Any
 
 import typer
 
-from peft3d.bench.cli import app, fail
-from peft3d.errors import Peft3dError
-from peft3d.registry import RegistryError
+from peft3d.cli.app import app, fail
+from peft3d.core.errors import Peft3dError
+from peft3d.core.registry import RegistryError
 
 
 def count_params(backbone: str, method: str, preset: str | None = None, full_size: bool = False,
                  weights: str = "random", num_classes: int = 15) -> dict[str, Any]:
     """Build the model and return its parameter groups (:func:`peft3d.models.model.param_groups`)."""
     from peft3d.backbones import BACKBONES
+    from peft3d.core.spec import RunSpec
     from peft3d.methods import METHODS, config_class
     from peft3d.models.build import build_model
     from peft3d.models.model import param_groups
-    from peft3d.spec import RunSpec
 
     BACKBONES.check(backbone)
     METHODS.check(method)
