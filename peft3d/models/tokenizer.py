@@ -25,9 +25,11 @@ def conv1x1(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
-def batch_norm_rows(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+def batch_norm_rows(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
     """``bn`` (a BatchNorm1d/2d) over channels-last ``x (..., C)``: statistics per channel over every leading
-    dimension, exactly what the module computes on the channels-first layout; running stats updated alike."""
+    dimension, exactly what the module computes on the channels-first layout; running stats updated alike.
+    ``relu``: applied in place *before* reshaping back (an in-place op on a view would make autograd copy the
+    whole tensor in backward)."""
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
@@ -37,7 +39,7 @@ def batch_norm_rows(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> tor
     track = not bn.training or bn.track_running_stats
     out = F.batch_norm(x.reshape(-1, x.shape[-1]), bn.running_mean if track else None,
                        bn.running_var if track else None, bn.weight, bn.bias, batch_stats, momentum, bn.eps)
-    return out.view(x.shape)
+    return (torch.relu_(out) if relu else out).view(x.shape)
 
 
 class Bottleneck(nn.Module):
@@ -52,7 +54,7 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # channels-last (B, G, K, C)
         conv1, bn1, _, conv2, bn2 = self.net
-        h = torch.relu_(batch_norm_rows(bn1, conv1x1(conv1, x)))
+        h = batch_norm_rows(bn1, conv1x1(conv1, x), relu=True)
         return torch.relu_(batch_norm_rows(bn2, conv1x1(conv2, h)) + x)
 
 
@@ -97,7 +99,11 @@ class Stage(nn.Module):
         c_feat = gather(feat, c_idx).unsqueeze(2).expand_as(nb_feat)
         x = torch.cat([nb_feat, c_feat], dim=-1).add_(pe.to(feat.dtype))  # (B, G, K, 2C)
         x = self.blocks(x)
-        return centres, x.amax(dim=2), sub_matrix(dist, c_idx)
+        # max, not amax: the same values, and a backward that scatters to the arg-max instead of building a
+        # tie mask and counting it in int64 (amax's backward was the largest copy in the profile). On exact
+        # ties the gradient goes to one neighbour instead of being split; ties happen at ReLU's zeros, whose
+        # gradient is zero either way.
+        return centres, x.max(dim=2).values, sub_matrix(dist, c_idx)
 
 
 class PointTokenizer(nn.Module):
@@ -122,7 +128,7 @@ class PointTokenizer(nn.Module):
         if xyz.shape[1] % 2**self.cfg.num_stages:
             raise ValueError(f"{xyz.shape[1]} points is not divisible by 2**num_stages={2**self.cfg.num_stages}")
         xyz = xyz.float()  # geometry in fp32 even under autocast
-        feat = torch.relu_(batch_norm_rows(self.raw[1], conv1x1(self.raw[0], xyz)))  # (B, N, C0)
+        feat = batch_norm_rows(self.raw[1], conv1x1(self.raw[0], xyz), relu=True)  # (B, N, C0)
         centres = xyz
         with torch.no_grad():
             dist = pairwise_sq_dist(xyz)
