@@ -137,7 +137,7 @@ def _perf_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_bench_perf_json_without_mlflow_or_optuna():
     r = _perf_cli("-b", "test_bert", "-m", "adapter", "--points", "64", "--batch", "4",
-                  "--steps", "2", "--warmup", "1", "--threads", "1", "--json")
+                  "--steps", "1", "--warmup", "1", "--threads", "1", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert list(out["methods"]) == ["linear", "adapter"]  # the floor is always measured
