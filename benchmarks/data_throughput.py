@@ -1,9 +1,8 @@
 """Samples/s of the training data pipeline, to compare with the model's step rate. Default: batch 32, 1024 points
 drawn from 2048 stored (ScanObjectNN), every protocol; also 8192 stored (ModelNet40's Point-BERT cache).
 
-Two pipelines: ``protocols.train_batch`` (FPS from a random start on every batch, then a random subset and the
-augmentation) and ``sampling.TrainSampler.batch`` (the FPS candidates precomputed once per training set — the
-one-off cost is printed — so a batch is a gather plus the augmentation).
+The pipeline is ``sampling.TrainSampler.batch``: the FPS candidates are precomputed once per training set (the
+one-off cost is printed), so a batch is a gather plus the augmentation.
 
     python benchmarks/data_throughput.py                       # synthetic clouds, no files needed
     python benchmarks/data_throughput.py --root DIR            # a ScanObjectNN h5_files folder (or an export)
@@ -17,14 +16,13 @@ import time
 import numpy as np
 
 
-def measure(points: np.ndarray, proto_name: str, batch: int, num_points: int, seconds: float,
-            sampler=None) -> float:
-    from peft3d.datasets.protocols import get_protocol, train_batch
+def measure(points: np.ndarray, proto_name: str, batch: int, seconds: float, sampler) -> float:
+    from peft3d.datasets.protocols import get_protocol
 
     proto, rng = get_protocol(proto_name), np.random.default_rng(0)
 
     def step(idx: np.ndarray) -> np.ndarray:
-        return sampler.batch(idx, proto, rng) if sampler else train_batch(points[idx], num_points, proto, rng)
+        return sampler.batch(idx, proto, rng)
 
     step(np.arange(batch))  # warm-up
     n, t0 = 0, time.perf_counter()
@@ -75,9 +73,8 @@ def main() -> None:
         print(f"    TrainSampler precompute: {pre:.1f} s for {len(points)} samples × {args.starts} starts "
               f"({len(points) / pre:.0f} samples/s, once per training set, then cached on disk)")
         for name in args.protocols:
-            for label, s in (("train_batch", None), ("TrainSampler", sampler)):
-                rate = measure(points, name, args.batch, args.num_points, args.seconds, s)
-                print(f"    {name:16s} {label:13s} {rate:8.0f} samples/s  ({rate / args.batch:6.1f} batches/s)")
+            rate = measure(points, name, args.batch, args.seconds, sampler)
+            print(f"    {name:16s} TrainSampler  {rate:8.0f} samples/s  ({rate / args.batch:6.1f} batches/s)")
 
 
 if __name__ == "__main__":

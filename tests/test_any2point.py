@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from fixtures_backbones import one_thread  # noqa: F401  (autouse fixture)
 
+from peft3d.backbones import BACKBONES
 from peft3d.backbones.base import PosTable
 from peft3d.methods.any2point.config import Any2PointConfig
 from peft3d.methods.any2point.layers import LocalAttentions, ViewBatchNorm, ensemble_weights, pool
@@ -38,9 +39,11 @@ class FakeBackbone:
         return self.t
 
 
-def projection(table: torch.Tensor, family: str = "dinov2", canvas=None, patch=None, **cfg) -> VirtualProjection:
+def projection(table: torch.Tensor, backbone: str = "dinov2", canvas=None, patch=None, **cfg) -> VirtualProjection:
+    """The projection on a fake table, with the released-arm quirks that ``backbone`` declares."""
     c = Any2PointConfig(**cfg)
-    return VirtualProjection(FakeBackbone(table, canvas, patch), c, c.flags(family), ForwardContext())
+    flags = c.flags(BACKBONES.meta(backbone)["a2p_arm_quirks"])
+    return VirtualProjection(FakeBackbone(table, canvas, patch), c, flags, ForwardContext())
 
 
 def table_2d(shape, d: int = 8) -> torch.Tensor:

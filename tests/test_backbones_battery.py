@@ -102,3 +102,14 @@ def test_ffn_site_delta_joins_the_residual(backbone):
         assert torch.allclose(after - before, ramp.expand_as(x), atol=1e-5)
     else:
         assert not torch.allclose(after, before)
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_no_backbone_has_stochastic_depth(name):
+    """PointModel.train() silences the pretrained nn.Dropout modules only; it relies on no backbone carrying a
+    drop-path module (each is built with rate 0 or nn.Identity)."""
+    device = "cpu" if BACKBONES.meta(name).get("test") else "meta"
+    bb = BACKBONES.get(name)(weights="random", device=device)
+    stochastic = sorted({type(m).__name__ for m in bb.modules() if "droppath" in type(m).__name__.lower()
+                         or "stochasticdepth" in type(m).__name__.lower()})
+    assert not stochastic, f"{name}: {stochastic}"

@@ -13,8 +13,9 @@ from fixtures_backbones import one_thread  # noqa: F401  (autouse fixture)
 from torch import nn
 
 from peft3d.backbones import BACKBONES, bert, clip, hf_vit, imagebind, ssast
-from peft3d.backbones.base import file_sha256, state_checksum
+from peft3d.backbones.base import state_checksum
 from peft3d.backbones.sources import weights_available
+from peft3d.core.digest import file_sha256
 from peft3d.core.errors import WeightsError
 
 TOL = 1e-5

@@ -13,6 +13,7 @@ from peft3d.backbones import BACKBONES
 
 PLAIN, EXTRA = 85_054_464, 85_072_896  # 12 x 7,087,872; + 12 x 1,536 (layer scale / bias_k, bias_v)
 PUBLISHED = {  # name: (block params, pos table shape, canvas, patch)
+    "minilm": (10_646_784, (512, 384), None, None),  # 6 x 1,774,464 (all-MiniLM-L6-v2: 384 wide, 1536 FFN)
     "clip_text": (PLAIN, (77, 768), None, None),
     "roberta": (PLAIN, (512, 768), None, None),
     "dinov2": (EXTRA, (37, 37, 768), (518, 518), (14, 14)),
@@ -24,7 +25,7 @@ REAL = [n for n in BACKBONES.names() if not BACKBONES.meta(n).get("test")]
 
 
 def test_every_real_backbone_has_a_published_size():
-    assert set(PUBLISHED) <= set(REAL)
+    assert set(REAL) <= set(PUBLISHED), f"no published size for {sorted(set(REAL) - set(PUBLISHED))}"
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -37,8 +38,9 @@ def test_full_size_block_params_on_meta(name):
         assert bb.block_param_count() == params
         pt = bb.pos_table()
         assert tuple(pt.table.shape) == shape and pt.canvas == canvas and pt.patch == patch
-        assert (bb.spec.width, bb.spec.depth, bb.spec.heads) == (768, 12, 12)
-        assert len(bb.blocks) == 12 and "position_table" in dict(bb.named_buffers())
+        size = (384, 6, 12) if name == "minilm" else (768, 12, 12)
+        assert (bb.spec.width, bb.spec.depth, bb.spec.heads) == size
+        assert len(bb.blocks) == size[1] and "position_table" in dict(bb.named_buffers())
         assert all(not n.startswith("position_table") for n, _ in bb.named_parameters())
 
 
@@ -51,8 +53,10 @@ def test_bench_params_full_size_json(name):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["backbone"] == name and out["method"] == "lora" and out["blocks"] == PUBLISHED[name][0]
-    per_block = 4608 if name in ("imagebind_audio", "ssast") else 6144  # fused vs separate q,k,v (pitfall 8)
-    assert out["method_params"] == 12 * per_block * 8  # r = 8
+    width, depth = PUBLISHED[name][1][-1], 6 if name == "minilm" else 12
+    # per block and unit of r: q, k, v, o as four width x width LoRAs (8 w) or fused qkv + o (6 w) (pitfall 8)
+    per_block = 6 * width if name in ("imagebind_audio", "ssast") else 8 * width
+    assert out["method_params"] == depth * per_block * 8  # r = 8
     assert out["trainable_excluding_head"] == out["method_params"] + out["shared"]
     assert out["trainable"] == out["trainable_excluding_head"] + out["head"]
     assert out["total"] >= out["blocks"] + out["trainable"]  # + frozen non-block parts (embed norm)

@@ -44,11 +44,13 @@ def test_run_id_stable_and_sensitive():
 
 
 def test_run_id_is_pinned_across_processes():
+    """A literal id: a change to RunSpec's canonical form or hash orphans every stored result and fails here."""
     code = ("from peft3d.core.spec import RunSpec; print(RunSpec(backbone='minilm', method='adapter', "
             "method_cfg={'bottleneck': 8}).run_id)")
     ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={"PYTHONHASHSEED": str(s), "PATH": ""}).stdout.strip() for s in (1, 2)}
-    assert len(ids) == 1
+    assert ids == {"138d3c228330"}
+    assert RunSpec(backbone="minilm", method="linear").run_id == "1ce24748fc59"
 
 
 def test_spec_rejects_unknown_and_bad_values():
@@ -111,7 +113,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
 
 
 def test_ls_and_validate_do_not_import_torch():
-    code = ("import sys; from peft3d.cli import listing; from peft3d.grids.loader import expand; "
+    code = ("import sys; from peft3d.cli import ls as listing; from peft3d.grids.loader import expand; "
             "[listing.rows(w) for w in ('backbones','methods','datasets','grids','presets')]; "
             "expand('quickstart'); expand('smoke'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -125,3 +127,47 @@ def test_bench_ls_json():
                          text=True, check=True)
     names = [r["name"] for r in json.loads(out.stdout)]
     assert {"linear", "full", "prompt", "adapter", "lora"} <= set(names)
+
+
+def test_compare_to_comes_from_the_grid(tmp_path):
+    from peft3d.grids.loader import compare_to
+
+    base = "backbones: [test_bert]\nweights: [random]\ndatasets: [synthetic]\nmethods: [lora, prompt, linear]\n"
+    assert compare_to(write_grid(tmp_path, base, "first.yaml")) == "lora"  # default: the grid's first method
+    assert compare_to(write_grid(tmp_path, base + "compare_to: prompt\n", "named.yaml")) == "prompt"
+    bad = write_grid(tmp_path, base + "compare_to: adapter\n", "bad.yaml")
+    with pytest.raises(ConfigError, match="compare_to 'adapter' is not one of its methods"):
+        expand(bad)
+    assert compare_to("smoke") == "any2point" and compare_to("paper_any2point") == "any2point"
+    # an including grid that lists its own methods does not inherit the included grid's comparison
+    child = write_grid(tmp_path, "include: named.yaml\nmethods: [linear, lora]\n", "child.yaml")
+    assert compare_to(child) == "linear"
+    kept = write_grid(tmp_path, "include: named.yaml\nseeds: [3]\n", "kept.yaml")
+    assert compare_to(kept) == "prompt"
+
+
+def test_bench_ls_grids_one_line_each_and_long():
+    from peft3d.grids.loader import list_grids
+
+    run = lambda *a: subprocess.run([sys.executable, "-m", "peft3d", "ls", "grids", *a], capture_output=True,  # noqa: E731
+                                    text=True, check=True).stdout.splitlines()
+    short, long = run(), run("--long")
+    assert [line.split()[0] for line in short] == list_grids()
+    smoke = next(line for line in short if line.startswith("smoke "))
+    assert smoke.endswith("Tiny models, few points, two epochs — the test suite's end-to-end grid (< 1 minute).")
+    assert len(long) > len(short) and any("docs/any2point.md" in line for line in long)
+
+
+def test_readme_and_grid_descriptions_cite_only_files_in_the_repository():
+    import re
+    from pathlib import Path
+
+    from peft3d.grids.loader import list_grids, load_grid
+
+    repo = Path(__file__).resolve().parents[1]
+    texts = {"README.md": (repo / "README.md").read_text()}
+    texts.update({f"grid {g}": str(load_grid(g).get("description", "")) for g in list_grids()})
+    for where, text in texts.items():
+        assert "../" not in text and "/shared" not in text, where
+        for ref in re.findall(r"[\w./-]+\.md\b", text):
+            assert (repo / ref).is_file(), f"{where} cites {ref}, which is not a file of the repository"

@@ -103,8 +103,18 @@ def test_grid_names_resolve(name):
     family, variant = split_name(name)
     meta = DATASETS.meta(family)
     assert (variant or meta["default_variant"]) in meta["variants"]
-    assert {"variants", "classes", "default_variant", "needs_root", "summary", "counts"} <= set(meta)
-    assert DATASETS.get(family).variants == meta["variants"]  # registry metadata matches the class
+    assert {"variants", "classes", "default_variant", "needs_root", "summary", "counts", "tag"} <= set(meta)
+    assert DATASETS.get(family).variants == meta["variants"]  # the class reads the registry
+
+
+def test_registry_metadata_fits_each_reader():
+    from peft3d.datasets import modelnet40, scanobjectnn, synthetic
+
+    assert set(scanobjectnn.LAYOUT) == set(DATASETS.meta("scanobjectnn")["variants"])
+    assert set(modelnet40.FORMATS) | {"auto"} == set(DATASETS.meta("modelnet40")["variants"])
+    assert len(scanobjectnn.CLASSES) == DATASETS.meta("scanobjectnn")["classes"] == 15
+    assert len(modelnet40.CLASSES) == DATASETS.meta("modelnet40")["classes"] == 40
+    assert len(synthetic.SHAPES) == DATASETS.meta("synthetic")["classes"] == 12
 
 
 def test_published_counts_in_registry():

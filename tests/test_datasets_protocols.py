@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from peft3d.core.errors import ConfigError
-from peft3d.datasets.protocols import PROTOCOLS, augment, get_protocol, train_batch
+from peft3d.datasets.protocols import PROTOCOLS, augment, get_protocol
 from peft3d.datasets.sampling import TrainSampler
 from peft3d.models.geometry import farthest_point_sample
 
@@ -44,14 +44,15 @@ def test_fps_matrix_and_streaming_paths_agree_and_honour_start(monkeypatch):
     assert streaming[:, 0].tolist() == start.tolist()
 
 
-def test_train_batch_shapes_and_determinism():
+def test_train_sampler_batches_are_seeded_and_checked():
     proto = get_protocol("any2point_scan")
-    a = train_batch(PTS, 32, proto, np.random.default_rng(3))
-    b = train_batch(PTS, 32, proto, np.random.default_rng(3))
+    sampler = TrainSampler(PTS, 32, starts=2)
+    a = sampler.batch(np.arange(6), proto, np.random.default_rng(3))
+    b = sampler.batch(np.arange(6), proto, np.random.default_rng(3))
     assert a.shape == (6, 32, 3) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ConfigError, match="exceeds"):
-        train_batch(PTS, 97, proto, np.random.default_rng(0))
+        TrainSampler(PTS, 97)
 
 
 def test_rotation_about_up_keeps_height_and_radius():

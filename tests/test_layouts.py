@@ -15,6 +15,7 @@ from peft3d.reporting import layouts
 from peft3d.reporting.tables import runs_frame
 
 GOLDEN = Path(__file__).parent / "golden"
+VERSUS = "any2point"  # the golden fixture's grid compares with Any2Point (a grid's compare_to)
 UPDATE = os.environ.get("PEFT3D_UPDATE_GOLDEN") == "1"
 EXT = {"md": "md", "csv": "csv", "latex": "tex"}
 
@@ -41,7 +42,7 @@ CASES += [("main", "csv", "paper"), ("peft", "latex", "paper")]
 
 @pytest.mark.parametrize("layout,fmt,reference", CASES)
 def test_layout_matches_golden(frame, layout, fmt, reference):
-    text = layouts.render_layout("golden", frame, layout, fmt, reference=reference)
+    text = layouts.render_layout("golden", frame, layout, fmt, reference=reference, versus=VERSUS)
     path = GOLDEN / f"{layout}{'.paper' if reference else ''}.{EXT[fmt]}"
     if UPDATE or not path.exists():
         path.write_text(text)
@@ -51,7 +52,7 @@ def test_layout_matches_golden(frame, layout, fmt, reference):
 
 
 def test_failed_and_missing_cells_are_blanks_with_reasons(frame):
-    peft = layouts.render_layout("golden", frame, "peft", "md", dataset="modelnet40")
+    peft = layouts.render_layout("golden", frame, "peft", "md", dataset="modelnet40", versus=VERSUS)
     assert "(n=2/3)" in peft  # ssast/lora/modelnet40 lost one seed to a failure: the mean uses the other two
     main = layouts.build("main", frame, method="lora")
     assert "84.7 ± 0.3 (n=2/3)" in main.display.to_string()
@@ -62,34 +63,34 @@ def test_failed_and_missing_cells_are_blanks_with_reasons(frame):
 
 
 def test_paper_reference_shows_the_papers_figures(frame):
-    main = layouts.render_layout("golden", frame, "main", "md", reference="paper")
+    main = layouts.render_layout("golden", frame, "main", "md", reference="paper", versus=VERSUS)
     for fig in ("91.9", "94.3", "87.7", "93.2", "87.0", "92.7", "89.7", "87.3", "87.1", "90.6"):  # §7.1 + §7.5
         assert fig in main
     assert "| paper " in main and "best-epoch-on-test" in main
-    peft = layouts.render_layout("golden", frame, "peft", "md", reference="paper")
+    peft = layouts.render_layout("golden", frame, "peft", "md", reference="paper", versus=VERSUS)
     for delta in ("−2.8", "−2.3", "−5.6"):  # Any2Point minus prompt / adapter / LoRA on PB-T50-RS (§7.5)
         assert delta in peft
-    mn = layouts.render_layout("golden", frame, "peft", "md", reference="paper", dataset="modelnet40")
+    mn = layouts.render_layout("golden", frame, "peft", "md", reference="paper", dataset="modelnet40", versus=VERSUS)
     for delta in ("−1.3", "−1.8", "−2.6"):
         assert delta in mn
-    modality = layouts.render_layout("golden", frame, "modality", "md", reference="paper")
+    modality = layouts.render_layout("golden", frame, "modality", "md", reference="paper", versus=VERSUS)
     assert "91.9‡ (clip_text), 89.7‡ (roberta)" in modality
 
 
 def test_paper_rows_sit_beside_ours(frame):
-    d = layouts.build("main", frame, reference="paper").display
+    d = layouts.build("main", frame, reference="paper", versus=VERSUS).display
     ours = d.index[(d["source"] == "ours") & (d["Backbone"] == "clip_text")][0]
     assert d.loc[ours + 1, "source"] == "paper" and d.loc[ours + 1, "Backbone"] == "clip_text"
 
 
 def test_modality_ranking_orders_language_first(frame):
-    num = layouts.build("modality", frame).numeric
+    num = layouts.build("modality", frame, versus=VERSUS).numeric
     assert list(num["modality"]) == ["language", "vision", "audio"]
     assert (num["scanobjectnn/pb_t50_rs:ci_low"] <= num["scanobjectnn/pb_t50_rs:mean"]).all()
 
 
 def test_peft_delta_is_method_minus_any2point(frame):
-    num = layouts.build("peft", frame).numeric.set_index("method")
+    num = layouts.build("peft", frame, versus=VERSUS).numeric.set_index("method")
     assert num.loc["linear", "clip_text:delta"] == pytest.approx(
         num.loc["linear", "clip_text:mean"] - num.loc["any2point", "clip_text:mean"])
     assert num.loc["linear", "clip_text:p_permutation"] == pytest.approx(0.25)  # 3 paired seeds, all worse

@@ -14,7 +14,7 @@ Contract (DESIGN.md):
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import torch
@@ -171,8 +171,6 @@ class Backbone(nn.Module):
             x = blk(x)
         return self.final_norm(x)
 
-    def frozen_parameters(self) -> list[nn.Parameter]:
-        return list(self.parameters())
 
     def block_param_count(self) -> int:
         return sum(p.numel() for p in self.blocks.parameters())
@@ -189,20 +187,3 @@ def state_checksum(module: nn.Module) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
-
-
-@dataclass
-class LoadReport:
-    """What a strict load saw; anything in ``missing`` or ``unexpected`` beyond the allow-list is an error."""
-
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)

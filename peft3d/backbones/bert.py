@@ -13,10 +13,10 @@ from peft3d.backbones.base import (
     BackboneSpec,
     PosTable,
     PostLNOutputSite,
-    file_sha256,
     state_checksum,
 )
 from peft3d.backbones.sources import minilm_dir, parse_weights
+from peft3d.core.digest import file_sha256
 from peft3d.core.errors import WeightsError
 
 # all-MiniLM-L6-v2, revision 1110a243: sha256 of model.safetensors as published on the Hub.

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from peft3d.backbones.base import Backbone, PreLNFFNSite, file_sha256, state_checksum
+from peft3d.backbones.base import Backbone, PreLNFFNSite, state_checksum
 from peft3d.backbones.sources import KNOWN_SHA256, describe_search, locate, parse_weights
+from peft3d.core.digest import file_sha256
 from peft3d.core.errors import WeightsError
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",

@@ -23,15 +23,6 @@ def hub_cached(repo_id: str) -> Path | None:
     return None
 
 
-def torch_hub_file(filename: str) -> Path | None:
-    """A checkpoint file in the torch hub cache or in ``$PEFT3D_WEIGHTS`` (default ``./weights``)."""
-    roots = [Path(os.environ.get("PEFT3D_WEIGHTS", "weights"))]
-    th = os.environ.get("TORCH_HOME", str(Path.home() / ".cache" / "torch"))
-    roots.append(Path(th) / "hub" / "checkpoints")
-    for r in roots:
-        if (r / filename).is_file():
-            return r / filename
-    return None
 
 
 def minilm_dir() -> Path | None:

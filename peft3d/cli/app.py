@@ -4,7 +4,6 @@ User errors (:class:`peft3d.core.errors.Peft3dError`) print one line and exit 2.
 """
 from __future__ import annotations
 
-import json
 import sys
 
 import typer
@@ -16,54 +15,88 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="peft3d: which pretrained modality transfers best to 3D point clouds, under which PEFT method.")
 
 
+@app.callback()
+def _group() -> None:
+    # A callback keeps ``bench`` a command group even when a test mounts a single sub-command.
+    pass
+
+
 def fail(msg: str, code: int = 2) -> None:
     typer.secho(f"error: {msg}", fg="red", err=True)
     raise typer.Exit(code)
 
 
-def _ls_rows(what: str) -> list[dict]:
-    from peft3d.cli import listing
+GridOpt = typer.Option(..., "--grid", "-g", help="grid name (bench ls grids) or path to a .yaml file")
+ResultsOpt = typer.Option(None, "--results", help="results folder (default ./results or $PEFT3D_RESULTS)")
 
-    return listing.rows(what)
+# One module per sub-command. They import this module (and the layers below), never each other; they are
+# imported by name here so that app.py does not import them back (no cycle), and a missing one fails loudly.
+COMMANDS = ("ls", "validate", "run", "table", "data", "params", "perf", "report", "tune")
 
 
-@app.command("ls")
-def ls(what: str = typer.Argument(..., help="backbones | methods | datasets | grids | presets"),
-       as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
-    """List registered names (never imports torch)."""
+def parse_roots(items: list[str] | None) -> dict[str, str]:
+    """``--data-root FAMILY=PATH`` options -> ``{family: path}``."""
+    out = {}
+    for it in items or []:
+        fam, sep, path = it.partition("=")
+        if not sep or not path:
+            fail(f"--data-root expects FAMILY=PATH (e.g. scanobjectnn=/data/ScanObjectNN/h5_files), got {it!r}")
+        out[fam] = path
+    return out
+
+
+def parse_seeds(s: str | None) -> list[int] | None:
+    """``--seeds 0,1,2`` -> ``[0, 1, 2]`` (None: the grid's seeds)."""
+    if s is None:
+        return None
     try:
-        rows = _ls_rows(what)
-    except ValueError as e:
-        fail(str(e))
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--seeds expects a comma-separated list of integers, got {s!r}")
+        return None
 
-    from peft3d.cli.listing import JSON_ONLY
 
-    table = Table(title=what)
-    cols = [c for c in (rows[0] if rows else ["name"]) if c not in JSON_ONLY]
-    for col in cols:
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(*[str(r[c]) for c in cols])
-    Console().print(table)
-    if any(c in JSON_ONLY for c in (rows[0] if rows else [])):
-        Console().print("(--json adds where each backbone's weights were looked for)")
+def check_roots(specs) -> None:
+    """Fail (one line) on the first dataset whose files are missing or malformed, before anything runs."""
+    from peft3d.datasets import DATASETS, check_root
+
+    seen = set()
+    for s in specs:
+        key = (s.dataset, s.variant, s.data_root)
+        if key in seen:
+            continue
+        seen.add(key)
+        if DATASETS.meta(s.dataset).get("needs_root", True) and not s.data_root:
+            fail(f"dataset {s.dataset} needs its files: set data_root in the grid or pass "
+                 f"--data-root {s.dataset}=PATH (see: bench data info {s.dataset})")
+        if s.data_root:
+            problem = check_root(s.dataset, s.variant, s.data_root)
+            if problem:
+                fail(problem)
+
+
+def write_table(grid: str, specs, root, echo: bool, versus: str | None = None) -> int:
+    """Write the grid's default tables (md + csv), comparing with ``versus`` (default: the grid's
+    ``compare_to``); returns the number of runs that are not successes."""
+    from pathlib import Path
+
+    from peft3d.grids.loader import compare_to
+    from peft3d.reporting.tables import runs_frame, write_tables
+
+    df = runs_frame(specs, root)
+    md_path, csv_path, md = write_tables(Path(grid).stem, df, root, versus or compare_to(grid))
+    if echo:
+        typer.echo(md)  # plain markdown: pastes into a paper draft or an issue as is
+        typer.echo(f"wrote {md_path} and {csv_path}")
+    return int((df["status"] != "success").sum())
 
 
 def _mount() -> None:
-    """Sub-commands that live in their own modules (kept import-light)."""
-    from peft3d.cli import (  # noqa: F401
-        commands,  # noqa: F401  (registers run/table/validate/...)
-        data,
-        params,
-        perf,
-        report,
-        tune,
-    )
+    """Import every sub-command module (each registers its commands on :data:`app`)."""
+    import importlib
+
+    for name in COMMANDS:
+        importlib.import_module(f"peft3d.cli.{name}")
 
 
 def main() -> None:

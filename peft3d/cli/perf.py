@@ -40,8 +40,8 @@ def _print_table(r: dict) -> None:
 @app.command("perf")
 def perf(backbone: str = typer.Option("minilm", "--backbone", "-b", help="backbone name (bench ls backbones)"),
          methods: Optional[list[str]] = typer.Option(None, "--methods", "-m",
-                                                     help="methods to time (repeat; default: all); "
-                                                          "linear, the floor, is always included"),
+                                                     help="methods to time (repeat; default: every registered "
+                                                          "method); the floor method is always included"),
          points: Optional[int] = typer.Option(None, "--points", help="points per cloud (default 128; "
                                                                      "1024 with --paper)"),
          batch: int = typer.Option(16, "--batch"),
@@ -63,10 +63,10 @@ def perf(backbone: str = typer.Option("minilm", "--backbone", "-b", help="backbo
          as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Median ms/step per method, ratio to the linear floor, peak memory, samples/s and the tokenizer's
     share; random weights by default (the step time does not depend on them)."""
-    from peft3d.training.perf import ALL_METHODS, PerfSettings, measure
+    from peft3d.training.perf import PerfSettings, measure
 
     try:
-        s = PerfSettings(backbone=backbone, methods=tuple(methods or ALL_METHODS), points=points, batch=batch,
+        s = PerfSettings(backbone=backbone, methods=tuple(methods or ()), points=points, batch=batch,
                          paper=paper, device=device, precision=precision, compile=compile_, steps=steps,
                          warmup=warmup, full_size=full_size, weights=weights, threads=threads,
                          attention=attention if attention is not None else

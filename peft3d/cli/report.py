@@ -6,8 +6,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import app, fail
-from peft3d.cli.commands import GridOpt, ResultsOpt, _roots, _seeds
+from peft3d.cli.app import GridOpt, ResultsOpt, app, fail, parse_roots, parse_seeds
 
 
 @app.command("report")
@@ -21,7 +20,7 @@ def report(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
            data_root: Optional[list[str]] = typer.Option(None, "--data-root")) -> None:
     """Write one self-contained HTML file with the grid's tables and plots (from result JSONs only)."""
     from peft3d.core.results import results_dir
-    from peft3d.grids.loader import expand
+    from peft3d.grids.loader import compare_to, expand
     from peft3d.reporting.report import write_report
 
     if reference not in (None, "paper"):
@@ -37,6 +36,6 @@ def report(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
                  f"budget: {'yes' if m['equal_budget'] else 'NO'}; best configuration run on the grid's seeds."]
         name = f"{name}.tuned"
     else:
-        specs = expand(grid, _seeds(seeds), _roots(data_root))
-    path = write_report(name, specs, root, out, reference, extra)
+        specs = expand(grid, parse_seeds(seeds), parse_roots(data_root))
+    path = write_report(name, specs, root, out, reference, extra, compare_to(grid))
     typer.echo(f"wrote {path}")

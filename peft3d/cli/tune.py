@@ -10,8 +10,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import app, fail
-from peft3d.cli.commands import GridOpt, ResultsOpt, _check_roots, _roots, _seeds
+from peft3d.cli.app import GridOpt, ResultsOpt, app, check_roots, fail, parse_roots, parse_seeds
 
 
 def _sigterm_as_interrupt(*_: object) -> None:
@@ -36,18 +35,18 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     pruning on the validation curve), then run the best configuration of each on the grid's seeds.
     Resumable: re-run the same command after an interruption."""
     from peft3d.core.results import results_dir
-    from peft3d.grids.loader import expand
+    from peft3d.grids.loader import compare_to, expand
     from peft3d.reporting.mirror import tracking_uri as default_uri
     from peft3d.tuning.tune import TuneOptions, Tuner, cells_of, storage_url, write_tuned_tables
 
-    specs = expand(grid, _seeds(seeds), _roots(data_root), device)
+    specs = expand(grid, parse_seeds(seeds), parse_roots(data_root), device)
     root = results_dir(results)
     name = Path(grid).stem
     if dry_run:  # listing the studies needs no data
         for c in cells_of(specs, name):
             typer.echo(f"  {c.study_name}  ({len(c.specs)} seeds)")
         return
-    _check_roots(specs)
+    check_roots(specs)
     if pruner not in ("median", "none"):
         fail(f"--pruner must be 'median' or 'none', got {pruner!r}")
     os.environ.setdefault("PEFT3D_CACHE", str(root / "cache"))  # one evaluation FPS cache for every study
@@ -63,7 +62,7 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
         typer.secho("interrupted: the running trial is marked interrupted (not counted); re-run the same command "
                     "to resume", fg="yellow", err=True)
         raise typer.Exit(130) from None
-    md_path, md, n_bad = write_tuned_tables(name, root)
+    md_path, md, n_bad = write_tuned_tables(name, root, compare_to(grid))
     typer.echo(md)
     typer.echo(f"wrote {md_path}; manifest {root / 'tune' / (name + '.json')}; wall time {time.time() - t0:.0f} s")
     if n_bad:

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, TypeVar
 
+from peft3d.core.digest import json_sha256
 from peft3d.core.errors import ConfigError
 
 T = TypeVar("T")
@@ -113,8 +112,7 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        canon = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canon.encode()).hexdigest()[:12]
+        return json_sha256(self.identity())[:12]
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":

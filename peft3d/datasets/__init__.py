@@ -1,20 +1,26 @@
-"""Dataset registry. A grid names ``family`` or ``family/variant`` (e.g. ``scanobjectnn/pb_t50_rs``)."""
+"""Dataset registry. A grid names ``family`` or ``family/variant`` (e.g. ``scanobjectnn/pb_t50_rs``).
+
+This is the one place that states a dataset's metadata (the dataset classes read it): ``variants``,
+``default_variant``, ``classes``, ``needs_root`` (files the user provides), published ``counts`` per variant,
+``summary`` (``bench ls datasets``) and ``tag``, the short name in preset names such as
+``paper_{backbone}_{dataset_tag}``. Torch-free: ``bench ls`` and ``bench validate`` read it.
+"""
 from peft3d.core.registry import Registry
 
 DATASETS = Registry("dataset")
 DATASETS.register("synthetic", "peft3d.datasets.synthetic:Synthetic", variants=("clean", "scan"), classes=12,
-                  default_variant="scan", needs_root=False, counts={"clean": {"train": 480, "test": 240},
-                                                                    "scan": {"train": 480, "test": 240}},
+                  default_variant="scan", needs_root=False, tag="synthetic",
+                  counts={"clean": {"train": 480, "test": 240}, "scan": {"train": 480, "test": 240}},
                   summary="deterministic synthetic shapes (embedded default); scan = rotated, occluded, cluttered")
 DATASETS.register("scanobjectnn", "peft3d.datasets.scanobjectnn:ScanObjectNN",
                   variants=("pb_t50_rs", "obj_bg", "obj_only"), classes=15, default_variant="pb_t50_rs",
-                  needs_root=True, counts={"pb_t50_rs": {"train": 11416, "test": 2882},
+                  needs_root=True, tag="scan", counts={"pb_t50_rs": {"train": 11416, "test": 2882},
                                            "obj_bg": {"train": 2309, "test": 581},
                                            "obj_only": {"train": 2309, "test": 581}},
                   summary="ScanObjectNN real scans, official h5_files (root = the h5_files folder)")
 DATASETS.register("modelnet40", "peft3d.datasets.modelnet40:ModelNet40",
                   variants=("auto", "fps_cache", "ply_hdf5_2048", "normal_resampled"), classes=40,
-                  default_variant="auto", needs_root=True,
+                  default_variant="auto", needs_root=True, tag="mn40",
                   counts={"fps_cache": {"train": 9843, "test": 2468}, "normal_resampled": {"train": 9843, "test": 2468},
                           "ply_hdf5_2048": {"train": 9840, "test": 2468}},
                   summary="ModelNet40 CAD; Point-BERT .dat cache, PointNet HDF5 or PointNet++ txt (auto-detected)")

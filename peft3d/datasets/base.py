@@ -5,12 +5,12 @@ training set, class-stratified and seeded (protocol.md); its member indices are 
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
+from peft3d.core.digest import array_sha256
 from peft3d.core.errors import DataError
 
 
@@ -77,22 +77,26 @@ def stratified_val_split(labels: np.ndarray, fraction: float, seed: int) -> tupl
     return train_idx, val_idx
 
 
-def array_digest(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str((a.shape, a.dtype.str)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
 
 
 class DatasetFamily:
-    """Subclasses implement ``load_raw``: returns (train Split, test Split, class_names, source identity)."""
+    """Subclasses set ``name`` and implement ``load_raw``: returns (train Split, test Split, class_names, source
+    identity). ``variants``, ``default_variant``, ``needs_root`` and the published ``counts`` are read from the
+    registry entry (peft3d/datasets/__init__.py), the one place that states them."""
 
     name: ClassVar[str]
     variants: ClassVar[tuple[str, ...]]
     default_variant: ClassVar[str]
-    needs_root: ClassVar[bool] = True
+    needs_root: ClassVar[bool]
+    counts: ClassVar[dict[str, dict[str, int]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        from peft3d.datasets import DATASETS  # the package's registry (it imports no dataset module)
+
+        meta = DATASETS.meta(cls.name)
+        cls.variants, cls.default_variant = tuple(meta["variants"]), meta["default_variant"]
+        cls.needs_root, cls.counts = meta["needs_root"], meta.get("counts", {})
 
     def load_raw(self, variant: str, root: str | None) -> tuple[Split, Split, list[str], dict[str, Any]]:
         raise NotImplementedError
@@ -119,7 +123,7 @@ class DatasetFamily:
             validate_split(split, len(names), f"{self.name}/{variant} {which}")
         tr, va = stratified_val_split(train_full.labels, val_fraction, split_seed)
         identity = dict(source, name=self.name, variant=variant, val_fraction=val_fraction,
-                        split_seed=split_seed, val_indices_sha256=array_digest(va),
+                        split_seed=split_seed, val_indices_sha256=array_sha256(va)[:16],
                         counts={"train": len(tr), "val": len(va), "test": len(test)})
         return PointCloudData(self.name, variant, names, train_full.subset(tr), train_full.subset(va), test,
                               identity)

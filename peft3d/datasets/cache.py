@@ -7,7 +7,6 @@ A cache file that cannot be read is treated as missing and rewritten.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from peft3d.core.atomic import atomic_write
+from peft3d.core.digest import parts_sha256, safe_label
 
 ENV = "PEFT3D_CACHE"
 DEFAULT = Path("results") / "cache"
@@ -24,21 +24,10 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(override or os.environ.get(ENV) or DEFAULT)
 
 
-def key(*parts: object) -> str:
-    """Stable sha256 of the parts' string forms (order matters)."""
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(str(p).encode())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def entry_name(kind: str, label: str, detail: object, *depends_on: object) -> str:
+    """The file name of a cache entry: readable (kind, label, detail) and a digest of everything it depends
+    on, so that a stale or wrong label can never serve another entry's data."""
+    return f"{kind}-{safe_label(label)}-{detail}-{parts_sha256(*depends_on)[:24]}.npy"
 
 
 def atomic_save(path: Path, array: np.ndarray) -> None:
@@ -55,7 +44,7 @@ def load(path: Path) -> np.ndarray | None:
 
 def cached(name: str, compute: Callable[[], np.ndarray], directory: str | os.PathLike | None = None,
            check: Callable[[np.ndarray], bool] | None = None) -> np.ndarray:
-    """Return the array stored under ``name`` (a file name, e.g. ``key(...) + '.npy'``), computing and storing
+    """Return the array stored under ``name`` (a file name, e.g. from :func:`entry_name`), computing and storing
     it on a miss. ``check`` rejects a stored array that does not fit (then it is recomputed)."""
     path = cache_dir(directory) / name
     if path.exists():

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from peft3d.core.digest import array_sha256, file_sha256, parts_sha256
 from peft3d.core.errors import DataError
-from peft3d.datasets.base import DatasetFamily, Split, array_digest
-from peft3d.datasets.cache import cached, file_sha256, key
+from peft3d.datasets.base import DatasetFamily, Split
+from peft3d.datasets.cache import cached
 from peft3d.datasets.io import (
     MANIFEST,
     as_labels,
@@ -49,8 +50,6 @@ CLASSES = ["airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl",
 FORMATS = ("fps_cache", "ply_hdf5_2048", "normal_resampled")  # auto-detection order
 DIRS = {"fps_cache": "modelnet40_normal_resampled", "ply_hdf5_2048": "modelnet40_ply_hdf5_2048",
         "normal_resampled": "modelnet40_normal_resampled"}
-EXPECTED = {"fps_cache": {"train": 9843, "test": 2468}, "normal_resampled": {"train": 9843, "test": 2468},
-            "ply_hdf5_2048": {"train": 9840, "test": 2468}}
 POINTS = {"fps_cache": 8192, "ply_hdf5_2048": 2048, "normal_resampled": 8192}
 TXT_POINTS = 8192
 SPLITS = ("train", "test")
@@ -252,7 +251,7 @@ def read_txt_split(d: Path, split: str, names: list[str], cache_dir: str | None 
     f = fix("normal_resampled", d)
     ids, labels, files = index or txt_index(d, split, names)
     stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    name = f"modelnet40-txt-{split}-{key('v1', d.resolve(), ids, names, stats, TXT_POINTS)[:24]}.npy"
+    name = f"modelnet40-txt-{split}-{parts_sha256('v1', d.resolve(), ids, names, stats, TXT_POINTS)[:24]}.npy"
 
     def parse() -> np.ndarray:
         out = np.empty((len(files), TXT_POINTS, 3), np.float32)
@@ -304,7 +303,7 @@ Any one of these distributions works; `auto` (the default) uses the first presen
 
 Points are centred and scaled into the unit sphere per shape; normals are ignored."""
 
-    name, variants, default_variant, needs_root = "modelnet40", ("auto",) + FORMATS, "auto", True
+    name = "modelnet40"
 
     def __init__(self, cache_dir: str | None = None) -> None:
         self.cache_dir = cache_dir
@@ -320,12 +319,12 @@ Points are centred and scaled into the unit sphere per shape; normals are ignore
             source["sha256"] = {s: file_sha256(p)[:16] for s, p in files.items()}
         elif fmt == "ply_hdf5_2048":
             splits = {s: read_h5_split(d, s, len(names)) for s in SPLITS}
-            source["sha256"] = {s: key(*(file_sha256(p) for p in h5_files(d, s)))[:16] for s in SPLITS}
+            source["sha256"] = {s: parts_sha256(*(file_sha256(p) for p in h5_files(d, s)))[:16] for s in SPLITS}
         else:
             idx = {s: txt_index(d, s, names) for s in SPLITS}  # both lists complete before any conversion
             read = {s: read_txt_split(d, s, names, self.cache_dir, idx[s]) for s in SPLITS}
             splits = {s: r[0] for s, r in read.items()}
-            source["sha256"] = {s: array_digest(sp.points, sp.labels) for s, sp in splits.items()}
+            source["sha256"] = {s: array_sha256(sp.points, sp.labels)[:16] for s, sp in splits.items()}
             source["converted"] = {s: r[1] for s, r in read.items()}
         if manifest:
             source["export_of"] = manifest.get("source")
@@ -339,7 +338,7 @@ Points are centred and scaled into the unit sphere per shape; normals are ignore
             return {"counts": manifest["counts"], "points": manifest.get("points", points),
                     "classes": len(manifest["class_names"]), "format": fmt,
                     "basis": "export manifest"}
-        return {"counts": EXPECTED[fmt], "points": points, "classes": len(CLASSES), "format": fmt,
+        return {"counts": self.counts[fmt], "points": points, "classes": len(CLASSES), "format": fmt,
                 "basis": "published"}
 
     def check_files(self, variant: str, root: str | None) -> None:

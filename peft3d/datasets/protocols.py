@@ -1,6 +1,7 @@
 """Data protocols: named presets of augmentation, point count and sampling (protocol.md).
 
-Training batches: per sample a random subset of the stored points, then the preset's augmentation.
+Training batches: per sample a random subset of FPS candidates (:class:`peft3d.datasets.sampling.TrainSampler`),
+then the preset's augmentation.
 Evaluation: deterministic farthest point sampling to ``num_points`` (computed once per array), centred.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from peft3d.core.digest import array_sha256
 from peft3d.core.errors import ConfigError
 
 
@@ -21,6 +23,10 @@ class Protocol:
     jitter: float = 0.0  # Gaussian jitter sigma (clipped at 5 sigma)
     unit_sphere: bool = False  # rescale to the unit sphere after centring
     description: str = ""
+
+    def augment(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """:func:`augment` with this preset."""
+        return augment(points, self, rng)
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -49,14 +55,6 @@ def centre(p: np.ndarray, unit_sphere: bool) -> np.ndarray:
     return p
 
 
-def train_batch(points: np.ndarray, num_points: int, proto: Protocol, rng: np.random.Generator) -> np.ndarray:
-    """``points (B, P, 3)`` -> augmented ``(B, num_points, 3)`` float32, vectorised over the batch."""
-    P = points.shape[1]
-    if num_points > P:
-        raise ConfigError(f"num_points={num_points} exceeds the {P} points stored per sample")
-    return augment(fps_random(points, num_points, rng), proto, rng)
-
-
 def augment(points: np.ndarray, proto: Protocol, rng: np.random.Generator) -> np.ndarray:
     """The preset's augmentation of already-sampled ``points (B, N, 3)``: centre (unit sphere if asked), per-axis
     scale, rotation about up, translation, jitter. Returns float32."""
@@ -74,29 +72,6 @@ def augment(points: np.ndarray, proto: Protocol, rng: np.random.Generator) -> np
     if proto.jitter:
         p = p + np.clip(rng.normal(0, proto.jitter, p.shape), -5 * proto.jitter, 5 * proto.jitter)
     return p.astype(np.float32)
-
-
-def fps_random(points: np.ndarray, num_points: int, rng: np.random.Generator, oversample: float = 1.2) -> np.ndarray:
-    """Training sampling as in Point-BERT/Any2Point (FPS to 1200 then a random 1024): farthest point sampling
-    to ``oversample * num_points`` from a random start, then a random ``num_points`` of those.
-
-    Sampling matters: evaluation uses FPS, whose points are evenly spread; a plain random subset has a
-    different density, so kNN groups of the same k cover different radii and a model trained on random
-    subsets does not transfer to FPS inputs (measured: train accuracy 40%, validation at chance).
-    FPS here is :func:`peft3d.models.geometry.farthest_point_sample`; for a full-speed pipeline precompute
-    the candidates once with :class:`peft3d.datasets.sampling.TrainSampler`.
-    """
-    import torch
-
-    from peft3d.models.geometry import farthest_point_sample as fps
-
-    B, P, _ = points.shape
-    m = min(P, int(np.ceil(oversample * num_points)))
-    start = torch.from_numpy(rng.integers(0, P, B))  # FPS from a random point
-    x = np.ascontiguousarray(points, np.float32)
-    sel = fps(torch.from_numpy(x), m, start).numpy()  # (B, m)
-    keep = np.argsort(rng.random((B, m)), axis=1)[:, :num_points]
-    return np.take_along_axis(x, np.take_along_axis(sel, keep, axis=1)[..., None], axis=1)
 
 
 def fps_indices(points: np.ndarray, num_points: int, chunk: int = 256) -> np.ndarray:
@@ -131,21 +106,12 @@ def eval_points(points: np.ndarray, num_points: int, proto: Protocol, chunk: int
     if cache_key is None:
         idx = fps_indices(points, num_points, chunk)
     else:
-        digest = cache.key(FPS_VERSION, cache_key, array_digest_full(points), num_points)
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cache_key)[:60]
-        idx = cache.cached(f"evalfps-{safe}-{num_points}-{digest[:24]}.npy",
+        name = cache.entry_name("evalfps", cache_key, num_points, FPS_VERSION, cache_key, array_sha256(points),
+                                num_points)
+        idx = cache.cached(name,
                            lambda: fps_indices(points, num_points, chunk), cache_dir,
                            check=lambda a: a.shape == (len(points), num_points) and
                            (a.size == 0 or (a.min() >= 0 and a.max() < points.shape[1])))
     picked = np.take_along_axis(points, idx.astype(np.int64)[..., None], axis=1)
     return centre(picked, proto.unit_sphere).astype(np.float32)
 
-
-def array_digest_full(points: np.ndarray) -> str:
-    """sha256 over the array's shape, dtype and bytes (about 1 GB/s)."""
-    import hashlib
-
-    a = np.ascontiguousarray(points)
-    h = hashlib.sha256(str((a.shape, a.dtype.str)).encode())
-    h.update(memoryview(a).cast("B"))
-    return h.hexdigest()

@@ -8,7 +8,7 @@ The remedy here:
 * :class:`TrainSampler` — precomputes, once per training set, the FPS candidate sets from ``starts`` random
   start points per sample (cached on disk, keyed by content like the evaluation cache); a training batch then
   costs a gather: a random one of the sample's candidate sets, a random ``num_points`` of it, the augmentation.
-  Same distribution as :func:`peft3d.datasets.protocols.fps_random` restricted to ``starts`` start points.
+  Same distribution as FPS from a random start on every batch, restricted to ``starts`` start points.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class TrainSampler:
     """Training batches from precomputed FPS candidates::
 
         sampler = TrainSampler(data.train.points, 1024, cache_key=data.cache_key("train"))
-        x = sampler.batch(idx, proto, rng)   # == train_batch(...) up to the finite set of FPS starts
+        x = sampler.batch(idx, proto, rng)   # augmented (len(idx), num_points, 3)
 
     ``starts`` FPS runs of ``ceil(oversample * num_points)`` points per sample are computed once (on disk under
     ``results/cache`` or ``$PEFT3D_CACHE`` when ``cache_key`` is given; keyed by the array's content, not by
@@ -53,9 +53,9 @@ class TrainSampler:
     def __init__(self, points: np.ndarray, num_points: int, starts: int = 8, oversample: float = 1.2,
                  seed: int = 0, cache_key: str | None = None, cache_dir: str | None = None,
                  device: str = "cpu") -> None:
+        from peft3d.core.digest import array_sha256
         from peft3d.core.errors import ConfigError
         from peft3d.datasets import cache
-        from peft3d.datasets.protocols import array_digest_full
 
         N, P, _ = points.shape
         if num_points > P:
@@ -69,19 +69,19 @@ class TrainSampler:
         if cache_key is None:
             self.candidates = compute()
         else:
-            digest = cache.key(FPS_BANK_VERSION, cache_key, array_digest_full(points), m, starts, seed)
-            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cache_key)[:60]
+            name = cache.entry_name("trainfps", cache_key, f"{m}x{starts}", FPS_BANK_VERSION, cache_key,
+                                    array_sha256(points), m, starts, seed)
             self.candidates = cache.cached(
-                f"trainfps-{safe}-{m}x{starts}-{digest[:24]}.npy", compute, cache_dir,
+                name, compute, cache_dir,
                 check=lambda a: a.shape == (N, starts, m) and (a.size == 0 or (a.min() >= 0 and a.max() < P)))
 
     def batch(self, idx: np.ndarray, proto, rng: np.random.Generator) -> np.ndarray:
-        """Augmented ``(len(idx), num_points, 3)`` float32 for the training samples ``idx``."""
-        from peft3d.datasets.protocols import augment
-
+        """Augmented ``(len(idx), num_points, 3)`` float32 for the training samples ``idx`` (``proto``: a
+        :class:`peft3d.datasets.protocols.Protocol`; its ``augment`` is called, so this module imports no
+        protocol code and the two never import each other)."""
         B = len(idx)
         cand = self.candidates[idx, rng.integers(0, self.candidates.shape[1], B)]  # (B, m)
         keep = np.argsort(rng.random(cand.shape), axis=1)[:, :self.num_points]
         sel = np.take_along_axis(cand, keep, axis=1).astype(np.int64)
         p = np.take_along_axis(self.points[idx], sel[..., None], axis=1)
-        return augment(p, proto, rng)
+        return proto.augment(p, rng)

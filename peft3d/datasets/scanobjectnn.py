@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from peft3d.core.digest import file_sha256
 from peft3d.core.errors import DataError
 from peft3d.datasets.base import DatasetFamily, Split
-from peft3d.datasets.cache import file_sha256
 from peft3d.datasets.io import MANIFEST, as_labels, as_points, check_values, h5_shapes, read_h5, read_manifest
 
 CLASSES = ["bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table", "bed", "pillow",
@@ -27,8 +27,6 @@ LAYOUT = {
     "obj_bg": ("main_split", "{split}_objectdataset.h5"),
     "obj_only": ("main_split_nobg", "{split}_objectdataset.h5"),
 }
-EXPECTED = {"pb_t50_rs": {"train": 11416, "test": 2882}, "obj_bg": {"train": 2309, "test": 581},
-            "obj_only": {"train": 2309, "test": 581}}
 SPLITS = {"train": "training", "test": "test"}
 EXPORT_FORMAT = "scanobjectnn"
 
@@ -124,7 +122,7 @@ returns the link), unzip it, and pass the resulting h5_files folder as the root:
 Each file: data float32 (N, 2048, 3), label integer (N,) in [0, 14]. Only the variant you use must be present.
 Point-BERT's DATASET.md (github.com/Julie-tang00/Point-BERT) describes the same layout."""
 
-    name, variants, default_variant, needs_root = "scanobjectnn", tuple(LAYOUT), "pb_t50_rs", True
+    name = "scanobjectnn"
 
     def load_raw(self, variant: str, root: str | None) -> tuple[Split, Split, list[str], dict[str, Any]]:
         base, files = resolve(variant, root)
@@ -145,7 +143,7 @@ Point-BERT's DATASET.md (github.com/Julie-tang00/Point-BERT) describes the same 
             return {"counts": manifest["counts"], "points": manifest.get("points", POINTS),
                     "classes": len(manifest["class_names"]),
                     "basis": "export manifest"}
-        return {"counts": EXPECTED[variant], "points": POINTS, "classes": len(CLASSES), "basis": "published"}
+        return {"counts": self.counts[variant], "points": POINTS, "classes": len(CLASSES), "basis": "published"}
 
     def check_files(self, variant: str, root: str | None) -> None:
         base, files = resolve(variant, root)

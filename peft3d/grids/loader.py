@@ -17,10 +17,8 @@ from peft3d.core.spec import Budget, RunSpec, TokenizerCfg, from_mapping
 
 GRID_DIR = Path(__file__).parent / "files"
 KEYS = {"description", "include", "backbones", "weights", "methods", "datasets", "seeds", "protocol",
-        "num_points", "budget", "tokenizer", "head", "method_cfg", "data_root", "device"}
+        "num_points", "budget", "tokenizer", "head", "method_cfg", "data_root", "device", "compare_to"}
 REQUIRED = ("backbones", "methods", "datasets")
-# Short dataset tags used in preset names such as ``paper_{backbone}_{dataset_tag}``.
-DATASET_TAGS = {"scanobjectnn": "scan", "modelnet40": "mn40", "synthetic": "synthetic"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +80,8 @@ def load_grid(name: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     for inc in [includes] if isinstance(includes, str) else includes:
         target = inc if Path(inc).is_absolute() else str(path.parent / inc) if inc.endswith(".yaml") else inc
         merged = _merge(merged, load_grid(target, (*_seen, path)))
+    if "methods" in data and "compare_to" not in data:
+        merged.pop("compare_to", None)  # a comparison belongs to the methods list it was written for
     return _merge(merged, data)
 
 
@@ -110,6 +110,16 @@ def _method_entries(grid: dict[str, Any]) -> list[MethodEntry]:
     return out
 
 
+def compare_to(name: str) -> str:
+    """The method a grid's tables compare the others with: its ``compare_to``, else its first method."""
+    grid = load_grid(name)
+    methods = [e.name for e in _method_entries(grid)]
+    chosen = grid.get("compare_to", methods[0])
+    if chosen not in methods:
+        raise ConfigError(f"grid {Path(name).stem}: compare_to {chosen!r} is not one of its methods {methods}")
+    return chosen
+
+
 def _data_root(grid: dict[str, Any], family: str, overrides: dict[str, str]) -> str | None:
     if family in overrides:
         return overrides[family]
@@ -130,6 +140,7 @@ def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str]
     grid = load_grid(name)
     for key in REQUIRED:
         _as_list(grid, key)
+    compare_to(name)
     budget = from_mapping(Budget, grid.get("budget"), "grid budget")
     tokenizer = from_mapping(TokenizerCfg, grid.get("tokenizer"), "grid tokenizer")
     head = grid.get("head") or {}
@@ -153,7 +164,7 @@ def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str]
         if variant not in meta["variants"]:
             raise ConfigError(f"grid: dataset {family} has no variant {variant!r}; "
                               f"choose one of {list(meta['variants'])}")
-        preset = entry.preset.format(backbone=backbone, dataset=family, dataset_tag=DATASET_TAGS.get(family, family)
+        preset = entry.preset.format(backbone=backbone, dataset=family, dataset_tag=meta.get("tag", family)
                                      ) if entry.preset else None
         cfg_cls = config_class(entry.name)
         overrides = {**(per_method.get(entry.name) or {}), **dict(entry.cfg)}

@@ -78,8 +78,9 @@ class PointModel(nn.Module):
         self.backbone_train_mode = False  # frozen backbone runs without dropout unless a method asks
         # The pretrained backbone's own dropout / drop-path modules, listed before any method attaches (a plain
         # list, not submodules): ``train()`` keeps only these in eval, so a method's own dropout still works.
-        self._pretrained_dropouts = [m for m in backbone.modules() if isinstance(
-            m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d)) or type(m).__name__ == "DropPath"]
+        # (No backbone has stochastic depth: each is built with drop-path rate 0 or nn.Identity; a test checks.)
+        self._pretrained_dropouts = [m for m in backbone.modules()
+                                     if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d))]
         # Parameter-name prefix -> learning-rate multiplier; methods may set entries in ``attach`` (the longest
         # matching prefix wins; the final norm is shared by all methods and keeps the base lr).
         self.lr_scales: dict[str, float] = {}

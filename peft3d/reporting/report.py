@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from peft3d.analysis import formatting as fm
 from peft3d.core.results import atomic_write_text, load_results
 from peft3d.reporting import layouts
 from peft3d.reporting.tables import friedman_of, method_table, paired_frame, stats_table, summarize
@@ -260,7 +261,7 @@ def _safe(fn: Any, *args: Any) -> str:
 
 
 def render_report(grid: str, df: pd.DataFrame, results: dict[str, dict | None], reference: str | None = None,
-                  extra: list[str] | None = None) -> str:
+                  extra: list[str] | None = None, versus: str | None = None) -> str:
     summary = summarize(df)
     n_ok = int((df["status"] == "success").sum())
     env = next(((r or {}).get("environment") for r in results.values() if (r or {}).get("environment")), None) or {}
@@ -274,53 +275,49 @@ def render_report(grid: str, df: pd.DataFrame, results: dict[str, dict | None], 
              "<h2>Per-cell statistics</h2>", _table(stats_table(summary)) if (summary["n"] > 0).any() else "",
              _notes(["95% CI: percentile bootstrap of the mean over seeds (scipy.stats.bootstrap); binom. SE: "
                      "sqrt(p(1−p)/n_test)."]),
-             "<h2>Paired comparisons and Friedman test</h2>", _paired_html(df), _friedman_html(summary),
+             "<h2>Paired comparisons and Friedman test</h2>", _paired_html(df, versus), _friedman_html(summary),
              "<h2>Accuracy vs trainable parameters</h2>", _safe(plot_pareto, summary),
              "<h2>Modality ranking</h2>", _safe(plot_modality, df),
              "<h2>Learning curves</h2>", _safe(plot_curves, df, results),
              "<h2>Critical-difference diagram</h2>", _safe(plot_cd, summary),
              "<h2>Paper layouts</h2>"]
     for name in ("main", "modality"):
-        parts.append(_safe(lambda n: _layout_html(layouts.build(n, df, reference=reference)), name))
+        parts.append(_safe(lambda n: _layout_html(layouts.build(n, df, versus=versus, reference=reference)), name))
     for ds in dict.fromkeys(df["dataset"]):
-        parts.append(_safe(lambda d: _layout_html(layouts.build("peft", df, dataset=d, reference=reference)), ds))
+        parts.append(_safe(lambda d: _layout_html(layouts.build("peft", df, dataset=d, versus=versus,
+                                                                                reference=reference)), ds))
     parts += [f"<h2>All runs ({len(df)})</h2>", _runs_html(df)]
     body = "\n".join(p for p in parts if p)
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>peft3d — {html.escape(grid)}</title>"
             f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
 
 
-def _paired_html(df: pd.DataFrame) -> str:
-    pf = paired_frame(df)
+def _paired_html(df: pd.DataFrame, versus: str | None) -> str:
+    pf = paired_frame(df, versus)
     usable = pf[pf["n_pairs"] >= 2]
     if usable.empty:
         return "<p class=note>Paired tests need ≥ 2 seeds with results for both methods.</p>"
     t = usable.copy()
     for c in ("delta",):
         t[c] = t[c].map(lambda x: f"{x:+.2f}")
-    for c in ("p_permutation", "p_wilcoxon", "prob_improvement"):
-        t[c] = t[c].map(lambda x: "—" if x != x else f"{x:.3f}")
+    for c in ("p_permutation", "p_wilcoxon"):
+        t[c] = t[c].map(fm.p_value)
+    t["prob_improvement"] = t["prob_improvement"].map(lambda x: fm.num(x, ".3f"))
     return _table(t) + _notes([f"Δ = method − {t['versus'].iloc[0]} (points), paired by seed; two-sided paired "
                                "permutation and Wilcoxon tests; P(improvement) = Mann-Whitney U / n·m."])
 
 
 def _friedman_html(summary: pd.DataFrame) -> str:
-    f = friedman_of(summary)
-    if f.note:
-        return _notes([f"Friedman: {f.note}."])
-    ranks = ", ".join(f"{m} {r:.2f}" for m, r in f.avg_ranks.items())
-    return _notes([f"Friedman over {f.n_cells} cells × {f.k} methods: χ² = {f.statistic:.2f}, p = {f.pvalue:.3g}. "
-                   f"Average ranks: {ranks}. Nemenyi CD (α = {f.alpha}) = {f.cd:.2f}, from "
-                   "scipy.stats.studentized_range (scipy has no Nemenyi test)."])
+    return _notes([f"Friedman: {fm.friedman_sentence(friedman_of(summary))}"])
 
 
 def write_report(grid: str, specs: list, root: Path, out: Path | None = None, reference: str | None = None,
-                 extra: list[str] | None = None) -> Path:
+                 extra: list[str] | None = None, versus: str | None = None) -> Path:
     from peft3d.reporting.tables import runs_frame
 
     df = runs_frame(specs, root)
     results = load_results(root, list(df["run_id"]))
-    text = render_report(grid, df, results, reference, extra)
+    text = render_report(grid, df, results, reference, extra, versus)
     path = out or root / "report" / f"{grid}.html"
     atomic_write_text(path, text)
     path.chmod(0o644)  # a report is meant to be shared (the atomic temp file is created 0600)

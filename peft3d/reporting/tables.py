@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
+from peft3d.analysis import formatting as fm
 from peft3d.analysis import stats
 from peft3d.core.results import atomic_write_text, load_results
 from peft3d.core.spec import RunSpec
@@ -118,10 +118,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def default_versus(methods: list[str]) -> str | None:
-    """The method the others are compared with: Any2Point when present, else the linear probe, else the first."""
-    for m in ("any2point", "linear"):
-        if m in methods:
-            return m
+    """The method the others are compared with when neither the grid (``compare_to``) nor the command line
+    names one: the first method (the grid's order)."""
     return methods[0] if methods else None
 
 
@@ -154,17 +152,10 @@ def friedman_of(summary: pd.DataFrame) -> stats.Friedman:
     return stats.friedman(matrix.reindex(columns=list(dict.fromkeys(summary["method"]))))
 
 
-def md(frame: pd.DataFrame) -> str:
-    """Markdown of display strings as they are (tabulate would re-parse "10.0" as the number 10)."""
-    return frame.to_markdown(index=False, disable_numparse=True)
 
 
-def _num(x: Any, fmt: str = ".1f") -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
-def _signed(x: Any) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.1f}".replace("-", "−")
 
 
 def stats_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -173,20 +164,16 @@ def stats_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "backbone": ok["backbone"], "weights": ok["weights"], "dataset": ok["dataset"], "method": ok["method"],
         "n": [f"{n}/{e}" for n, e in zip(ok["n"], ok["n_expected"], strict=True)],
-        "mean ± std": [_num(m) + (f" ± {s:.1f}" if not math.isnan(s) else "")
+        "mean ± std": [fm.num(m) + (f" ± {s:.1f}" if not math.isnan(s) else "")
                        for m, s in zip(ok["mean"], ok["std"], strict=True)],
         "95% CI": [f"[{lo:.1f}, {hi:.1f}]" if not math.isnan(lo) else "— (n<2)" for lo, hi in
                    zip(ok["ci_low"], ok["ci_high"], strict=True)],
-        "binom. SE": ok["binom_se"].map(_num), "best-on-test†": ok["best_test_mean"].map(_num),
-        "last epoch": ok["last_mean"].map(_num)})
+        "binom. SE": ok["binom_se"].map(fm.num), "best-on-test†": ok["best_test_mean"].map(fm.num),
+        "last epoch": ok["last_mean"].map(fm.num)})
 
 
-def _p(x: float) -> str:
-    return "—" if math.isnan(x) else f"{x:.3f}" if x >= 0.001 else "<0.001"
 
 
-def _peq(x: float) -> str:
-    return "< 0.001" if x < 0.001 else f"= {_p(x)}"
 
 
 def paired_markdown(df: pd.DataFrame, versus: str | None = None) -> list[str]:
@@ -199,53 +186,30 @@ def paired_markdown(df: pd.DataFrame, versus: str | None = None) -> list[str]:
         return [head, "", f"Not computed: paired tests need ≥ 2 seeds with results for both methods "
                           f"(at most {most} here)."]
     t = pd.DataFrame({"backbone": usable["backbone"], "weights": usable["weights"], "dataset": usable["dataset"],
-                      "method": usable["method"], "pairs": usable["n_pairs"], "Δ (pt)": usable["delta"].map(_signed),
-                      "p (permutation)": usable["p_permutation"].map(_p), "p (Wilcoxon)": usable["p_wilcoxon"].map(_p),
-                      "P(improvement)": usable["prob_improvement"].map(lambda x: _num(x, ".2f"))})
-    return [head, "", md(t), "",
+                      "method": usable["method"], "pairs": usable["n_pairs"],
+                      "Δ (pt)": usable["delta"].map(fm.signed),
+                      "p (permutation)": usable["p_permutation"].map(fm.p_value),
+                      "p (Wilcoxon)": usable["p_wilcoxon"].map(fm.p_value),
+                      "P(improvement)": usable["prob_improvement"].map(lambda x: fm.num(x, ".2f"))})
+    return [head, "", fm.markdown(t), "",
             "Δ = method − " + str(versus) + ". Two-sided paired permutation test (sign flips, exact for few seeds: "
             "with 3 seeds p ≥ 0.25) and Wilcoxon signed-rank test; P(improvement) = P(method run > "
             f"{versus} run) (Mann-Whitney U / n·m)."]
 
 
 def friedman_markdown(summary: pd.DataFrame) -> list[str]:
-    f = friedman_of(summary)
-    head = "### Friedman test across cells"
-    if f.note:
-        return [head, "", f"Not computed: {f.note}."]
-    ranks = ", ".join(f"{m} {r:.2f}" for m, r in f.avg_ranks.items())
-    return [head, "", f"{f.k} methods over {f.n_cells} complete cells (backbone × weights × dataset): "
-            f"χ² = {f.statistic:.2f}, p {_peq(f.pvalue)}. Average ranks (1 = best): {ranks}. "
-            f"Nemenyi critical difference at α = {f.alpha}: {f.cd:.2f} (from scipy.stats.studentized_range; "
-            "scipy has no Nemenyi test)."]
+    return ["### Friedman test across cells", "", fm.friedman_sentence(friedman_of(summary))]
 
 
-def fmt_cell(row: pd.Series) -> str:
-    if row["n"] == 0:
-        return f"— ({_short(row['reason'])})"
-    s = f"{row['mean']:.1f}"
-    s += f" ± {row['std']:.1f}" if row["n"] > 1 else ""
-    if row["n"] < row["n_expected"] or row["n"] == 1:
-        s += f" (n={row['n']}/{row['n_expected']})"
-    return s
 
 
-def _short(reason: Any, n: int = 60) -> str:
-    r = " ".join(str(reason).split())
-    return r if len(r) <= n else r[: n - 1] + "…"
 
 
-def fmt_params(x: float) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    if x == 0:
-        return "0"
-    return f"{x / 1e6:.2f}M" if x >= 1e5 else f"{x / 1e3:.1f}k"
 
 
 def method_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Rows backbone×weights×dataset, one column per method (test accuracy %), plus params rows' table."""
-    s = summary.assign(cell=summary.apply(fmt_cell, axis=1))
+    s = summary.assign(cell=summary.apply(fm.cell, axis=1))
     wide = s.pivot_table(index=["backbone", "weights", "dataset"], columns="method", values="cell",
                          aggfunc="first", sort=False)
     methods = list(dict.fromkeys(summary["method"]))
@@ -253,7 +217,7 @@ def method_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def params_table(summary: pd.DataFrame) -> pd.DataFrame:
-    s = summary.assign(p=summary["params"].map(fmt_params))
+    s = summary.assign(p=summary["params"].map(fm.params))
     wide = s.pivot_table(index=["backbone"], columns="method", values="p", aggfunc="first", sort=False)
     return wide.reindex(columns=list(dict.fromkeys(summary["method"]))).reset_index()
 
@@ -278,7 +242,7 @@ def render_markdown(grid: str, df: pd.DataFrame, versus: str | None = None) -> s
              method_table(summary).to_markdown(index=False), "", noise_floor(summary), "",
              "## Trainable parameters (excluding the head)", "", params_table(summary).to_markdown(index=False), ""]
     if (summary["n"] > 0).any():
-        parts += ["## Statistics", "", md(stats_table(summary)), "",
+        parts += ["## Statistics", "", fm.markdown(stats_table(summary)), "",
                   "95% CI: percentile bootstrap of the mean over seeds (scipy.stats.bootstrap). binom. SE: the "
                   "test set's own sampling noise, sqrt(p(1−p)/n_test). † best-on-test is optimistic (epoch "
                   "selected on test, as papers do) and never the headline.", "",
@@ -288,12 +252,12 @@ def render_markdown(grid: str, df: pd.DataFrame, versus: str | None = None) -> s
     if len(failed):
         parts += ["", "## Not in the table", ""]
         parts += [f"- `{r.run_id}` {r.backbone}[{r.weights}]/{r.method}/{r.dataset}/s{r.seed}: {r.status} — "
-                  f"{_short(r.error, 200)}" for r in failed.itertuples()]
+                  f"{fm.short(r.error, 200)}" for r in failed.itertuples()]
     return "\n".join(parts) + "\n"
 
 
-def write_tables(grid: str, df: pd.DataFrame, root: Path) -> tuple[Path, Path, str]:
-    md = render_markdown(grid, df)
+def write_tables(grid: str, df: pd.DataFrame, root: Path, versus: str | None = None) -> tuple[Path, Path, str]:
+    md = render_markdown(grid, df, versus)
     tdir = root / "tables"
     md_path, csv_path = tdir / f"{grid}.md", tdir / f"{grid}.csv"
     atomic_write_text(md_path, md)

@@ -25,14 +25,13 @@ from torch import nn
 
 PAPER_POINTS = 1024
 PAPER_K = 64  # Any2Point's DINOv2-Scan arm (--patchknn 64); the CLIP arm uses 81
-ALL_METHODS = ("linear", "full", "prompt", "adapter", "lora", "any2point")
-FLOOR = "linear"
+SETTINGS_GRID = "quickstart"  # method settings (and, without --paper, the tokenizer) come from this grid
 
 
 @dataclass
 class PerfSettings:
     backbone: str = "minilm"
-    methods: tuple[str, ...] = ALL_METHODS
+    methods: tuple[str, ...] = ()  # default: every registered method
     points: int | None = None  # default: 128, or 1024 with ``paper``
     batch: int = 16
     paper: bool = False
@@ -57,8 +56,11 @@ class PerfSettings:
             self.precision = "bf16" if self.device.startswith("cuda") else "fp32"
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"--precision must be fp32 or bf16, got {self.precision!r}")
-        if FLOOR not in self.methods:
-            self.methods = (FLOOR, *self.methods)
+        from peft3d.methods import METHODS, floor_method
+
+        floor = floor_method()
+        chosen = tuple(self.methods) or tuple(METHODS.names())
+        self.methods = (floor, *[m for m in chosen if m != floor])  # the floor first, always measured
         if self.steps < 1 or self.batch < 2:
             raise ConfigError("--steps must be >= 1 and --batch >= 2 (BatchNorm needs 2 samples)")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -90,21 +92,27 @@ def tokenizer_cfg(s: PerfSettings):
 
     if s.paper:
         return TokenizerCfg(k=PAPER_K)
-    return from_mapping(TokenizerCfg, load_grid("quickstart")["tokenizer"], "quickstart tokenizer")
+    return from_mapping(TokenizerCfg, load_grid(SETTINGS_GRID)["tokenizer"], f"{SETTINGS_GRID} tokenizer")
 
 
 def method_cfg(s: PerfSettings, method: str) -> tuple[str | None, dict[str, Any]]:
-    """The quickstart's settings per method; Any2Point takes the backbone's paper (or family) preset."""
+    """The settings grid's entry for ``method``: its preset (formatted for this backbone; with ``--paper``
+    the backbone's ``paper_<backbone>_scan`` preset where there is one) and its ``method_cfg`` overrides
+    (without ``--paper``). A method the grid does not list runs with its defaults."""
     from peft3d.grids.loader import load_grid
     from peft3d.methods import config_class
 
+    grid = load_grid(SETTINGS_GRID)
+    entries = {(m if isinstance(m, str) else m["name"]): (None if isinstance(m, str) else m.get("preset"))
+               for m in grid.get("methods", [])}
     cls = config_class(method)
-    names = (f"paper_{s.backbone}_scan", f"{s.backbone}_synthetic", f"{s.backbone}_scan")
-    preset = next((p for p in names if p in cls.presets and (s.paper or not p.startswith("paper_"))), None)
-    if preset is None and method == "any2point":
-        preset = next((p for p in names if p in cls.presets), None)
-    quick = load_grid("quickstart").get("method_cfg", {}).get(method) or {}
-    return preset, cls.resolve(None if preset else dict(quick), preset).to_dict()
+    template = entries.get(method)
+    tag = "scan" if s.paper else "synthetic"
+    candidates = ([f"paper_{s.backbone}_scan"] if s.paper and template else []) + \
+        ([template.format(backbone=s.backbone, dataset=tag, dataset_tag=tag)] if template else [])
+    preset = next((p for p in candidates if p in cls.presets), None)
+    overrides = None if s.paper and preset else dict((grid.get("method_cfg") or {}).get(method) or {})
+    return preset, cls.resolve(overrides, preset, where=f"method {method}").to_dict()
 
 
 def autocast(s: PerfSettings):
@@ -250,7 +258,7 @@ def measure(s: PerfSettings, log: Callable[[str], None] = lambda _m: None) -> di
                 run.step()
             run.peak_mb = estimated_peak_mb(run.model, run.loss)
         runs[m] = run
-    tok = tokenizer_step(runs[FLOOR].model, xyz, s)
+    tok = tokenizer_step(runs[s.methods[0]].model, xyz, s)
     tok_times: list[float] = []
     for _ in range(s.warmup):
         tok()
@@ -264,7 +272,7 @@ def measure(s: PerfSettings, log: Callable[[str], None] = lambda _m: None) -> di
 
 def summarise(s: PerfSettings, runs: dict[str, MethodRun], tok: Callable[[], None],
               tok_times: list[float]) -> dict[str, Any]:
-    floor = statistics.median(runs[FLOOR].times)
+    floor = statistics.median(runs[s.methods[0]].times)  # the floor method comes first (PerfSettings)
     tok_s = statistics.median(tok_times)
     cfg = tokenizer_cfg(s)
     flops = count_flops(tok)

@@ -24,7 +24,6 @@ method, then the best configuration on the grid's seeds as ordinary runs (protoc
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
@@ -33,8 +32,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from peft3d.core.digest import text_sha256
 from peft3d.core.errors import ConfigError
-from peft3d.core.results import atomic_write_text, failure_result, read_result, succeeded, write_result
+from peft3d.core.results import atomic_write_text, failure_result, read_result, write_result
 from peft3d.core.spec import RunSpec
 from peft3d.tuning.tracking import TuneTracker, owner_alive, owner_token
 
@@ -66,7 +66,7 @@ class Cell:
         b = self.base
         ident = b.identity()
         ident.pop("seed")
-        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+        digest = text_sha256(json.dumps(ident, sort_keys=True))[:8]  # (spaced JSON: kept, names existing studies)
         preset = f"/{b.preset}" if b.preset else ""
         return f"{self.grid}/{b.backbone}[{b.weights}]/{b.dataset}:{b.variant}/{b.method}{preset}/{digest}"
 
@@ -185,7 +185,7 @@ def open_study(cell: Cell, storage: Any, pruner_kind: str) -> Any:
     study = optuna.create_study(storage=storage, study_name=cell.study_name, direction="maximize",
                                 load_if_exists=True)
     # Seeded by the study's history, so a resumed study does not replay the first samples of its first session.
-    seed = int(hashlib.sha256(f"{cell.study_name}#{len(study.trials)}".encode()).hexdigest()[:8], 16)
+    seed = int(text_sha256(f"{cell.study_name}#{len(study.trials)}")[:8], 16)
     study.sampler = optuna.samplers.TPESampler(seed=seed)
     study.pruner, _ = make_pruner(pruner_kind, cell.base.budget.epochs)
     return study
@@ -510,8 +510,6 @@ def tuned_specs(grid: str, root: Path) -> list[RunSpec]:
     return [RunSpec.from_dict(d) for d in read_manifest(root, grid)["runs"]]
 
 
-def succeeded_all(specs: list[RunSpec], root: Path) -> bool:
-    return all(succeeded(root, s.run_id) for s in specs)
 
 
 def budget_line(manifest: dict[str, Any]) -> str:
@@ -522,13 +520,13 @@ def budget_line(manifest: dict[str, Any]) -> str:
     return "WARNING: the studies have different trial counts (see the manifest): not an equal-budget comparison."
 
 
-def write_tuned_tables(grid: str, root: Path) -> tuple[Path, str, int]:
+def write_tuned_tables(grid: str, root: Path, versus: str | None = None) -> tuple[Path, str, int]:
     """``<grid>.tuned`` tables with the tuning budget under them; returns (md path, markdown, runs not succeeded)."""
     from peft3d.reporting.tables import runs_frame, write_tables
 
     manifest = read_manifest(root, grid)
     df = runs_frame([RunSpec.from_dict(d) for d in manifest["runs"]], root)
-    md_path, _, md = write_tables(f"{grid}.tuned", df, root)
+    md_path, _, md = write_tables(f"{grid}.tuned", df, root, versus)
     md += "\n" + budget_line(manifest) + "\n"
     atomic_write_text(md_path, md)
     return md_path, md, int((df["status"] != "success").sum())

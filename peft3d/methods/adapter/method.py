@@ -30,7 +30,6 @@ class Adapter(Method):
     name, prefix, config_cls = "adapter", "adapter_", AdapterConfig
 
     def attach(self, model, cfg: AdapterConfig) -> None:
-        model.freeze_backbone()
         bb = model.backbone
         for i in range(len(bb.blocks)):
             bb.ffn_site(i).add_hook(ParallelAdapter(bb.spec.width, cfg))

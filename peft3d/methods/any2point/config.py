@@ -22,15 +22,18 @@ the variant), so the harness can measure what each one does to the paper's numbe
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from peft3d.backbones import BACKBONES, declared
 from peft3d.methods.base import MethodConfig
 
 # Released-code behaviours (any2point.md §2, §3, §10). Each is a config field: None follows ``variant``.
 FLAGS: dict[str, str] = {
-    "batch_attention": "CLIP text only (auto): the frozen blocks get (B, T, D) as (seq, batch, feat), so every "
-                       "token position attends over the samples of the mini-batch, not over tokens (§10.1)",
+    "batch_attention": "arm-only (a2p_arm_quirks; the CLIP text arm): the frozen blocks get (B, T, D) as "
+                       "(seq, batch, feat), so every token position attends over the samples of the mini-batch, "
+                       "not over tokens (§10.1)",
     "scrambled_pe": "2D: the [B*M, D, N] grid_sample output is reshaped to [B, M, N, D] without a permute, so a "
                     "token's 'encoding' is a slab of channels across all tokens of its view (§2.1 BUG)",
     "line_rotations": "1D: the six cube-view rotations of ONE direction (line_dir) instead of M distinct lines "
@@ -42,13 +45,14 @@ FLAGS: dict[str, str] = {
     "released_canvas": "2D: the released pixel map px = (u+1) W/2 - 0.5, py = (v H/W + 1) H/2 - 0.5, canvas "
                        "corners aligned to the corner cells (grid_sample align_corners=True, zero padding), "
                        "cells in pixels from the canvas origin (§2.1)",
-    "misshaped_grid": "ImageBind only (auto): the (rows x cols) table read in the transposed shape (12x19 read as "
-                      "19x12, a row-major reshape; no-op for square grids) (§10.3)",
+    "misshaped_grid": "arm-only (a2p_arm_quirks; the ImageBind audio arm): the (rows x cols) table read in the "
+                      "transposed shape (12x19 read as 19x12, a row-major reshape; no-op for square grids) (§10.3)",
     "bn_empty_cells": "the per-view BatchNorm of pooled cells also counts every EMPTY cell of the fixed cell grid "
                       "(zeros from scatter_mean with dim_size = B x all cells) in its statistics (§3.6)",
 }
-# Flags whose ``as_released`` default applies only to the backbone family the released code had it for.
-FAMILY_ONLY = {"batch_attention": "clip_text", "misshaped_grid": "imagebind_audio"}
+# Flags that the released code had in one arm only: under ``as_released`` they are in force only on a backbone
+# that declares them in its ``a2p_arm_quirks`` (peft3d/backbones/__init__.py); every other flag is generic.
+ARM_ONLY = frozenset({"batch_attention", "misshaped_grid", "drop_bias_kv"})
 
 
 @dataclass(frozen=True)
@@ -109,17 +113,17 @@ class Any2PointConfig(MethodConfig):
             if getattr(self, name) not in (None, True, False):
                 raise ValueError(f"{name} must be true, false or null, got {getattr(self, name)!r}")
 
-    def flags(self, backbone: str) -> dict[str, bool]:
-        """The released-code behaviours in force on ``backbone`` (a registry name; ``test_`` variants count
-        as their family)."""
-        family = backbone.removeprefix("test_")
+    def flags(self, arm_quirks: Iterable[str] = ()) -> dict[str, bool]:
+        """The released-code behaviours in force on a backbone whose released arm had ``arm_quirks`` (what the
+        backbone declares as ``a2p_arm_quirks``)."""
+        quirks = set(arm_quirks)
         out = {}
         for name in FLAGS:
             explicit = getattr(self, name)
             if explicit is not None:
                 out[name] = explicit
             else:
-                out[name] = self.variant == "as_released" and FAMILY_ONLY.get(name, family) == family
+                out[name] = self.variant == "as_released" and (name not in ARM_ONLY or name in quirks)
         return out
 
     @classmethod
@@ -165,33 +169,57 @@ PRESET_DOCS: dict[str, str] = {
                                   "voxel 0.16, trans -1.4, max+mean pooling (tokenizer k 81, group norm std).",
 }
 
-# Backbones without released code (RoBERTa, DeiT, SSAST; any2point.md §7.3, §10.15) reuse the settings of the
-# released backbone of their modality; cells keep the released cells' share of the table / canvas.
-ROBERTA_CELL = round(2.0 * 512 / 77, 2)  # 13.3 rows: 39 segments on RoBERTa's 512 usable rows, as 2 on 77
-DEIT_CELL = round(26 / 518 * 224 / 16, 3)  # 0.703 patches: 20 x 20 cells on the 224 canvas, as 26 px on 518
+# -- presets from what a backbone declares ---------------------------------------------------------------------
+# ``<backbone>_<tag>`` reuses the paper preset of the released arm the backbone declares (``a2p_settings``).
+# Cells keep the released cells' share of the positional table: a 1D segment is 2 of CLIP's 77 rows (39
+# segments), a 2D cell of the DINOv2 arm 26 px of its 518 px canvas (20 x 20 cells over its 37 x 37 patches);
+# the ImageBind arm's cell is one patch, whatever the grid. ``pos_shape`` (declared by the backbone) gives the
+# rows; a backbone that declares none keeps the arm's cells as they are.
+ARM_GEOMETRY: dict[str, dict[str, Any]] = {
+    "clip_text": {"field": "cell_1d", "rows": 77, "digits": 2},
+    "dinov2": {"field": "cell_2d", "rows": 37, "digits": 3},
+    "imagebind_audio": {"field": "cell_2d", "rows": None, "digits": None},
+}
+TAGS = {"scan": "scan", "mn40": "mn40", "synthetic": "scan"}  # preset tag -> paper tag (synthetic scans: Scan)
+TINY_BOTTLENECK = 4  # tiny test backbones (``test=True``): the arm's settings with a small bottleneck
+DEFAULT_ARM = {"1d": "clip_text", "2d": "dinov2"}  # a backbone that declares no arm: by its table's modality
 
 
-def _family_presets() -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for tag in ("scan", "mn40"):
-        clip, dino, audio = (PAPER[f"paper_{b}_{tag}"] for b in ("clip_text", "dinov2", "imagebind_audio"))
-        fam = {"clip_text": clip, "dinov2": dino, "imagebind_audio": audio,
-               "roberta": dict(clip, cell_1d=ROBERTA_CELL), "minilm": dict(clip, cell_1d=ROBERTA_CELL),
-               "deit": dict(dino, cell_2d=DEIT_CELL), "ssast": dict(audio)}
-        for name, cfg in fam.items():
-            out[f"{name}_{tag}"] = dict(cfg)
-            if tag == "scan":  # the synthetic scans follow the ScanObjectNN settings
-                out[f"{name}_synthetic"] = dict(cfg)
-    # MiniLM at the quickstart size (128 points -> 16 tokens): segments of 64 of its 512 rows (8 segments)
-    # and 0.4 voxels, so that cells and voxels hold more than one token.
-    out["minilm_synthetic"] = dict(PAPER["paper_clip_text_scan"], cell_1d=64.0, voxel=0.4)
-    # Tiny test backbones: their family's settings with a small bottleneck.
-    for name in list(out):
-        if not name.startswith("minilm"):
-            out[f"test_{name}"] = dict(out[name], bottleneck=4)
-    for tag in ("scan", "mn40", "synthetic"):
-        out[f"test_bert_{tag}"] = dict(out[f"minilm_{tag}"], bottleneck=4, cell_1d=4.0, voxel=0.3)
+def backbone_presets(backbone: str) -> dict[str, dict[str, Any]]:
+    """``{"<backbone>_<tag>": settings}`` for one registered backbone, from what it declares."""
+    meta = BACKBONES.meta(backbone)
+    arm = declared(backbone, "a2p_settings") or DEFAULT_ARM[meta.get("modality", "1d")]
+    geometry, rows = ARM_GEOMETRY[arm], (declared(backbone, "pos_shape") or (None,))[0]
+    out = {}
+    for tag, paper_tag in TAGS.items():
+        cfg = dict(PAPER[f"paper_{arm}_{paper_tag}"])
+        if geometry["rows"] and rows and rows != geometry["rows"]:
+            field = geometry["field"]
+            cfg[field] = round(cfg[field] * rows / geometry["rows"], geometry["digits"])
+        if meta.get("test"):
+            cfg["bottleneck"] = TINY_BOTTLENECK
+        out[f"{backbone}_{tag}"] = cfg
     return out
 
 
-Any2PointConfig.presets = {**PAPER, **_family_presets()}
+class _Presets(Mapping):
+    """The paper presets plus every registered backbone's, computed on each look-up so that a backbone
+    registered after import gets its presets too."""
+
+    def _all(self) -> dict[str, dict[str, Any]]:
+        out = dict(PAPER)
+        for backbone in BACKBONES.names():
+            out.update(backbone_presets(backbone))
+        return out
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+Any2PointConfig.presets = _Presets()

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+from peft3d.backbones import declared
 from peft3d.methods.any2point.config import Any2PointConfig
 from peft3d.methods.any2point.layers import BottleneckAdapter, GuidedAggregation, GuidedBlock
 from peft3d.methods.any2point.projection import VirtualProjection
@@ -20,9 +21,8 @@ class Any2Point(Method):
     name, prefix, config_cls = "any2point", "a2p_", Any2PointConfig
 
     def attach(self, model, cfg: Any2PointConfig) -> None:
-        model.freeze_backbone()
         bb = model.backbone
-        flags = cfg.flags(bb.spec.name)
+        flags = cfg.flags(declared(bb.spec.name, "a2p_arm_quirks", ()))
         projection = VirtualProjection(bb, cfg, flags, model.context)
         model.pos_embed = projection
         width, depth = bb.spec.width, len(bb.blocks)

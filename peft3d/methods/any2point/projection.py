@@ -97,10 +97,6 @@ class Geometry:
     def n_groups(self) -> int:
         return self.group_count.shape[0]
 
-    @property
-    def n_voxels(self) -> int:
-        return self.voxel_count.shape[0]
-
 
 class VirtualProjection(nn.Module):
     """``forward(centres (B, N, 3)) -> (B, N, D)``: replaces ``PointModel.pos_embed``. The table is read from

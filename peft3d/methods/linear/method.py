@@ -8,4 +8,4 @@ class Linear(Method):
     name, prefix, config_cls = "linear", "", LinearConfig
 
     def attach(self, model, cfg: LinearConfig) -> None:
-        model.freeze_backbone()
+        """Nothing to insert: the backbone arrives frozen (``build_model``)."""

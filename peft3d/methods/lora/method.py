@@ -11,7 +11,6 @@ class LoRA(Method):
     def attach(self, model, cfg: LoRAConfig) -> None:
         from peft import LoraConfig, inject_adapter_in_model
 
-        model.freeze_backbone()
         bb = model.backbone
         names = []
         for i, blk in enumerate(bb.blocks):

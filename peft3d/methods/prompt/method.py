@@ -32,7 +32,6 @@ class Prompt(Method):
     name, prefix, config_cls = "prompt", "prompt_", PromptConfig
 
     def attach(self, model, cfg: PromptConfig) -> None:
-        model.freeze_backbone()
         blocks = model.backbone.blocks
         for i in range(len(blocks)):
             blocks[i] = PromptBlock(blocks[i], cfg, model.backbone.spec.width, model.context)

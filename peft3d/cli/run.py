@@ -1,0 +1,92 @@
+"""``bench run``: run every missing run of a grid (resumable), then write its table."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from peft3d.cli.app import GridOpt, ResultsOpt, app, check_roots, parse_roots, parse_seeds, write_table
+
+
+@app.command("run")
+def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
+        jobs: int = typer.Option(0, "--jobs", "-j", help="runs in parallel, each its own process (0 = auto: one "
+                                 "single-threaded run per core on CPU, one run on a GPU)"),
+        seeds: Optional[str] = typer.Option(None, "--seeds", help="override the grid's seeds, e.g. 0,1,2"),
+        data_root: Optional[list[str]] = typer.Option(None, "--data-root", help="FAMILY=PATH"),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N"),
+        tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow backend URI"),
+        no_mlflow: bool = typer.Option(False, "--no-mlflow", help="do not mirror runs to MLflow"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="list what would run")) -> None:
+    """Run every missing run of a grid (resumable), then write its table."""
+    from peft3d.core.results import results_dir
+    from peft3d.grids.loader import expand
+    from peft3d.schedule.runner import pending
+
+    specs = expand(grid, parse_seeds(seeds), parse_roots(data_root), device)
+    check_roots(specs)
+    root = results_dir(results)
+    todo = pending(specs, root)
+    typer.echo(f"grid {grid}: {len(specs)} runs, {len(specs) - len(todo)} already done, {len(todo)} to run "
+               f"→ {root}")
+    if dry_run:
+        for s in todo:
+            typer.echo(f"  {s.run_id}  {s.label}")
+        return
+    t0 = time.time()
+    if jobs <= 0:
+        jobs = 1 if any(s.device.startswith("cuda") for s in todo) else max(1, min(os.cpu_count() or 1, 4))
+    if todo:
+        _run_with_progress(todo, root, jobs, None if no_mlflow else tracking_uri, no_mlflow, grid)
+    n_bad = write_table(grid, specs, root, echo=True)
+    typer.echo(f"wall time {time.time() - t0:.0f} s")
+    if n_bad:
+        typer.secho(f"{n_bad} run(s) did not succeed (see 'Not in the table'); re-run to retry them", fg="yellow",
+                    err=True)
+        raise typer.Exit(1)
+
+
+def _run_with_progress(todo, root: Path, jobs: int, uri: str | None, no_mlflow: bool, grid: str) -> None:
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from peft3d.schedule.runner import run_specs
+
+    mirror = None
+    if not no_mlflow:
+        from peft3d.reporting.mirror import Mirror, tracking_uri
+
+        mirror = Mirror(tracking_uri(root, uri), experiment=f"peft3d/{Path(grid).stem}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}")) as bar:
+        total = bar.add_task("grid", total=len(todo), info="")
+        tasks: dict[str, int] = {}
+
+        def on_event(job) -> None:
+            rid = job.spec.run_id
+            if rid not in tasks:
+                tasks[rid] = bar.add_task(f"  {escape(job.spec.label)}", total=job.spec.budget.epochs, info="starting")
+            if job.last:
+                bar.update(tasks[rid], completed=job.last["epoch"],
+                           info=f"loss {job.last['train_loss']:.3f} val {100 * job.last['val_acc']:.1f}")
+
+        def on_done(job, result) -> None:
+            rid = job.spec.run_id
+            status = result.get("status", "?")
+            info = (f"test {100 * result['metrics']['test_acc']:.1f}" if status == "success"
+                    else f"[red]failed: {escape(str(result.get('error'))[:80])}")
+            if rid in tasks:
+                bar.update(tasks[rid], info=info)
+                bar.remove_task(tasks[rid])
+            bar.console.print(f"{'✓' if status == 'success' else '✗'} {escape(job.spec.label)}  {info}")
+            bar.advance(total)
+            if mirror is not None and result:
+                try:
+                    mirror.log(result)
+                except Exception as e:  # the mirror is secondary: never lose a run over it
+                    bar.console.print(f"[yellow]MLflow mirror failed for {rid}: {escape(str(e))}")
+
+        run_specs(todo, root, jobs, on_event, on_done)
