@@ -20,7 +20,14 @@ PUBLISHED = {  # name: (block params, pos table shape, canvas, patch)
     "deit": (PLAIN, (14, 14, 768), (224, 224), (16, 16)),
     "imagebind_audio": (EXTRA, (12, 19, 768), (128, 204), (10, 10)),
     "ssast": (PLAIN, (8, 64, 768), (128, 1024), (16, 16)),
+    # ViT-S/14 block 1,775,232 (qkv 443,520 + proj 147,840 + fc1 591,360 + fc2 590,208 + 2 LN 1,536 + layer scale)
+    "dinov2_small": (12 * 1_775_232, (37, 37, 384), (518, 518), (14, 14)),
+    "minilm_l3": (3 * 1_774_464, (512, 384), None, None),  # MiniLM-L6's block, 3 of them
+    # Whisper tiny block 1,774,080: q, v, out 3 x 147,840 + k (no bias) 147,456 + fc1 + fc2 + 2 LN
+    "whisper_tiny": (4 * 1_774_080, (1500, 384), None, None),
 }
+ARCH = {"minilm": (384, 6, 12), "dinov2_small": (384, 12, 6), "minilm_l3": (384, 3, 12),
+        "whisper_tiny": (384, 4, 6)}  # (width, depth, heads); the others 768 x 12 x 12
 REAL = [n for n in BACKBONES.names() if not BACKBONES.meta(n).get("test")]
 
 
@@ -38,7 +45,7 @@ def test_full_size_block_params_on_meta(name):
         assert bb.block_param_count() == params
         pt = bb.pos_table()
         assert tuple(pt.table.shape) == shape and pt.canvas == canvas and pt.patch == patch
-        size = (384, 6, 12) if name == "minilm" else (768, 12, 12)
+        size = ARCH.get(name, (768, 12, 12))
         assert (bb.spec.width, bb.spec.depth, bb.spec.heads) == size
         assert len(bb.blocks) == size[1] and "position_table" in dict(bb.named_buffers())
         assert all(not n.startswith("position_table") for n, _ in bb.named_parameters())
@@ -53,7 +60,7 @@ def test_bench_params_full_size_json(name):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["backbone"] == name and out["method"] == "lora" and out["blocks"] == PUBLISHED[name][0]
-    width, depth = PUBLISHED[name][1][-1], 6 if name == "minilm" else 12
+    width, depth = PUBLISHED[name][1][-1], ARCH.get(name, (768, 12, 12))[1]
     # per block and unit of r: q, k, v, o as four width x width LoRAs (8 w) or fused qkv + o (6 w) (pitfall 8)
     per_block = 6 * width if name in ("imagebind_audio", "ssast") else 8 * width
     assert out["method_params"] == depth * per_block * 8  # r = 8

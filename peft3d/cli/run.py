@@ -1,7 +1,6 @@
 """``bench run``: run every missing run of a grid (resumable), then write its table."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -13,8 +12,12 @@ from peft3d.cli.app import GridOpt, ResultsOpt, app, check_roots, parse_roots, p
 
 @app.command("run")
 def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
-        jobs: int = typer.Option(0, "--jobs", "-j", help="runs in parallel, each its own process (0 = auto: one "
-                                 "single-threaded run per core on CPU, one run on a GPU)"),
+        jobs: int = typer.Option(0, "--jobs", "-j", help="CPU runs in parallel, each its own process (0 = "
+                                 "--devices auto)"),
+        devices: Optional[str] = typer.Option(None, "--devices", help="auto | cpu | cuda:0,cuda:1,...: one "
+                                              "worker per device slot, pinned via CUDA_VISIBLE_DEVICES (auto: "
+                                              "every visible GPU, else one single-threaded run per core)"),
+        per_device: int = typer.Option(1, "--per-device", help="workers per listed device (cpu: worker count)"),
         seeds: Optional[str] = typer.Option(None, "--seeds", help="override the grid's seeds, e.g. 0,1,2"),
         data_root: Optional[list[str]] = typer.Option(None, "--data-root", help="FAMILY=PATH"),
         device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N"),
@@ -36,11 +39,17 @@ def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         for s in todo:
             typer.echo(f"  {s.run_id}  {s.label}")
         return
+    from peft3d.schedule.devices import parse_devices
+
     t0 = time.time()
-    if jobs <= 0:
-        jobs = 1 if any(s.device.startswith("cuda") for s in todo) else max(1, min(os.cpu_count() or 1, 4))
+    slots = parse_devices(devices, per_device, jobs, want_cuda=any(s.device.startswith("cuda") for s in specs))
     if todo:
-        _run_with_progress(todo, root, jobs, None if no_mlflow else tracking_uri, no_mlflow, grid)
+        typer.echo(f"slots: {', '.join(s.name for s in slots)}")
+    mirror = None if no_mlflow else _mirror(root, tracking_uri, grid)
+    if todo:
+        _run_with_progress(todo, root, slots, mirror)
+    if mirror is not None:
+        _backfill(mirror, specs, root)
     n_bad = write_table(grid, specs, root, echo=True)
     typer.echo(f"wall time {time.time() - t0:.0f} s")
     if n_bad:
@@ -49,17 +58,31 @@ def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         raise typer.Exit(1)
 
 
-def _run_with_progress(todo, root: Path, jobs: int, uri: str | None, no_mlflow: bool, grid: str) -> None:
+def _mirror(root: Path, uri: str | None, grid: str):
+    from peft3d.reporting.mirror import Mirror, tracking_uri
+
+    return Mirror(tracking_uri(root, uri), experiment=f"peft3d/{Path(grid).stem}", lock_dir=root)
+
+
+def _backfill(mirror, specs, root: Path) -> None:
+    """Mirror every finished run of the grid that MLflow lacks (finished elsewhere, or by a killed bench run)."""
+    from peft3d.core.results import load_results
+
+    try:
+        added = mirror.backfill([r for r in load_results(root, [s.run_id for s in specs]).values() if r])
+    except Exception as e:  # the mirror is secondary: never fail a grid over it
+        typer.secho(f"MLflow backfill failed: {e}", fg="yellow", err=True)
+        return
+    if added:
+        typer.echo(f"mirrored {len(added)} finished run(s) that MLflow lacked")
+
+
+def _run_with_progress(todo, root: Path, slots, mirror) -> None:
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from peft3d.schedule.runner import run_specs
 
-    mirror = None
-    if not no_mlflow:
-        from peft3d.reporting.mirror import Mirror, tracking_uri
-
-        mirror = Mirror(tracking_uri(root, uri), experiment=f"peft3d/{Path(grid).stem}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}")) as bar:
         total = bar.add_task("grid", total=len(todo), info="")
@@ -68,7 +91,9 @@ def _run_with_progress(todo, root: Path, jobs: int, uri: str | None, no_mlflow: 
         def on_event(job) -> None:
             rid = job.spec.run_id
             if rid not in tasks:
-                tasks[rid] = bar.add_task(f"  {escape(job.spec.label)}", total=job.spec.budget.epochs, info="starting")
+                slot = job.slot.name if job.slot else ""
+                tasks[rid] = bar.add_task(f"  [{slot}] {escape(job.spec.label)}", total=job.spec.budget.epochs,
+                                          info="starting")
             if job.last:
                 bar.update(tasks[rid], completed=job.last["epoch"],
                            info=f"loss {job.last['train_loss']:.3f} val {100 * job.last['val_acc']:.1f}")
@@ -89,4 +114,8 @@ def _run_with_progress(todo, root: Path, jobs: int, uri: str | None, no_mlflow: 
                 except Exception as e:  # the mirror is secondary: never lose a run over it
                     bar.console.print(f"[yellow]MLflow mirror failed for {rid}: {escape(str(e))}")
 
-        run_specs(todo, root, jobs, on_event, on_done)
+        def on_elsewhere(spec) -> None:
+            bar.console.print(f"· {escape(spec.label)}  done by another process")
+            bar.advance(total)
+
+        run_specs(todo, root, on_event=on_event, on_done=on_done, slots=slots, on_elsewhere=on_elsewhere)

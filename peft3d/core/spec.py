@@ -96,8 +96,15 @@ class RunSpec:
     data_root: str | None = None  # machine-specific: not part of run_id
     device: str = "cpu"  # execution detail: not part of run_id
     grid: str | None = None  # the grid that scheduled it: not part of run_id
+    # Save a resumable checkpoint every this many epochs (and on SIGTERM/SIGUSR1). Execution detail: not part
+    # of run_id. 5: at paper size an epoch is minutes, a PEFT checkpoint megabytes; `full` writes the backbone.
+    checkpoint_every: int = 5
 
-    NON_IDENTITY = ("data_root", "device", "grid")
+    NON_IDENTITY = ("data_root", "device", "grid", "checkpoint_every")
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -24,6 +24,12 @@ DATASETS.register("modelnet40", "peft3d.datasets.modelnet40:ModelNet40",
                   counts={"fps_cache": {"train": 9843, "test": 2468}, "normal_resampled": {"train": 9843, "test": 2468},
                           "ply_hdf5_2048": {"train": 9840, "test": 2468}},
                   summary="ModelNet40 CAD; Point-BERT .dat cache, PointNet HDF5 or PointNet++ txt (auto-detected)")
+DATASETS.register("sweethome3d", "peft3d.datasets.sweethome3d:SweetHome3D",
+                  variants=("s0", "s1", "s2", "s3", "s4"), classes=13, default_variant="s0", needs_root=False,
+                  tag="mn40",  # clean CAD-like meshes in the unit sphere: the ModelNet40 presets apply
+                  counts={f"s{i}": {"train": 275, "test": 92} for i in range(5)},  # package 1.8-1, class table v1
+                  summary="Sweet Home 3D furniture meshes (Debian sweethome3d-furniture; CC0 / CC-BY 3.0), "
+                          "13 ModelNet-like classes; s0..s4 = seeded stratified splits")
 
 
 def split_name(name: str) -> tuple[str, str | None]:

@@ -17,7 +17,8 @@ from peft3d.core.spec import Budget, RunSpec, TokenizerCfg, from_mapping
 
 GRID_DIR = Path(__file__).parent / "files"
 KEYS = {"description", "include", "backbones", "weights", "methods", "datasets", "seeds", "protocol",
-        "num_points", "budget", "tokenizer", "head", "method_cfg", "data_root", "device", "compare_to"}
+        "num_points", "budget", "tokenizer", "head", "method_cfg", "data_root", "device", "compare_to",
+        "checkpoint_every"}
 REQUIRED = ("backbones", "methods", "datasets")
 
 
@@ -129,6 +130,14 @@ def _data_root(grid: dict[str, Any], family: str, overrides: dict[str, str]) -> 
     return root
 
 
+def _checkpoint_every(grid: dict[str, Any]) -> int:
+    every = grid.get("checkpoint_every", RunSpec.checkpoint_every)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ConfigError(f"grid checkpoint_every: expected an integer >= 1 (epochs between "
+                          f"checkpoints), got {every!r}")
+    return every
+
+
 def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str] | None = None,
            device: str | None = None) -> list[RunSpec]:
     """All RunSpecs of a grid, validated (names, method configs, budget) without importing torch."""
@@ -177,7 +186,8 @@ def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str]
             method_cfg=cfg.to_dict(), preset=preset, protocol=protocol, num_points=int(grid.get("num_points", 1024)),
             seed=int(seed), budget=budget, tokenizer=tokenizer, head_hidden=int(head.get("hidden", 256)),
             head_dropout=float(head.get("dropout", 0.5)), data_root=_data_root(grid, family, data_roots or {}),
-            device=device or grid.get("device", "cpu"), grid=grid_name))
+            device=device or grid.get("device", "cpu"), grid=grid_name,
+            checkpoint_every=_checkpoint_every(grid)))
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"grid {grid_name}: two entries expand to the same run (duplicate axis values?)")

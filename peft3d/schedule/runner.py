@@ -1,7 +1,10 @@
 """Scheduler: expand a grid, skip runs whose result records success, run the rest each in its own process.
 
-A crash or out-of-memory costs one cell, not the grid. Ctrl-C stops the running children and writes
-nothing for them, so a re-run finishes exactly what is missing.
+Each process runs in a device slot (:mod:`peft3d.schedule.devices`: a GPU pinned through
+``CUDA_VISIBLE_DEVICES``, or a CPU core). A crash or out-of-memory costs one cell, not the grid. Several
+schedulers (``bench run``, SLURM tasks) may share one results folder: a run claimed by another live process
+(:mod:`peft3d.schedule.claims`) is left to it and waited for, a stale claim is taken over. Ctrl-C stops the
+running children (they checkpoint) and writes no result for them, so a re-run finishes exactly what is missing.
 """
 from __future__ import annotations
 
@@ -16,8 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from peft3d.core.results import failure_result, read_result, succeeded, write_result
+from peft3d.core.results import failure_result, read_result, run_path, succeeded, write_result
 from peft3d.core.spec import RunSpec
+from peft3d.schedule.claims import holder
+from peft3d.schedule.devices import Slot, cpu_slots
+from peft3d.schedule.worker import CLAIMED
+
+RECHECK_S = 2.0  # how often runs claimed by other processes are looked at again
 
 # glibc serves allocations above its mmap threshold with fresh pages and unmaps them on free, so every
 # large CPU activation pays page faults again. Measured on the Point-PN tokenizer (256 points, batch 16,
@@ -28,6 +36,7 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_
 @dataclass
 class Job:
     spec: RunSpec
+    slot: Slot | None = None
     proc: subprocess.Popen | None = None
     spec_file: Path | None = None
     last: dict = field(default_factory=dict)
@@ -55,13 +64,15 @@ def _reader(job: Job, on_event: Callable[[Job], None]) -> None:
             del job.output[:-40]
 
 
-def _start(job: Job, root: Path, threads: int, on_event: Callable[[Job], None]) -> None:
+def _start(job: Job, root: Path, on_event: Callable[[Job], None]) -> None:
+    assert job.slot is not None
+    spec = job.spec.replace(device=job.slot.device) if job.slot.device else job.spec
     fd, name = tempfile.mkstemp(prefix=f"peft3d-{job.spec.run_id}-", suffix=".json")
     with os.fdopen(fd, "w") as f:
-        json.dump(job.spec.to_dict(), f)
+        json.dump(spec.to_dict(), f)
     job.spec_file = Path(name)
-    env = dict(os.environ, PEFT3D_THREADS=str(threads), HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
-               PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PEFT3D_THREADS=str(job.slot.threads), PEFT3D_SLOT=job.slot.name,
+               HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), PYTHONUNBUFFERED="1", **job.slot.env)
     env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
     job.proc = subprocess.Popen([sys.executable, "-m", "peft3d.schedule.worker", name, str(root)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -80,6 +91,8 @@ def _finish(job: Job, root: Path) -> dict:
         job.spec_file.unlink(missing_ok=True)
     result = read_result(root, job.spec.run_id)
     code = job.proc.returncode
+    if code == CLAIMED:
+        return {}  # another process has it (or finished it): nothing was done here
     if code != 0 and (result is None or result.get("status") == "success"):
         tail = " | ".join(job.output[-3:])
         why = "killed (out of memory?)" if code in (-9, 137) else f"exited with code {code}"
@@ -89,30 +102,63 @@ def _finish(job: Job, root: Path) -> dict:
 
 
 def run_specs(specs: list[RunSpec], root: Path, jobs: int = 1, on_event: Callable[[Job], None] | None = None,
-              on_done: Callable[[Job, dict], None] | None = None) -> list[dict]:
-    """Run ``specs`` with at most ``jobs`` processes; returns their result dicts in completion order."""
+              on_done: Callable[[Job, dict], None] | None = None, slots: list[Slot] | None = None,
+              on_elsewhere: Callable[[RunSpec], None] | None = None) -> list[dict]:
+    """Run ``specs``, one process per slot (default: ``jobs`` CPU slots); returns the result dicts of the runs
+    this call executed, in completion order. Runs claimed by another live process are waited for (a stale claim
+    is taken over); ``on_elsewhere`` hears of each run finished by someone else."""
     on_event = on_event or (lambda j: None)
-    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    queue, running, done = list(specs), [], []
+    free = list(slots or cpu_slots(jobs))
+    queue, waiting, running, done = list(specs), [], [], []
+    stamps: dict[str, int | None] = {}  # result file's mtime when a run was first seen claimed elsewhere
+    last_check = time.time()
     try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                job = Job(queue.pop(0))
-                _start(job, root, threads, on_event)
+        while queue or running or waiting:
+            while queue and free:
+                spec = queue.pop(0)
+                if succeeded(root, spec.run_id) or _finished_since(root, spec, stamps):
+                    if on_elsewhere:
+                        on_elsewhere(spec)
+                    continue
+                if holder(root, spec.run_id) is not None:
+                    stamps.setdefault(spec.run_id, _stamp(root, spec))
+                    waiting.append(spec)
+                    continue
+                job = Job(spec, slot=free.pop(0))
+                _start(job, root, on_event)
                 running.append(job)
                 on_event(job)
             time.sleep(0.2)
             for job in [j for j in running if j.proc and j.proc.poll() is not None]:
                 running.remove(job)
+                free.append(job.slot)
                 result = _finish(job, root)
+                if not result:  # claimed elsewhere after all: wait for it like the others
+                    stamps.setdefault(job.spec.run_id, _stamp(root, job.spec))
+                    waiting.append(job.spec)
+                    continue
                 done.append(result)
                 if on_done:
                     on_done(job, result)
+            if waiting and time.time() - last_check > RECHECK_S:
+                queue.extend(waiting)
+                waiting.clear()
+                last_check = time.time()
     except KeyboardInterrupt:
         for job in running:
             _stop(job)
         raise
     return done
+
+
+def _stamp(root: Path, spec: RunSpec) -> int | None:
+    path = run_path(root, spec.run_id)
+    return path.stat().st_mtime_ns if path.exists() else None
+
+
+def _finished_since(root: Path, spec: RunSpec, stamps: dict[str, int | None]) -> bool:
+    """The other process that held ``spec`` wrote a result (even a failure): it is not retried here."""
+    return spec.run_id in stamps and _stamp(root, spec) != stamps[spec.run_id]
 
 
 def _stop(job: Job) -> None:

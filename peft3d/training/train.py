@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -21,6 +22,7 @@ from peft3d.datasets.sampling import TrainSampler
 from peft3d.models.build import build_model
 from peft3d.models.model import PointModel, param_groups
 from peft3d.schedule.environment import environment
+from peft3d.training import checkpoint as ckpt
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -116,6 +118,40 @@ class Curves:
         return cls([], [], [], [], [], [], [])
 
 
+@dataclass
+class Loop:
+    """Where the training loop is: completed epochs, the epoch in progress (its order, step, partial sums)."""
+
+    curves: Curves
+    epochs_done: int = 0
+    step: int = 0
+    order: np.ndarray | None = None
+    losses: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    steps: int = 0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    resumed_from: list[int] = field(default_factory=list)
+
+
+def _snapshot(spec: RunSpec, loop: Loop, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+              rng: np.random.Generator) -> dict[str, Any]:
+    state = {k: v for k, v in loop.__dict__.items() if k != "curves"}
+    return {"run_id": spec.run_id, "loop": state, "curves": dict(loop.curves.__dict__),
+            "model": ckpt.trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "rng": ckpt.rng_states(rng)}
+
+
+def _restore(saved: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+             rng: np.random.Generator) -> Loop:
+    ckpt.load_trainable_state(model, saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
+    ckpt.set_rng_states(saved["rng"], rng)
+    return Loop(curves=Curves(**{k: list(v) for k, v in saved["curves"].items()}), **saved["loop"])
+
+
 def select(curves: Curves) -> dict[str, Any]:
     """Best validation epoch (earliest on ties) -> its test accuracy; optimistic and last alongside."""
     v, t = np.asarray(curves.val_acc), np.asarray(curves.test_acc)
@@ -131,7 +167,21 @@ def frozen_checksum(model: nn.Module) -> str:
     return state_checksum(frozen)
 
 
-def train_run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]:
+def _fold(loop, dev_loss: torch.Tensor, dev_correct: torch.Tensor, epoch: int) -> None:
+    """Move the device-side running sums into ``loop`` (a host synchronisation) and zero them."""
+    loop.losses += float(dev_loss)
+    loop.correct += int(dev_correct)
+    dev_loss.zero_()
+    dev_correct.zero_()
+    if not math.isfinite(loop.losses):
+        raise FloatingPointError(f"non-finite training loss in epoch {epoch}: lower the lr")
+
+
+def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path | None = None) -> dict[str, Any]:
+    """Train and evaluate ``spec``. With ``checkpoint`` (a file path), the run saves its state there every
+    ``spec.checkpoint_every`` epochs and on a stop request (:data:`peft3d.training.checkpoint.STOP`), and resumes
+    from it when it exists: the curves and metrics are bit-identical to an uninterrupted run (same device and
+    thread count). The caller removes the file once the result is written."""
     t0 = time.time()
     device = spec.device
     seed_everything(spec.seed)
@@ -160,48 +210,75 @@ def train_run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=b.label_smoothing)
     rng = np.random.default_rng(spec.seed)
-    curves, train_s, eval_s, steps = Curves.empty(), 0.0, 0.0, 0
-    for epoch in range(1, b.epochs + 1):
-        model.train()
-        ts, seen = time.time(), 0
-        # Running sums stay on the device: no host synchronisation inside the step loop.
-        losses = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        order = rng.permutation(n)
-        for s in range(steps_per_epoch):
-            idx = np.sort(order[s * b.batch_size:(s + 1) * b.batch_size])
-            x = torch.from_numpy(sampler.batch(idx, proto, rng))
-            y = torch.from_numpy(data.train.labels[idx])
-            if cuda:
-                x, y = x.pin_memory(), y.pin_memory()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast(device, precision):
-                logits = model(x)
-                loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], b.grad_clip)
-            opt.step()
-            sched.step()
-            losses += loss.detach() * len(idx)
-            correct += (logits.argmax(-1) == y).sum()
-            seen += len(idx)
-            steps += 1
-        losses, correct = float(losses), int(correct)  # one synchronisation per epoch
-        if not math.isfinite(losses):
-            raise FloatingPointError(f"non-finite training loss in epoch {epoch}: lower the lr")
-        train_s += time.time() - ts
-        te = time.time()
-        va = evaluate(model, val_x, data.val.labels, b.eval_batch_size, device, data.num_classes, precision)
-        tst = evaluate(model, test_x, data.test.labels, b.eval_batch_size, device, data.num_classes, precision)
-        eval_s += time.time() - te
-        for k, v in (("epoch", epoch), ("train_loss", losses / seen), ("train_acc", correct / seen),
-                     ("val_acc", va["acc"]), ("test_acc", tst["acc"]), ("test_macc", tst["macc"]),
-                     ("lr", b.lr * factor(steps - 1))):
-            getattr(curves, k).append(v)
-        if progress:
-            progress({"epoch": epoch, "epochs": b.epochs, "train_loss": losses / seen, "val_acc": va["acc"],
-                      "test_acc": tst["acc"]})
+    loop = Loop(curves=Curves.empty())
+    saved = ckpt.load(checkpoint, spec.run_id)
+    if saved is not None:
+        loop = _restore(saved, model, opt, sched, rng)
+        loop.resumed_from.append(loop.epochs_done)
+
+    def save() -> None:
+        if checkpoint is not None:
+            ckpt.save(checkpoint, _snapshot(spec, loop, model, opt, sched, rng))
+
+    every = max(1, spec.checkpoint_every)
+    ckpt.STOP.armed = True
+    try:
+        for epoch in range(loop.epochs_done + 1, b.epochs + 1):
+            model.train()
+            ts = time.time()
+            if loop.order is None:  # a new epoch (a restored mid-epoch stop keeps its permutation)
+                loop.order, loop.losses, loop.correct, loop.seen = rng.permutation(n), 0.0, 0, 0
+            # Running sums stay on the device: no host synchronisation inside the step loop (folded into
+            # ``loop`` once per epoch, or before a checkpoint).
+            dev_loss = torch.zeros((), device=device)
+            dev_correct = torch.zeros((), device=device, dtype=torch.long)
+            for s in range(loop.step, steps_per_epoch):
+                if ckpt.STOP.requested:
+                    _fold(loop, dev_loss, dev_correct, epoch)
+                    loop.step = s
+                    save()
+                    raise ckpt.Preempted(f"stopped at epoch {epoch} step {s}")
+                idx = np.sort(loop.order[s * b.batch_size:(s + 1) * b.batch_size])
+                x = torch.from_numpy(sampler.batch(idx, proto, rng))
+                y = torch.from_numpy(data.train.labels[idx])
+                if cuda:
+                    x, y = x.pin_memory(), y.pin_memory()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast(device, precision):
+                    logits = model(x)
+                    loss = loss_fn(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], b.grad_clip)
+                opt.step()
+                sched.step()
+                dev_loss += loss.detach() * len(idx)
+                dev_correct += (logits.argmax(-1) == y).sum()
+                loop.seen += len(idx)
+                loop.steps += 1
+            _fold(loop, dev_loss, dev_correct, epoch)  # one synchronisation per epoch
+            loop.train_s += time.time() - ts
+            te = time.time()
+            va = evaluate(model, val_x, data.val.labels, b.eval_batch_size, device, data.num_classes, precision)
+            tst = evaluate(model, test_x, data.test.labels, b.eval_batch_size, device, data.num_classes,
+                           precision)
+            loop.eval_s += time.time() - te
+            curves = loop.curves
+            for k, v in (("epoch", epoch), ("train_loss", loop.losses / loop.seen),
+                         ("train_acc", loop.correct / loop.seen), ("val_acc", va["acc"]), ("test_acc", tst["acc"]),
+                         ("test_macc", tst["macc"]), ("lr", b.lr * factor(loop.steps - 1))):
+                getattr(curves, k).append(v)
+            loop.epochs_done, loop.step, loop.order = epoch, 0, None
+            if epoch < b.epochs and (epoch % every == 0 or ckpt.STOP.requested):
+                save()
+            if progress:
+                progress({"epoch": epoch, "epochs": b.epochs, "train_loss": curves.train_loss[-1],
+                          "val_acc": va["acc"], "test_acc": tst["acc"]})
+            if ckpt.STOP.requested and epoch < b.epochs:
+                raise ckpt.Preempted(f"stopped after epoch {epoch}")
+    finally:
+        ckpt.STOP.armed = False
+    curves, train_s, eval_s, steps = loop.curves, loop.train_s, loop.eval_s, loop.steps
     frozen_after = frozen_checksum(model)
     metrics = select(curves)
     metrics.update(n_val=len(data.val), n_test=len(data.test), curves=curves.__dict__)
@@ -224,5 +301,6 @@ def train_run(spec: RunSpec, progress: Progress | None = None) -> dict[str, Any]
                      "(selected on test, as papers do) and never the headline.",
         "environment": dict(environment(device), precision=precision,
                             attention="sdpa" if cuda else "backbone default"),
+        "resumed_from": loop.resumed_from,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

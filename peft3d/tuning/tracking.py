@@ -3,48 +3,12 @@ per study, a nested run per trial, created with the client and explicit run ids 
 so there is no fluent active-run state), and reaping of RUNNING runs whose owner process is gone."""
 from __future__ import annotations
 
-import os
-import socket
-from pathlib import Path
 from typing import Any
 
+from peft3d.core.owners import owner_alive, owner_token
 from peft3d.core.spec import RunSpec
 
-# ------------------------------------------------------------------------------------------- owners
-
-def _proc_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a live owner from a reused pid."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def owner_token(pid: int | None = None) -> str:
-    pid = pid or os.getpid()
-    return f"{socket.gethostname()}/{pid}/{_proc_start(pid) or '?'}"
-
-
-def owner_alive(token: str | None) -> bool:
-    """False when the owner process is certainly gone (same host, pid dead or reused); True otherwise."""
-    try:
-        host, pid_s, start = str(token).rsplit("/", 2)
-        pid = int(pid_s)
-    except ValueError:
-        return False
-    if host != socket.gethostname():
-        return True  # another machine's process: not ours to declare dead
-    now = _proc_start(pid)
-    if now is not None:
-        return now == start
-    try:  # no /proc: fall back to "does the pid exist"
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
+__all__ = ["TuneTracker", "owner_alive", "owner_token"]
 
 # ------------------------------------------------------------------------------------------- MLflow
 
@@ -52,15 +16,9 @@ class TuneTracker:
     """Parent MLflow run per study, nested run per trial; explicit run ids, owner-tagged, never left RUNNING."""
 
     def __init__(self, uri: str, experiment: str) -> None:
-        import logging
+        from peft3d.reporting.mirror import open_experiment
 
-        import mlflow
-
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        self.client = mlflow.MlflowClient(uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        self.exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.client, self.exp_id = open_experiment(uri, experiment)
         self.owner = owner_token()
 
     def reap(self) -> int:

@@ -1,0 +1,103 @@
+"""``bench submit`` (a grid's missing runs as one SLURM/local job array, through submitit) and ``bench status``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from peft3d.cli.app import GridOpt, ResultsOpt, app, check_roots, fail, parse_roots, parse_seeds
+
+
+def _minutes(hms: str | None) -> int | None:
+    """SLURM-style time: MM, HH:MM:SS or D-HH:MM:SS -> whole minutes (rounded up)."""
+    if hms is None:
+        return None
+    try:
+        days, _, rest = hms.rpartition("-")
+        parts = [int(x) for x in rest.split(":")]
+        if len(parts) == 1:
+            h, m, s = 0, parts[0], 0
+        else:
+            h, m, s = ([0] * (3 - len(parts)) + parts)[-3:]
+        total = (int(days or 0) * 24 + h) * 60 + m + (1 if s else 0)
+    except ValueError:
+        total = 0
+    if total <= 0:
+        fail(f"--time expects HH:MM:SS (or D-HH:MM:SS, or minutes), got {hms!r}")
+    return total
+
+
+@app.command("submit")
+def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
+           seeds: Optional[str] = typer.Option(None, "--seeds"),
+           data_root: Optional[list[str]] = typer.Option(None, "--data-root", help="FAMILY=PATH"),
+           executor: str = typer.Option("slurm", "--executor", help="slurm | local (this machine, same path)"),
+           partition: Optional[str] = typer.Option(None, "--partition"),
+           gpus_per_task: int = typer.Option(0, "--gpus-per-task", help="GPUs per run (>0: the runs use cuda)"),
+           cpus_per_task: int = typer.Option(1, "--cpus-per-task", help="CPU cores per run (torch threads)"),
+           mem: Optional[str] = typer.Option(None, "--mem", help="memory per task, SLURM syntax (e.g. 32G)"),
+           time_: Optional[str] = typer.Option("04:00:00", "--time", help="time limit per task, HH:MM:SS; a run "
+                                               "that reaches it checkpoints and is requeued"),
+           max_parallel: Optional[int] = typer.Option(None, "--max-parallel", help="array tasks running at once"),
+           account: Optional[str] = typer.Option(None, "--account"),
+           qos: Optional[str] = typer.Option(None, "--qos"),
+           dry_run: bool = typer.Option(False, "--dry-run", help="list what would be submitted")) -> None:
+    """Submit a grid's missing runs as one job array (submitit map_array) and return; see bench status."""
+    from peft3d.core.results import results_dir
+    from peft3d.grids.loader import expand
+    from peft3d.schedule.claims import holder
+    from peft3d.schedule.runner import pending
+
+    if executor not in ("slurm", "local"):
+        fail(f"--executor must be slurm or local, got {executor!r}")
+    if cpus_per_task < 1 or gpus_per_task < 0 or (max_parallel is not None and max_parallel < 1):
+        fail("--cpus-per-task and --max-parallel must be >= 1, --gpus-per-task >= 0")
+    specs = expand(grid, parse_seeds(seeds), parse_roots(data_root), "cuda" if gpus_per_task else None)
+    check_roots(specs)
+    root = results_dir(results)
+    todo = [s for s in pending(specs, root) if holder(root, s.run_id) is None]
+    typer.echo(f"grid {grid}: {len(specs)} runs, {len(specs) - len(todo)} done or running, {len(todo)} to submit "
+               f"({executor}) → {root}")
+    if dry_run or not todo:
+        for s in todo:
+            typer.echo(f"  {s.run_id}  {s.label}")
+        return
+    from peft3d.schedule.submit import submit_runs
+
+    opts = {"partition": partition, "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task, "mem": mem,
+            "time_min": _minutes(time_), "max_parallel": max_parallel, "account": account, "qos": qos}
+    try:
+        ids = submit_runs(todo, root, executor, opts, Path(grid).stem)
+    except Exception as e:  # sbatch missing / rejected: one line, nothing recorded
+        fail(f"submission failed ({executor}): {' '.join(str(e).split())[:300]}")
+    typer.echo(f"submitted {len(ids)} task(s): {ids[0]}{' … ' + ids[-1] if len(ids) > 1 else ''}; "
+               f"recorded in {root / 'submissions.jsonl'}; follow with: bench status --grid {grid}")
+
+
+@app.command("status")
+def status(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
+           seeds: Optional[str] = typer.Option(None, "--seeds"),
+           as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """done / running (epoch) / queued / failed per run of a grid, from results, claims, checkpoints, jobs."""
+    from peft3d.core.results import results_dir
+    from peft3d.grids.loader import expand
+    from peft3d.schedule.submit import run_states
+
+    rows = run_states(expand(grid, parse_seeds(seeds)), results_dir(results))
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+        extra = ""
+        if r["state"] == "running":
+            extra = f"epoch {r['epoch']}/{r['epochs']} on {r['where']}"
+        elif r["checkpoint_epoch"] is not None:
+            extra = f"checkpoint at epoch {r['checkpoint_epoch']}/{r['epochs']}"
+        detail = f" ({r['detail']})" if r["detail"] else ""
+        job = f" job {r['job']}" if r["job"] else ""
+        typer.echo(f"{r['state']:8} {r['run_id']}  {r['label']}{job} {extra}{detail}".rstrip())
+    typer.echo(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
