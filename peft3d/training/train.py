@@ -168,11 +168,9 @@ def frozen_checksum(model: nn.Module) -> str:
 
 
 def _fold(loop, dev_loss: torch.Tensor, dev_correct: torch.Tensor, epoch: int) -> None:
-    """Move the device-side running sums into ``loop`` (a host synchronisation) and zero them."""
-    loop.losses += float(dev_loss)
-    loop.correct += int(dev_correct)
-    dev_loss.zero_()
-    dev_correct.zero_()
+    """Copy the device-side running sums (which started from the loop's) into ``loop``: one host sync."""
+    loop.losses = float(dev_loss)
+    loop.correct = int(dev_correct)
     if not math.isfinite(loop.losses):
         raise FloatingPointError(f"non-finite training loss in epoch {epoch}: lower the lr")
 
@@ -230,8 +228,10 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
                 loop.order, loop.losses, loop.correct, loop.seen = rng.permutation(n), 0.0, 0, 0
             # Running sums stay on the device: no host synchronisation inside the step loop (folded into
             # ``loop`` once per epoch, or before a checkpoint).
-            dev_loss = torch.zeros((), device=device)
-            dev_correct = torch.zeros((), device=device, dtype=torch.long)
+            # float64, continuing from the loop's own sums: the same sequence of additions as host floats, so a
+            # run resumed mid-epoch reports bit-identical training loss.
+            dev_loss = torch.tensor(loop.losses, dtype=torch.float64, device=device)
+            dev_correct = torch.tensor(loop.correct, dtype=torch.long, device=device)
             for s in range(loop.step, steps_per_epoch):
                 if ckpt.STOP.requested:
                     _fold(loop, dev_loss, dev_correct, epoch)
@@ -252,7 +252,7 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
                 nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], b.grad_clip)
                 opt.step()
                 sched.step()
-                dev_loss += loss.detach() * len(idx)
+                dev_loss += loss.detach().double() * len(idx)
                 dev_correct += (logits.argmax(-1) == y).sum()
                 loop.seen += len(idx)
                 loop.steps += 1
