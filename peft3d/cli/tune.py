@@ -34,7 +34,7 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     """Tune every backbone × dataset × method cell with the same number of Optuna trials (validation metric,
     pruning on the validation curve), then run the best configuration of each on the grid's seeds.
     Resumable: re-run the same command after an interruption."""
-    from peft3d.core.results import results_dir
+    from peft3d.core.result import ensure_writable, results_dir
     from peft3d.grids.loader import compare_to, expand
     from peft3d.reporting.mirror import tracking_uri as default_uri
     from peft3d.tuning.tune import TuneOptions, Tuner, cells_of, storage_url, write_tuned_tables
@@ -47,6 +47,7 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
             typer.echo(f"  {c.study_name}  ({len(c.specs)} seeds)")
         return
     check_roots(specs)
+    ensure_writable(root)
     if pruner not in ("median", "none"):
         fail(f"--pruner must be 'median' or 'none', got {pruner!r}")
     os.environ.setdefault("PEFT3D_CACHE", str(root / "cache"))  # one evaluation FPS cache for every study
