@@ -7,7 +7,7 @@ import torch
 
 from peft3d.core.errors import ConfigError
 from peft3d.datasets.protocols import PROTOCOLS, augment, get_protocol
-from peft3d.datasets.sampling import TrainSampler, fps
+from peft3d.datasets.sampling import TrainSampler
 from peft3d.models.geometry import farthest_point_sample
 
 PTS = np.random.default_rng(0).normal(size=(6, 96, 3)).astype(np.float32)
@@ -31,13 +31,17 @@ def test_paper_presets_exist():
         get_protocol("any2point")
 
 
-def test_fast_fps_matches_reference():
+def test_fps_matrix_and_streaming_paths_agree_and_honour_start(monkeypatch):
+    from peft3d.models import geometry
+
     x = torch.from_numpy(PTS)
-    ref, got = farthest_point_sample(x, 40), fps(x, 40)
-    assert (ref == got).float().mean() > 0.95  # identical up to float near-ties
-    assert all(len(set(r.tolist())) == 40 for r in got)  # no point picked twice
     start = torch.tensor([5, 0, 1, 2, 3, 4])
-    assert fps(x, 3, start)[:, 0].tolist() == start.tolist()
+    with_matrix = farthest_point_sample(x, 40, start)
+    monkeypatch.setattr(geometry, "MATRIX_BYTES", 0)  # the training sampler's path for large inputs
+    streaming = farthest_point_sample(x, 40, start)
+    assert torch.equal(with_matrix, streaming)  # same exact differences: bit-identical picks
+    assert all(len(set(r.tolist())) == 40 for r in streaming)  # no point picked twice
+    assert streaming[:, 0].tolist() == start.tolist()
 
 
 def test_train_sampler_batches_are_seeded_and_checked():

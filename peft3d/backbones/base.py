@@ -22,6 +22,8 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
+ATTENTION_IMPLS = ("eager", "sdpa")
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -151,6 +153,26 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     # -- shared ------------------------------------------------------------------------------
+    def set_attention(self, impl: str) -> None:
+        """``"sdpa"``: fused ``scaled_dot_product_attention`` in every block; ``"eager"``: the explicit
+        softmax(QK^T)V path (the transformers and timm families' default: what the parity tests compare against;
+        ImageBind's ``nn.MultiheadAttention`` has always run fused). Covers transformers
+        models (their config's attention implementation, read at every forward), timm attention and
+        ImageBind's blocks (both expose ``fused_attn``)."""
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        seen = 0
+        for m in self.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = impl == "sdpa"
+                seen += 1
+            cfg = getattr(m, "config", None)
+            if cfg is not None and hasattr(cfg, "_attn_implementation"):
+                cfg._attn_implementation = impl
+                seen += 1
+        if not seen:
+            raise NotImplementedError(f"{self.spec.name}: no attention module found to switch to {impl}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run all blocks then the final norm. ``x`` already passed through ``embed_norm``."""
         for blk in self.blocks:

@@ -85,10 +85,13 @@ class BlockWithMasking(nn.Module):
         self.norm_1 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, mlp_hidden)
         self.norm_2 = nn.LayerNorm(dim, eps=1e-6)
+        # True: torch's fused scaled_dot_product_attention (bias_k/bias_v are appended to the keys/values
+        # first, so numerics are kept); False: the explicit softmax path, which asking for the weights forces.
+        self.fused_attn = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
         h = self.norm_1(x)
-        x = x + self.drop_path(self.attn(h, h, h, need_weights=False)[0])
+        x = x + self.drop_path(self.attn(h, h, h, need_weights=not self.fused_attn)[0])
         return x + self.drop_path(self.mlp(self.norm_2(x)))
 
 

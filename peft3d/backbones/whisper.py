@@ -61,6 +61,7 @@ class WhisperAttention(nn.Module):
         self.k_proj = nn.Linear(width, width, bias=False)
         self.v_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
+        self.fused_attn = True  # False: explicit softmax(QK^T/sqrt(d))V (Backbone.set_attention("eager"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D), bidirectional
         b, t, d = x.shape
@@ -68,7 +69,11 @@ class WhisperAttention(nn.Module):
         def split(y: torch.Tensor) -> torch.Tensor:
             return y.view(b, t, self.heads, d // self.heads).transpose(1, 2)
 
-        o = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)))
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        if self.fused_attn:
+            o = F.scaled_dot_product_attention(q, k, v)
+        else:
+            o = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1) @ v
         return self.out_proj(o.transpose(1, 2).reshape(b, t, d))
 
 

@@ -76,10 +76,10 @@ def augment(points: np.ndarray, proto: Protocol, rng: np.random.Generator) -> np
 
 def fps_indices(points: np.ndarray, num_points: int, chunk: int = 256) -> np.ndarray:
     """Deterministic FPS indices ``(N, num_points)`` (int32) of ``points (N, P, 3)`` starting at point 0, in chunks
-    of samples (:func:`peft3d.datasets.sampling.fps`, the CPU-fast equivalent of ``geometry.farthest_point_sample``)."""
+    of samples (:func:`peft3d.models.geometry.farthest_point_sample`)."""
     import torch  # lazily: grids validate protocol names without importing torch
 
-    from peft3d.datasets.sampling import fps
+    from peft3d.models.geometry import farthest_point_sample as fps
 
     out = [np.zeros((0, num_points), np.int32)]
     for i in range(0, len(points), chunk):
@@ -88,7 +88,7 @@ def fps_indices(points: np.ndarray, num_points: int, chunk: int = 256) -> np.nda
     return np.concatenate(out)
 
 
-FPS_VERSION = "fps-start0-v2"  # bump when the FPS implementation changes, so old cache entries are not reused
+FPS_VERSION = "fps-start0-v3"  # bump when the FPS implementation changes, so old cache entries are not reused
 
 
 def eval_points(points: np.ndarray, num_points: int, proto: Protocol, chunk: int = 256, *,

@@ -1,12 +1,10 @@
 """Training-time point sampling fast enough to keep a GPU fed.
 
 FPS is inherently sequential over the picks (1229 of 2048 points is 1229 dependent steps), so on a CPU its
-cost is about ``picks × stored points`` distance updates per sample. Two remedies, both here:
+cost is about ``picks × stored points`` distance updates per sample. FPS itself is
+:func:`peft3d.models.geometry.farthest_point_sample` (the one implementation; ``device="cuda"`` runs it there).
+The remedy here:
 
-* :func:`fps` — the same farthest point sampling as ``peft3d.models.geometry``, rewritten for CPU speed: the
-  squared distance to the new centre is one fused ``baddbmm`` over a precomputed ``[-2x, |x|²]`` table instead of
-  subtract/square/sum, and every buffer is reused (≈5× faster). Squared distances are computed in the expanded
-  form, so near-ties may break differently from ``geometry.farthest_point_sample`` (≈0.1% of picks).
 * :class:`TrainSampler` — precomputes, once per training set, the FPS candidate sets from ``starts`` random
   start points per sample (cached on disk, keyed by content like the evaluation cache); a training batch then
   costs a gather: a random one of the sample's candidate sets, a random ``num_points`` of it, the augmentation.
@@ -16,32 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-FPS_BANK_VERSION = "fps-bank-v1"
-
-
-def fps(xyz, n: int, start=None):
-    """Indices ``(B, n)`` of ``n`` farthest points of ``xyz (B, N, 3)`` (a float32 torch tensor), starting at
-    ``start (B,)`` (default: point 0)."""
-    import torch
-
-    B, N, _ = xyz.shape
-    if n > N:
-        raise ValueError(f"cannot sample {n} points from {N}")
-    xyz = xyz.float()
-    sq = (xyz * xyz).sum(-1).unsqueeze(1)  # (B, 1, N)
-    cols = torch.cat([xyz.transpose(1, 2), torch.ones(B, 1, N, dtype=xyz.dtype, device=xyz.device)], 1)  # (B, 4, N)
-    table = torch.cat([-2 * xyz, sq.transpose(1, 2)], -1)  # (B, N, 4): |c - x|² = |x|² + [-2c, |c|²]·[x, 1]
-    idx = torch.empty(B, n, dtype=torch.long, device=xyz.device)
-    dist = torch.full((B, 1, N), float("inf"), dtype=xyz.dtype, device=xyz.device)
-    d = torch.empty_like(dist)
-    far = torch.zeros(B, dtype=torch.long, device=xyz.device) if start is None else start.to(xyz.device).long()
-    batch = torch.arange(B, device=xyz.device)
-    for i in range(n):
-        idx[:, i] = far
-        torch.baddbmm(sq, table[batch, far].unsqueeze(1), cols, out=d)
-        torch.minimum(dist, d, out=dist)
-        far = dist.argmax(-1).squeeze(1)
-    return idx
+FPS_BANK_VERSION = "fps-bank-v2"  # v2: one FPS (geometry.py), exact differences
 
 
 def fps_candidates(points: np.ndarray, m: int, starts: int, seed: int = 0, chunk: int = 256,
@@ -49,6 +22,8 @@ def fps_candidates(points: np.ndarray, m: int, starts: int, seed: int = 0, chunk
     """``(N, starts, m)`` indices: for each sample, FPS to ``m`` points from ``starts`` seeded random starts.
     ``device="cuda"`` runs the FPS there (same indices up to float ties; much faster)."""
     import torch
+
+    from peft3d.models.geometry import farthest_point_sample
 
     N, P, _ = points.shape
     rng = np.random.default_rng(seed)
@@ -60,7 +35,7 @@ def fps_candidates(points: np.ndarray, m: int, starts: int, seed: int = 0, chunk
         b = len(x)
         x = x.repeat_interleave(starts, 0)  # (b * starts, P, 3)
         st = torch.from_numpy(first[i:i + b].reshape(-1))
-        out[i:i + b] = fps(x, m, st).cpu().numpy().reshape(b, starts, m).astype(dtype)
+        out[i:i + b] = farthest_point_sample(x, m, st).cpu().numpy().reshape(b, starts, m).astype(dtype)
     return out
 
 

@@ -50,13 +50,18 @@ class MethodRegistry(Registry):
 METHODS = MethodRegistry("method")
 
 
-def register(name: str, cls: str, config: str, summary: str) -> None:
+def register(name: str, cls: str, config: str, summary: str, **meta) -> None:
     METHODS.register(name, f"peft3d.methods.{name}.method:{cls}",
-                     config=f"peft3d.methods.{name}.config:{config}", summary=summary)
+                     config=f"peft3d.methods.{name}.config:{config}", summary=summary, **meta)
+
+
+def floor_method() -> str:
+    """The cheapest training step every other method is measured against (``bench perf``)."""
+    return next(n for n in METHODS.names() if METHODS.meta(n).get("floor"))
 
 
 register("linear", "Linear", "LinearConfig",
-         "frozen backbone; only tokenizer, positional encoding, cls, final norm and head train")
+         "frozen backbone; only tokenizer, positional encoding, cls, final norm and head train", floor=True)
 register("full", "Full", "FullConfig", "every weight trains (reference)")
 register("prompt", "Prompt", "PromptConfig", "VPT-deep: P learnable tokens per block")
 register("adapter", "Adapter", "AdapterConfig", "AdaptFormer: bottleneck adapter parallel to each FFN")

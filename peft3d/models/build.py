@@ -10,10 +10,16 @@ from peft3d.methods import METHODS
 from peft3d.models.model import PointModel
 
 
-def build_model(spec: RunSpec, num_classes: int, device: str = "cpu") -> tuple[PointModel, object]:
-    """Returns ``(model, method)``. Seeds torch so random weights and method init follow the spec's seed."""
+def build_model(spec: RunSpec, num_classes: int, device: str = "cpu",
+                attention: str | None = None) -> tuple[PointModel, object]:
+    """Returns ``(model, method)``. Seeds torch so random weights and method init follow the spec's seed.
+
+    ``attention``: ``"sdpa"`` (fused ``scaled_dot_product_attention``) or ``"eager"`` (explicit softmax) in
+    every block; ``None`` keeps the backbone's own default (eager)."""
     torch.manual_seed(spec.seed)
     backbone = build_backbone(spec.backbone, spec.weights, device=device, blocks=spec.pipeline.blocks)
+    if attention is not None:
+        backbone.set_attention(attention)
     blocks = backbone.block_param_count()
     with torch.device(device):
         model = PointModel(backbone, num_classes, spec.tokenizer, spec.head_hidden, spec.head_dropout,

@@ -3,14 +3,43 @@ geometric normalisation, feature expansion, non-learnable PosE, residual bottlen
 
 At paper settings (1024 points, 3 stages, embed 96, lga (2,1,1), last bottleneck 32) the point network has
 exactly 276,672 parameters and yields 128 tokens x 768 channels, as in the released code.
+
+Speed (issue 12): features stay channels-last ``(B, G, K, C)`` end to end, so every 1x1 convolution is one
+matmul over contiguous rows and every BatchNorm reduces contiguous rows (no permutes, no strided conv
+path). The modules keep the released layout (``Conv2d``/``BatchNorm2d``, same parameter names and shapes,
+same initialisation); only the arithmetic is laid out differently. One squared-distance matrix per forward
+serves FPS and kNN of every stage (a later stage's points are the earlier stage's centres: a sub-matrix).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from peft3d.core.spec import TokenizerCfg
-from peft3d.models.geometry import farthest_point_sample, gather, knn
+from peft3d.models.geometry import farthest_point_sample, gather, knn_from_dist, pairwise_sq_dist, sub_matrix
+
+
+def conv1x1(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 ``Conv1d``/``Conv2d`` applied to channels-last ``x (..., C_in)``: one matmul."""
+    return F.linear(x, conv.weight.flatten(1), conv.bias)
+
+
+def batch_norm_rows(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """``bn`` (a BatchNorm1d/2d) over channels-last ``x (..., C)``: statistics per channel over every leading
+    dimension, exactly what the module computes on the channels-first layout; running stats updated alike.
+    ``relu``: applied in place *before* reshaping back (an in-place op on a view would make autograd copy the
+    whole tensor in backward)."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    batch_stats = bn.training or bn.running_mean is None
+    track = not bn.training or bn.track_running_stats
+    out = F.batch_norm(x.reshape(-1, x.shape[-1]), bn.running_mean if track else None,
+                       bn.running_var if track else None, bn.weight, bn.bias, batch_stats, momentum, bn.eps)
+    return (torch.relu_(out) if relu else out).view(x.shape)
 
 
 class Bottleneck(nn.Module):
@@ -23,18 +52,25 @@ class Bottleneck(nn.Module):
             nn.Conv2d(hidden, c, 1), nn.BatchNorm2d(c),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, G, K)
-        return torch.relu(self.net(x) + x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # channels-last (B, G, K, C)
+        conv1, bn1, _, conv2, bn2 = self.net
+        h = batch_norm_rows(bn1, conv1x1(conv1, x), relu=True)
+        return torch.relu_(batch_norm_rows(bn2, conv1x1(conv2, h)) + x)
 
 
+@torch.no_grad()
 def pos_encoding(xyz: torch.Tensor, width: int, alpha: float, beta: float) -> torch.Tensor:
-    """Point-NN PosE: sin/cos of beta*xyz / alpha**(i/F), F = width/6 -> ``(..., width)``."""
-    F = width // 6
-    freq = alpha ** (torch.arange(F, device=xyz.device, dtype=xyz.dtype) / F)
-    ang = beta * xyz.unsqueeze(-1) / freq  # (..., 3, F)
-    pe = torch.stack([ang.sin(), ang.cos()], dim=-1).flatten(-3)  # (..., 3*F*2)
+    """Point-NN PosE: sin/cos of beta*xyz / alpha**(i/F), F = width/6 -> ``(..., width)`` laid out as
+    (axis, frequency, sin|cos). Not learnable and never differentiated (its input is geometry)."""
+    F_ = width // 6
+    inv = alpha ** (-torch.arange(F_, device=xyz.device, dtype=xyz.dtype) / F_)
+    ang = (beta * xyz).unsqueeze(-1) / (1 / inv)  # (..., 3, F), the division of the reference formula
+    pe = torch.empty(*ang.shape, 2, device=xyz.device, dtype=xyz.dtype)
+    torch.sin(ang, out=pe[..., 0])
+    torch.cos(ang, out=pe[..., 1])
+    pe = pe.flatten(-3)
     if pe.shape[-1] < width:  # width not divisible by 6: pad with zeros (never at paper widths)
-        pe = torch.nn.functional.pad(pe, (0, width - pe.shape[-1]))
+        pe = F.pad(pe, (0, width - pe.shape[-1]))
     return pe
 
 
@@ -45,22 +81,29 @@ class Stage(nn.Module):
         self.c_out = 2 * c_in
         self.blocks = nn.Sequential(*[Bottleneck(self.c_out, hidden) for _ in range(n_blocks)])
 
-    def forward(self, xyz: torch.Tensor, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # xyz (B, N, 3), feat (B, N, C) -> centres (B, N/2, 3), tokens (B, N/2, 2C)
-        n_out = xyz.shape[1] // 2
-        c_idx = farthest_point_sample(xyz, n_out)  # (B, G)
-        centres, c_feat = gather(xyz, c_idx), gather(feat, c_idx)
-        nb_idx = knn(centres, xyz, self.cfg.k)  # (B, G, K)
-        nb_xyz, nb_feat = gather(xyz, nb_idx), gather(feat, nb_idx)  # (B, G, K, 3), (B, G, K, C)
-        rel = nb_xyz - centres.unsqueeze(2)
-        if self.cfg.group_norm == "scan":  # per group and axis: divide by the max |offset|
-            rel = rel / rel.abs().amax(dim=2, keepdim=True).clamp_min(1e-5)
-        else:  # "std": one scalar per sample (the released code uses one per batch: batch-dependent)
-            rel = rel / rel.flatten(1).std(dim=1).clamp_min(1e-5).view(-1, 1, 1, 1)
-        x = torch.cat([nb_feat, c_feat.unsqueeze(2).expand_as(nb_feat)], dim=-1)  # (B, G, K, 2C)
-        x = x + pos_encoding(rel, self.c_out, self.cfg.alpha, self.cfg.beta)
-        x = self.blocks(x.permute(0, 3, 1, 2))  # (B, 2C, G, K)
-        return centres, x.amax(dim=-1).transpose(1, 2)  # (B, G, 2C)
+    def forward(self, xyz: torch.Tensor, feat: torch.Tensor, dist: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """xyz (B, N, 3), feat (B, N, C), dist (B, N, N) -> centres (B, N/2, 3), tokens (B, N/2, 2C) and
+        the centres' distance matrix (B, N/2, N/2)."""
+        with torch.no_grad():
+            c_idx = farthest_point_sample(xyz, xyz.shape[1] // 2, dist=dist)  # (B, G)
+            nb_idx = knn_from_dist(dist, c_idx, self.cfg.k)  # (B, G, K)
+            centres = gather(xyz, c_idx)
+            rel = gather(xyz, nb_idx) - centres.unsqueeze(2)  # (B, G, K, 3)
+            if self.cfg.group_norm == "scan":  # per group and axis: divide by the max |offset|
+                rel = rel / rel.abs().amax(dim=2, keepdim=True).clamp_min(1e-5)
+            else:  # "std": one scalar per sample (the released code uses one per batch: batch-dependent)
+                rel = rel / rel.flatten(1).std(dim=1).clamp_min(1e-5).view(-1, 1, 1, 1)
+            pe = pos_encoding(rel, self.c_out, self.cfg.alpha, self.cfg.beta)
+        nb_feat = gather(feat, nb_idx)  # (B, G, K, C)
+        c_feat = gather(feat, c_idx).unsqueeze(2).expand_as(nb_feat)
+        x = torch.cat([nb_feat, c_feat], dim=-1).add_(pe.to(feat.dtype))  # (B, G, K, 2C)
+        x = self.blocks(x)
+        # max, not amax: the same values, and a backward that scatters to the arg-max instead of building a
+        # tie mask and counting it in int64 (amax's backward was the largest copy in the profile). On exact
+        # ties the gradient goes to one neighbour instead of being split; ties happen at ReLU's zeros, whose
+        # gradient is zero either way.
+        return centres, x.max(dim=2).values, sub_matrix(dist, c_idx)
 
 
 class PointTokenizer(nn.Module):
@@ -85,13 +128,16 @@ class PointTokenizer(nn.Module):
     def forward(self, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if xyz.shape[1] % 2**self.cfg.num_stages:
             raise ValueError(f"{xyz.shape[1]} points is not divisible by 2**num_stages={2**self.cfg.num_stages}")
-        feat = self.raw(xyz.transpose(1, 2)).transpose(1, 2)  # (B, N, C0)
+        xyz = xyz.float()  # geometry in fp32 even under autocast
+        feat = batch_norm_rows(self.raw[1], conv1x1(self.raw[0], xyz), relu=True)  # (B, N, C0)
         centres = xyz
+        with torch.no_grad():
+            dist = pairwise_sq_dist(xyz)
         for stage in self.stages:
-            centres, feat = stage(centres, feat)
+            centres, feat, dist = stage(centres, feat, dist)
         tokens = self.proj(feat)  # (B, G, D)
         if isinstance(self.out_norm, nn.BatchNorm1d):
-            tokens = self.out_norm(tokens.transpose(1, 2)).transpose(1, 2)
+            tokens = batch_norm_rows(self.out_norm, tokens)
         else:  # LayerNorm over channels, or identity
             tokens = self.out_norm(tokens)
         return tokens, centres

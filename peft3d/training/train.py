@@ -1,6 +1,7 @@
 """Train and evaluate one RunSpec (protocol.md): select the epoch on validation, read test there."""
 from __future__ import annotations
 
+import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -52,14 +53,38 @@ def optimizer_for(model: PointModel, lr: float, weight_decay: float) -> torch.op
                               for (nd, scale), ps in sorted(groups.items())], lr=lr)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int, device: str,
-             num_classes: int) -> dict[str, float]:
+def precision_for(device: str) -> str:
+    """bf16 autocast on CUDA, fp32 on the CPU; ``PEFT3D_PRECISION=fp32|bf16`` overrides (recorded in the
+    result's environment). An execution detail like the device: not part of the run id."""
+    import os
+
+    from peft3d.core.errors import ConfigError
+
+    p = os.environ.get("PEFT3D_PRECISION") or ("bf16" if device.startswith("cuda") else "fp32")
+    if p not in ("fp32", "bf16"):
+        raise ConfigError(f"PEFT3D_PRECISION must be fp32 or bf16, got {p!r}")
+    return p
+
+
+def autocast(device: str, precision: str):
+    import contextlib
+
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()  # not inference_mode: methods may cache tensors that a later training step reuses
+def evaluate(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray, batch: int, device: str,
+             num_classes: int, precision: str = "fp32") -> dict[str, float]:
+    """Accuracy and class-mean accuracy; predictions stay on the device until one copy at the end."""
     model.eval()
+    xt = torch.as_tensor(x).to(device)
     preds = []
-    for i in range(0, len(x), batch):
-        preds.append(model(torch.from_numpy(x[i:i + batch]).to(device)).argmax(-1).cpu().numpy())
-    pred = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+    with autocast(device, precision):
+        for i in range(0, len(xt), batch):
+            preds.append(model(xt[i:i + batch]).argmax(-1))
+    pred = torch.cat(preds).cpu().numpy() if preds else np.zeros(0, dtype=np.int64)
     correct = pred == y
     per_class = [correct[y == c].mean() for c in range(num_classes) if (y == c).any()]
     return {"acc": float(correct.mean()) if len(y) else float("nan"),
@@ -130,6 +155,14 @@ def frozen_checksum(model: nn.Module) -> str:
     return state_checksum(frozen)
 
 
+def _fold(loop, dev_loss: torch.Tensor, dev_correct: torch.Tensor, epoch: int) -> None:
+    """Copy the device-side running sums (which started from the loop's) into ``loop``: one host sync."""
+    loop.losses = float(dev_loss)
+    loop.correct = int(dev_correct)
+    if not math.isfinite(loop.losses):
+        raise FloatingPointError(f"non-finite training loss in epoch {epoch}: lower the lr")
+
+
 def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path | None = None) -> RunResult:
     """Train and evaluate ``spec``. With ``checkpoint`` (a file path), the run saves its state there every
     ``spec.checkpoint_every`` epochs and on a stop request (:data:`peft3d.training.checkpoint.STOP`), and resumes
@@ -145,8 +178,13 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
     test_x = eval_points(data.test.points, spec.num_points, proto, cache_key=data.cache_key("test"))
     # Training inputs: FPS candidate sets (8 random starts per sample, 1.2x oversampled, cached on disk), then a
     # random num_points of one of them per step -- the Point-BERT/Any2Point recipe without per-step CPU FPS.
-    sampler = TrainSampler(data.train.points, spec.num_points, cache_key=data.cache_key("train"))
-    model, method = build_model(spec, data.num_classes, device=device)
+    sampler = TrainSampler(data.train.points, spec.num_points, cache_key=data.cache_key("train"),
+                           device=device)
+    cuda = device.startswith("cuda")
+    precision = precision_for(device)
+    # Evaluation inputs live on the device for the whole run (one copy, not one per batch per epoch).
+    val_x, test_x = torch.from_numpy(val_x).to(device), torch.from_numpy(test_x).to(device)
+    model, method = build_model(spec, data.num_classes, device=device, attention="sdpa" if cuda else None)
     model.to(device)
     params = param_groups(model, method.prefix)
     frozen_before = frozen_checksum(model)
@@ -176,32 +214,43 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
             if loop.order is None:  # a new epoch (a restored mid-epoch stop keeps its permutation)
                 loop.order, loop.losses, loop.correct, loop.seen = rng.permutation(n), 0.0, 0, 0
             lr_used = current_lr()
+            # Running sums stay on the device: no host synchronisation inside the step loop (folded into
+            # ``loop`` once per epoch, or before a checkpoint).
+            # float64, continuing from the loop's own sums: the same sequence of additions as host floats, so a
+            # run resumed mid-epoch reports bit-identical training loss.
+            dev_loss = torch.tensor(loop.losses, dtype=torch.float64, device=device)
+            dev_correct = torch.tensor(loop.correct, dtype=torch.long, device=device)
             for s in range(loop.step, steps_per_epoch):
                 if ckpt.STOP.requested:
+                    _fold(loop, dev_loss, dev_correct, epoch)
                     loop.step = s
                     save()
                     raise ckpt.Preempted(f"stopped at epoch {epoch} step {s}")
                 idx = np.sort(loop.order[s * b.batch_size:(s + 1) * b.batch_size])
-                x = torch.from_numpy(sampler.batch(idx, proto, rng)).to(device)
-                y = torch.from_numpy(data.train.labels[idx]).to(device)
-                logits = model(x)
-                loss = loss_fn(logits, y)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite training loss at epoch {epoch} step {s}: lower the lr")
+                x = torch.from_numpy(sampler.batch(idx, proto, rng))
+                y = torch.from_numpy(data.train.labels[idx])
+                if cuda:
+                    x, y = x.pin_memory(), y.pin_memory()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast(device, precision):
+                    logits = model(x)
+                    loss = loss_fn(logits.float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 clip_gradients(opt, b.grad_clip)
                 opt.step()
                 lr_used = current_lr()
                 sched.step()
-                loop.losses += loss.item() * len(idx)
-                loop.correct += int((logits.argmax(-1) == y).sum())
+                dev_loss += loss.detach().double() * len(idx)
+                dev_correct += (logits.argmax(-1) == y).sum()
                 loop.seen += len(idx)
                 loop.steps += 1
+            _fold(loop, dev_loss, dev_correct, epoch)  # one synchronisation per epoch
             loop.train_s += time.time() - ts
             te = time.time()
-            va = evaluate(model, val_x, data.val.labels, b.eval_batch_size, device, data.num_classes)
-            tst = evaluate(model, test_x, data.test.labels, b.eval_batch_size, device, data.num_classes)
+            va = evaluate(model, val_x, data.val.labels, b.eval_batch_size, device, data.num_classes, precision)
+            tst = evaluate(model, test_x, data.test.labels, b.eval_batch_size, device, data.num_classes,
+                           precision)
             loop.eval_s += time.time() - te
             curves = loop.curves
             for k, v in (("epoch", epoch), ("train_loss", loop.losses / loop.seen),
@@ -241,7 +290,8 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
                        "peak_cuda_mb": peak_cuda},
             "selection": "best validation epoch; test read at that epoch. test_acc_best_test is optimistic "
                          "(selected on test, as papers do) and never the headline.",
-            "environment": environment(device),
+            "environment": dict(environment(device), precision=precision,
+                                attention="sdpa" if cuda else "backbone default"),
             "resumed_from": loop.resumed_from,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
