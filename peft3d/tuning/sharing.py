@@ -21,6 +21,7 @@ import copy
 import inspect
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -68,6 +69,8 @@ class StaleRetry:
 def open_storage(url: str, heartbeat_s: int = 60, retry: StaleRetry | None = None) -> Any:
     """Optuna's RDB storage with heartbeats (interval ``heartbeat_s``, grace ``GRACE_FACTOR`` × interval)."""
     import optuna
+    import sqlalchemy.exc
+    from filelock import FileLock
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     engine: dict[str, Any] = {}
@@ -79,10 +82,21 @@ def open_storage(url: str, heartbeat_s: int = 60, retry: StaleRetry | None = Non
     params = inspect.signature(optuna.storages.RDBStorage).parameters
     callback_kw = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params \
         else "failed_trial_callback"
-    with quiet():
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
-                                          grace_period=GRACE_FACTOR * heartbeat_s,
-                                          **{callback_kw: retry or StaleRetry()})
+    kwargs = {"engine_kwargs": engine, "heartbeat_interval": heartbeat_s, "grace_period": GRACE_FACTOR * heartbeat_s,
+              callback_kw: retry or StaleRetry()}
+    # Workers starting together would each create the schema (measured: sqlite's alembic_version UNIQUE error):
+    # on one machine a file lock serialises it; on a server the loser of the race finds the schema on a retry.
+    lock = FileLock(f"{url[len('sqlite:///'):]}.lock", timeout=120) if url.startswith("sqlite:///") \
+        else contextlib.nullcontext()
+    for attempt in range(3):
+        try:
+            with lock, quiet():
+                return optuna.storages.RDBStorage(url, **kwargs)
+        except sqlalchemy.exc.DBAPIError:
+            if attempt == 2:
+                raise
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
 
 
 class Heartbeat:
