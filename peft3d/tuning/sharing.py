@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from peft3d.core.errors import ConfigError
 from peft3d.core.owners import owner_alive
 
 GRACE_FACTOR = 3  # a trial is stale after 3 missed heartbeats
@@ -66,6 +67,18 @@ class StaleRetry:
         self.retried.append(trial.number)
 
 
+def with_driver(url: str) -> str:
+    """``postgresql://`` means psycopg (v3) to SQLAlchemy >= 2.1 but psycopg2 before; use whichever is installed."""
+    import importlib.util
+
+    if not url.startswith("postgresql://"):
+        return url
+    for module, scheme in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        if importlib.util.find_spec(module):
+            return scheme + url[len("postgresql"):]
+    raise ConfigError("--storage postgresql://…: no PostgreSQL driver installed; pip install psycopg2-binary")
+
+
 def open_storage(url: str, heartbeat_s: int = 60, retry: StaleRetry | None = None) -> Any:
     """Optuna's RDB storage with heartbeats (interval ``heartbeat_s``, grace ``GRACE_FACTOR`` × interval)."""
     import optuna
@@ -91,7 +104,7 @@ def open_storage(url: str, heartbeat_s: int = 60, retry: StaleRetry | None = Non
     for attempt in range(3):
         try:
             with lock, quiet():
-                return optuna.storages.RDBStorage(url, **kwargs)
+                return optuna.storages.RDBStorage(with_driver(url), **kwargs)
         except sqlalchemy.exc.DBAPIError:
             if attempt == 2:
                 raise
