@@ -36,7 +36,7 @@ class Stop(Exception):
 @pytest.fixture(scope="module")
 def reference():
     torch.set_num_threads(1)
-    return train_run(spec_for())
+    return train_run(spec_for()).to_dict()
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +57,7 @@ def test_resume_after_a_crash_between_epochs_is_bit_identical(tmp_path, referenc
         train_run(spec, progress=crash, checkpoint=path)
     saved = ckpt.load(path, spec.run_id)
     assert saved["loop"]["epochs_done"] == 2 and saved["curves"]["epoch"] == [1, 2]
-    resumed = train_run(spec, checkpoint=path)
+    resumed = train_run(spec, checkpoint=path).to_dict()
     assert resumed["resumed_from"] == [2] and reference["resumed_from"] == []
     assert resumed["metrics"]["curves"] == reference["metrics"]["curves"]
     assert comparable(resumed) == comparable(reference)
@@ -86,7 +86,7 @@ def test_stop_signal_mid_epoch_saves_and_resumes_bit_identically(tmp_path, refer
     assert (saved["loop"]["epochs_done"], saved["loop"]["step"]) == (1, 5)
     ckpt.STOP.requested = False
     monkeypatch.setattr(train_mod.TrainSampler, "batch", batch)
-    resumed = train_run(spec, checkpoint=path)
+    resumed = train_run(spec, checkpoint=path).to_dict()
     assert resumed["resumed_from"] == [1]
     assert comparable(resumed) == comparable(reference)
 
@@ -120,11 +120,12 @@ def test_checkpoint_every_is_not_part_of_the_run_id():
 # ---- real processes: kill -9 of a worker mid-run, restart ------------------------------------------------------
 
 def _worker(spec, root: Path, log: Path) -> subprocess.Popen:
-    f = root / f"spec-{time.time_ns()}.json"
-    f.write_text(json.dumps(spec.to_dict()))
     env = dict(os.environ, HF_HUB_OFFLINE="1", PEFT3D_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "peft3d.schedule.worker", str(f), str(root)],
-                            stdout=log.open("a"), stderr=subprocess.STDOUT, env=env)
+    p = subprocess.Popen([sys.executable, "-m", "peft3d.schedule.worker", str(root)], stdin=subprocess.PIPE,
+                         stdout=log.open("a"), stderr=subprocess.STDOUT, env=env, text=True)
+    with p.stdin:  # the spec goes on stdin (no temp file)
+        p.stdin.write(json.dumps(spec.to_dict()))
+    return p
 
 
 @pytest.mark.slow

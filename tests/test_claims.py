@@ -9,7 +9,7 @@ import time
 import pytest
 
 from peft3d.core.errors import ConfigError
-from peft3d.core.results import write_result
+from peft3d.core.result import RunResult, write_result
 from peft3d.grids.loader import GRID_DIR, expand
 from peft3d.schedule import claims
 from peft3d.schedule.devices import parse_devices
@@ -42,7 +42,8 @@ def test_a_live_claim_is_exclusive_and_released(tmp_path):
 
 
 def test_a_done_run_is_not_claimed(tmp_path):
-    write_result(tmp_path, {"run_id": "abc", "status": "success", "spec": {}})
+    write_result(tmp_path, RunResult.from_dict({"run_id": "abc", "status": "success", "spec": {},
+                                                "metrics": {"test_acc": 0.5, "val_acc": 0.5}}))
     assert claims.claim(tmp_path, "abc") is None
 
 

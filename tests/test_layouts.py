@@ -111,7 +111,7 @@ def test_unknown_names_are_user_errors(frame):
 
 def fake_smoke_results(root: Path) -> list:
     """Success results for every smoke-grid spec, taken from the golden fixture's shape."""
-    from peft3d.core.results import write_result
+    from peft3d.core.result import RunResult, write_result
     from peft3d.grids.loader import expand
 
     template = json.loads((GOLDEN / "results.json").read_text())["results"][0]
@@ -122,7 +122,7 @@ def fake_smoke_results(root: Path) -> list:
         r.update(run_id=s.run_id, spec=s.to_dict(), label=s.label)
         r["metrics"].update(test_acc=acc, val_acc=acc, test_acc_best_test=acc + 0.01, test_acc_last=acc, n_test=240)
         r["backbone"]["pretrain_modality"] = "none"
-        write_result(root, r)
+        write_result(root, RunResult.from_dict(r))
     return specs
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from peft3d.core.results import run_path, write_result
+from peft3d.core.result import RunResult, run_path, write_result
 from peft3d.grids.loader import GRID_DIR, expand
 from peft3d.reporting.tables import render_markdown, runs_frame
 from peft3d.schedule.runner import pending
@@ -97,7 +97,7 @@ def test_partial_or_unreadable_results_never_reach_a_table(tmp_path, grid):
     ok, torn, tmp_only = specs
     template = {"schema": 1, "status": "success", "error": None, "metrics": {"test_acc": 0.5, "val_acc": 0.5,
                 "test_acc_best_test": 0.5, "test_acc_last": 0.5, "n_test": 240}, "params": {}, "backbone": {}}
-    write_result(tmp_path, dict(template, run_id=ok.run_id, spec=ok.to_dict()))
+    write_result(tmp_path, RunResult.from_dict(dict(template, run_id=ok.run_id, spec=ok.to_dict())))
     text = json.dumps(dict(template, run_id=torn.run_id, spec=torn.to_dict()))
     run_path(tmp_path, torn.run_id).write_text(text[: len(text) // 2])  # a torn write (not ours: we rename)
     (tmp_path / "runs" / f".{tmp_only.run_id}.json.x1y2.tmp").write_text(text)  # a write cut before its rename
@@ -117,7 +117,7 @@ def test_mirror_records_only_finished_states(tmp_path, grid):
     s = expand(str(grid))[0]
     m = Mirror(f"sqlite:///{tmp_path / 'mlflow.db'}", "peft3d/resume")
     fail = {"schema": 1, "run_id": s.run_id, "status": "failed", "error": "worker killed", "spec": s.to_dict()}
-    rid = m.log(fail)
+    rid = m.log(RunResult.from_dict(fail))
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(rid).info.status == "FAILED"
 

@@ -63,7 +63,7 @@ def test_slurm_array_every_run_once_and_scontrol_requeue_resumes(tmp_path):
     from peft3d.training.train import train_run
 
     torch.set_num_threads(1)
-    reference = train_run(lora)
+    reference = train_run(lora).to_dict()
     assert result["metrics"] == json.loads(json.dumps(reference["metrics"]))
 
 

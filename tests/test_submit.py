@@ -93,7 +93,7 @@ def test_submit_local_every_run_once_and_a_preempted_task_resumes(tmp_path):
     result = json.loads((root / "runs" / f"{lora.run_id}.json").read_text())
     assert result["resumed_from"] and result["resumed_from"][0] >= 2
     torch.set_num_threads(1)  # the tasks ran with --cpus-per-task 1
-    reference = train_run(lora)
+    reference = train_run(lora).to_dict()
     assert result["metrics"] == json.loads(json.dumps(reference["metrics"]))
     assert not list((root / "checkpoints").glob("*.pt"))
     assert "done" in bench("status", "--grid", str(grid), "--results", str(root)).stdout

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from peft3d.core.errors import ConfigError
-from peft3d.core.results import read_result, write_result
+from peft3d.core.result import RunResult, read_result, write_result
 from peft3d.grids.loader import expand
 from peft3d.tuning.tune import (
     TuneOptions,
@@ -56,15 +56,15 @@ class FakeExecutor:
         if self.fail and self.fail(spec, len(self.calls)):
             r = {"schema": 1, "run_id": spec.run_id, "status": "failed", "spec": spec.to_dict(),
                  "error": "FloatingPointError: non-finite training loss"}
-            write_result(root, r)
-            return r, False
+            write_result(root, RunResult.from_dict(r))
+            return RunResult.from_dict(r), False
         lr_quality = -abs(math.log10(spec.budget.lr) - math.log10(3e-3)) / 10
         vals = self.curve(spec, len(self.calls)) if self.curve else [
             0.3 + lr_quality + 0.05 * e for e in range(spec.budget.epochs)]
         for e, v in enumerate(vals, 1):
             if report({"epoch": e, "val_acc": v, "train_loss": 1.0 / e}):
-                return {}, True  # terminated: a killed worker writes nothing
-        r = result_for(spec, vals)
+                return None, True  # terminated: a killed worker writes nothing
+        r = RunResult.from_dict(result_for(spec, vals))
         write_result(root, r)
         return r, False
 
@@ -72,7 +72,7 @@ class FakeExecutor:
 def fake_final(root):
     def run(todo, blocks):
         for s in todo:
-            write_result(root, result_for(s, [0.4, 0.5]))
+            write_result(root, RunResult.from_dict(result_for(s, [0.4, 0.5])))
     return run
 
 
@@ -108,7 +108,7 @@ def test_equal_budgets_recorded_everywhere(tmp_path):
     tuned = tuned_specs("smoke", tmp_path)
     assert len(tuned) == len(specs)
     for t in tuned:
-        r = read_result(tmp_path, t.run_id)
+        r = read_result(tmp_path, t.run_id).to_dict()
         assert r["tuning"]["n_trials"] == 3 and r["tuning"]["study"] in manifest["studies"]
         assert r["tuning"]["best_params"]["lr"] == pytest.approx(t.budget.lr)
         base = next(s for s in specs if s.method == t.method and s.seed == t.seed)
@@ -223,7 +223,7 @@ def test_budget_cannot_shrink_but_can_grow_for_everyone(tmp_path):
         run_final=fake_final(tmp_path))
     assert m["n_trials"] == 3 and {s["counted"] for s in m["studies"].values()} == {3}
     for t in tuned_specs("smoke", tmp_path):
-        assert read_result(tmp_path, t.run_id)["tuning"]["n_trials"] == 3
+        assert read_result(tmp_path, t.run_id).sections["tuning"]["n_trials"] == 3
 
 
 def test_every_method_declares_a_usable_search_space():
@@ -307,7 +307,7 @@ def test_tune_smoke_grid_interrupted_twice_resumes_with_equal_budgets(tmp_path):
     assert {s["counted"] for s in studies} == {3} and sum(s["interrupted"] for s in studies) >= 1
     for t in tuned_specs("smoke", root):
         r = read_result(root, t.run_id)
-        assert r["status"] == "success" and r["tuning"]["n_trials"] == 3
+        assert r.status == "success" and r.sections["tuning"]["n_trials"] == 3
     assert "Tuning: 3 Optuna trials per cell" in (root / "tables" / "smoke.tuned.md").read_text()
     assert not list((root / "runs").glob(".*tmp"))
 

@@ -19,7 +19,7 @@ def report(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
            seeds: Optional[str] = typer.Option(None, "--seeds"),
            data_root: Optional[list[str]] = typer.Option(None, "--data-root")) -> None:
     """Write one self-contained HTML file with the grid's tables and plots (from result JSONs only)."""
-    from peft3d.core.results import results_dir
+    from peft3d.core.result import results_dir
     from peft3d.grids.loader import compare_to, expand
     from peft3d.reporting.report import write_report
 

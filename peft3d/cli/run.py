@@ -25,7 +25,7 @@ def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         no_mlflow: bool = typer.Option(False, "--no-mlflow", help="do not mirror runs to MLflow"),
         dry_run: bool = typer.Option(False, "--dry-run", help="list what would run")) -> None:
     """Run every missing run of a grid (resumable), then write its table."""
-    from peft3d.core.results import results_dir
+    from peft3d.core.result import ensure_writable, results_dir
     from peft3d.grids.loader import expand
     from peft3d.schedule.runner import pending
 
@@ -41,6 +41,7 @@ def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         return
     from peft3d.schedule.devices import parse_devices
 
+    ensure_writable(root)
     t0 = time.time()
     slots = parse_devices(devices, per_device, jobs, want_cuda=any(s.device.startswith("cuda") for s in specs))
     if todo:
@@ -66,7 +67,7 @@ def _mirror(root: Path, uri: str | None, grid: str):
 
 def _backfill(mirror, specs, root: Path) -> None:
     """Mirror every finished run of the grid that MLflow lacks (finished elsewhere, or by a killed bench run)."""
-    from peft3d.core.results import load_results
+    from peft3d.core.result import load_results
 
     try:
         added = mirror.backfill([r for r in load_results(root, [s.run_id for s in specs]).values() if r])
@@ -100,13 +101,13 @@ def _run_with_progress(todo, root: Path, slots, mirror) -> None:
 
         def on_done(job, result) -> None:
             rid = job.spec.run_id
-            status = result.get("status", "?")
-            info = (f"test {100 * result['metrics']['test_acc']:.1f}" if status == "success"
-                    else f"[red]failed: {escape(str(result.get('error'))[:80])}")
+            ok = result is not None and result.ok and result.metrics is not None
+            info = (f"test {100 * result.metrics.test_acc:.1f}" if ok
+                    else f"[red]failed: {escape(str(result.error if result else 'no result')[:80])}")
             if rid in tasks:
                 bar.update(tasks[rid], info=info)
                 bar.remove_task(tasks[rid])
-            bar.console.print(f"{'✓' if status == 'success' else '✗'} {escape(job.spec.label)}  {info}")
+            bar.console.print(f"{'✓' if ok else '✗'} {escape(job.spec.label)}  {info}")
             bar.advance(total)
             if mirror is not None and result:
                 try:

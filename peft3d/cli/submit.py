@@ -53,7 +53,7 @@ def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
            dry_run: bool = typer.Option(False, "--dry-run", help="list what would be submitted")) -> None:
     """Submit a grid's missing runs as one job array (submitit map_array) and return; see bench status.
     With --tune: submit --workers tuning workers (bench tune on one shared --storage) instead."""
-    from peft3d.core.results import results_dir
+    from peft3d.core.result import results_dir
     from peft3d.grids.loader import expand
     from peft3d.schedule.claims import holder
     from peft3d.schedule.runner import pending
@@ -123,7 +123,7 @@ def status(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
            seeds: Optional[str] = typer.Option(None, "--seeds"),
            as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """done / running (epoch) / queued / failed per run of a grid, from results, claims, checkpoints, jobs."""
-    from peft3d.core.results import results_dir
+    from peft3d.core.result import results_dir
     from peft3d.grids.loader import expand
     from peft3d.schedule.submit import run_states
 

@@ -25,7 +25,7 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
                                                "compared with (default the grid's compare_to, else its first)"),
           tuned: bool = typer.Option(False, "--tuned", help="the tuned runs written by 'bench tune'")) -> None:
     """Rebuild a grid's tables from its result JSONs only (no training); paper layouts with --layout."""
-    from peft3d.core.results import atomic_write_text, results_dir
+    from peft3d.core.result import atomic_write_text, results_dir
     from peft3d.grids.loader import compare_to, expand
     from peft3d.reporting.layouts import FORMATS, LAYOUTS, REFERENCES, render_layout
     from peft3d.reporting.tables import runs_frame

@@ -37,7 +37,7 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     pruning on the validation curve), then run the best configuration of each on the grid's seeds.
     Resumable: re-run the same command after an interruption. Several workers (processes, machines, SLURM
     tasks: bench submit --tune) may share one --storage: each study still gets exactly --trials trials."""
-    from peft3d.core.results import results_dir
+    from peft3d.core.result import ensure_writable, results_dir
     from peft3d.grids.loader import compare_to, expand
     from peft3d.reporting.mirror import tracking_uri as default_uri
     from peft3d.tuning.tune import TuneOptions, Tuner, cells_of, storage_url, write_tuned_tables
@@ -50,6 +50,7 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
             typer.echo(f"  {c.study_name}  ({len(c.specs)} seeds)")
         return
     check_roots(specs)
+    ensure_writable(root)
     if pruner not in ("median", "none"):
         fail(f"--pruner must be 'median' or 'none', got {pruner!r}")
     if heartbeat < 1:

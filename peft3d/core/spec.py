@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, TypeVar
+from typing import Any, Literal, Mapping, TypeVar, Union
 
 from peft3d.core.digest import json_sha256
 from peft3d.core.errors import ConfigError
@@ -18,13 +21,96 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    hints = _hints(cls)
     for f in fields(cls):  # type: ignore[arg-type]
-        if f.name in data and isinstance(data[f.name], list):
-            data[f.name] = tuple(data[f.name])  # YAML lists -> hashable tuples
+        if f.name in data:
+            data[f.name] = coerce(data[f.name], hints.get(f.name, Any), f"{where}: {f.name}")
     try:
         return cls(**data)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation this module cannot resolve: checked by the class itself
+        return {}
+
+
+def as_number(value: Any) -> float | None:
+    """A number, or a string YAML 1.1 left unparsed (``1e-3``); None for anything else (bools included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` checked against the annotation ``tp``: types, finite numbers, integers that are integers.
+    Numeric strings (YAML 1.1 reads ``1e-3`` as a string) become numbers; nothing is ever clipped."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for a in options[:-1]:
+            try:
+                return coerce(value, a, where)
+            except ConfigError:
+                pass
+        return coerce(value, options[-1], where)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if tp is int:
+        x = as_number(value)
+        if x is None or not math.isfinite(x) or x != int(x):
+            raise ConfigError(f"{where} must be a whole number, got {value!r}")
+        return int(x)
+    if tp is float:
+        x = as_number(value)
+        if x is None or not math.isfinite(x):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        return x if isinstance(value, str) else value  # an int stays an int: run_ids hash the value as written
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Mapping, typing.Mapping) or tp in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a mapping (key: value), got {value!r}")
+        return value
+    if isinstance(value, list):
+        return tuple(value)  # YAML lists -> hashable tuples
+    return value
+
+
+def _in_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value!r} is out of range: use a value in [{low:g}, {high:g}]")
+
+
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
 
 
 @dataclass(frozen=True)
@@ -42,12 +128,18 @@ class Budget:
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("epochs, batch_size and eval_batch_size must be >= 1")
+        # Bounds far beyond any real run: a value outside them is a typo, and failing beats clipping.
+        _in_range("epochs", self.epochs, 1, MAX_EPOCHS)
+        _in_range("batch_size", self.batch_size, 1, MAX_BATCH)
+        _in_range("eval_batch_size", self.eval_batch_size, 1, MAX_BATCH)
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must lie in [0, epochs={self.epochs}]")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= 10):
+            raise ValueError(f"lr must be a finite number in (0, 10], got {self.lr}")
+        _in_range("weight_decay", self.weight_decay, 0, 10)
+        _in_range("min_lr", self.min_lr, 0, 10)
+        _in_range("grad_clip", self.grad_clip, 1e-12, 1e12)
+        _in_range("label_smoothing", self.label_smoothing, 0, 0.999)
 
 
 @dataclass(frozen=True)

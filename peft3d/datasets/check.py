@@ -102,6 +102,8 @@ def _counts(r: Report, train: Split, test: Split, names: list[str], exp: dict[st
     r.points_per_sample = {"train": int(train.points.shape[1]), "test": int(test.points.shape[1])}
     basis = exp.get("basis", "published")
     for split, n in r.counts.items():
+        if n == 0:
+            r.add("error", f"{split}: 0 samples — nothing to train or test on; point --data-root at the full dataset")
         want = (exp.get("counts") or {}).get(split)
         if want is None:
             continue

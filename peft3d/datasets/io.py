@@ -5,6 +5,7 @@ traceback reaches the user. Torch-free.
 """
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,6 +94,9 @@ def _open_h5(path: Path, keys: tuple[str, ...], fix: str) -> Iterator[Any]:
             yield f
     except DataError:
         raise
+    except MemoryError:
+        raise DataError(f"{path}: too large to read into memory; the file is corrupt or not this dataset — "
+                        f"{fix}") from None
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
         msg = " ".join(str(e).split())
         raise DataError(f"{path}: unreadable HDF5 ({msg}); the file is truncated or corrupt (an interrupted "
@@ -100,9 +104,31 @@ def _open_h5(path: Path, keys: tuple[str, ...], fix: str) -> Iterator[Any]:
 
 
 def read_h5(path: Path, keys: tuple[str, ...], fix: str) -> dict[str, np.ndarray]:
-    """Read whole datasets ``keys`` from an HDF5 file."""
+    """Read whole datasets ``keys`` from an HDF5 file, after checking their declared sizes fit in memory."""
     with _open_h5(path, keys, fix) as f:
+        need = sum(int(np.prod(f[k].shape, dtype=np.float64)) * f[k].dtype.itemsize for k in keys)
+        have = available_memory()
+        if have is not None and need > have:
+            shapes = ", ".join(f"{k} {' x '.join(map(str, f[k].shape))} {f[k].dtype}" for k in keys)
+            raise DataError(f"{path}: declares {shapes} = {need / 2**30:,.1f} GiB, more than the "
+                            f"{have / 2**30:,.1f} GiB of memory available; the file is corrupt or not this dataset "
+                            f"— {fix}")
         return {k: f[k][()] for k in keys}
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def h5_shapes(path: Path, keys: tuple[str, ...], fix: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -168,8 +194,25 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
         return None
     try:
         m = json.loads(path.read_text())
-        if not isinstance(m, dict) or not isinstance(m.get("class_names"), list):
-            raise TypeError("missing class_names")
-        return m
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise DataError(f"{path}: unreadable export manifest ({e}); delete it or re-run bench data export") from None
+    problem = _manifest_problem(m)
+    if problem:
+        raise DataError(f"{path}: invalid export manifest ({problem}); delete it or re-run bench data export")
+    return m
+
+
+def _manifest_problem(m: Any) -> str | None:
+    if not isinstance(m, dict):
+        return f"a JSON object expected, got {type(m).__name__}"
+    names = m.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return "'class_names' must be a non-empty list of strings"
+    counts = m.get("counts")
+    if not isinstance(counts, dict) or not all(
+            isinstance(counts.get(k), int) and not isinstance(counts.get(k), bool) and counts[k] >= 0
+            for k in ("train", "test")):
+        return "'counts' must map train and test to sample counts"
+    if "points" in m and (not isinstance(m["points"], int) or isinstance(m["points"], bool) or m["points"] < 1):
+        return "'points' must be a positive whole number"
+    return None

@@ -14,6 +14,7 @@ import yaml
 
 from peft3d.core.errors import ConfigError
 from peft3d.core.spec import Budget, RunSpec, TokenizerCfg, from_mapping
+from peft3d.grids.validate import check_device, check_grid
 
 GRID_DIR = Path(__file__).parent / "files"
 KEYS = {"description", "include", "backbones", "weights", "methods", "datasets", "seeds", "protocol",
@@ -146,7 +147,11 @@ def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str]
     from peft3d.datasets.protocols import get_protocol
     from peft3d.methods import METHODS, config_class
 
-    grid = load_grid(name)
+    grid = check_grid(load_grid(name), Path(name).stem)
+    if device is not None:
+        check_device(device, "--device")
+    if seeds is not None:
+        seeds = check_grid({"seeds": seeds}, Path(name).stem)["seeds"]
     for key in REQUIRED:
         _as_list(grid, key)
     compare_to(name)

@@ -19,6 +19,8 @@ from typing import Any
 
 from filelock import FileLock
 
+from peft3d.core.result import RunResult
+
 
 def tracking_uri(root: Path, override: str | None = None) -> str:
     return override or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
@@ -84,55 +86,57 @@ class Mirror:
                 out.add(rid)
         return out
 
-    def backfill(self, results: list[dict[str, Any]]) -> list[str]:
+    def backfill(self, results: list[RunResult]) -> list[str]:
         """Mirror each finished result that MLflow lacks; returns their run ids. Idempotent."""
         added = []
         with self.lock:
             have = self.mirrored()
             for r in results:
-                if r and r.get("status") in ("success", "failed") and r["run_id"] not in have:
+                if r and r.status in ("success", "failed") and r.run_id not in have:
                     self._log(r)
-                    added.append(r["run_id"])
+                    added.append(r.run_id)
         return added
 
     def existing(self, run_id: str) -> str | None:
         hits = self.client.search_runs([self.exp_id], f"tags.`peft3d.run_id` = '{run_id}'", max_results=1)
         return hits[0].info.run_id if hits else None
 
-    def log(self, result: dict[str, Any], parent: str | None = None) -> str:
+    def log(self, result: RunResult, parent: str | None = None) -> str:
         """Mirror one result (replacing an older mirror of it); returns the MLflow run id. Failed runs are
         mirrored with status FAILED."""
         with self.lock:
             return self._log(result, parent)
 
-    def _log(self, result: dict[str, Any], parent: str | None = None) -> str:
-        spec = result["spec"]
-        old = self.existing(result["run_id"])
+    def _log(self, result: RunResult, parent: str | None = None) -> str:
+        old = self.existing(result.run_id)
         if old:
             self.client.delete_run(old)  # replace: the JSON is the source of truth
-        tags = {"peft3d.run_id": result["run_id"], "peft3d.status": result["status"],
-                "mlflow.runName": result.get("label") or result["run_id"]}
+        tags = {"peft3d.run_id": result.run_id, "peft3d.status": result.status,
+                "mlflow.runName": result.label or result.run_id}
         if parent:
             tags["mlflow.parentRunId"] = parent
         run = self.client.create_run(self.exp_id, tags=tags)
         rid = run.info.run_id
+        spec = result.spec
         params = _flat("", {k: v for k, v in spec.items() if k != "method_cfg"}, {})
         params.update(_flat("method_cfg.", spec.get("method_cfg") or {}, {}))
         from mlflow.entities import Metric, Param
 
-        m = result.get("metrics") or {}
-        metrics = [Metric(k, float(v), 0, 0) for k, v in m.items() if isinstance(v, (int, float))]
-        curves = m.get("curves") or {}
+        metrics = [Metric(k, float(v), 0, 0) for k, v in _numbers(result.metrics.to_dict() if result.metrics else {})]
+        curves = result.metrics.curves if result.metrics else {}
         for key in ("train_loss", "val_acc", "test_acc", "lr"):
             for ep, v in zip(curves.get("epoch", []), curves.get(key, []), strict=True):
                 metrics.append(Metric(f"curve.{key}", float(v), 0, int(ep)))
-        for k, v in (result.get("params") or {}).items():
-            if isinstance(v, (int, float)):
-                metrics.append(Metric(f"params.{k}", float(v), 0, 0))
+        metrics += [Metric(f"params.{k}", float(v), 0, 0) for k, v in
+                    _numbers(result.params.to_dict() if result.params else {})]
         plist = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, max(len(plist), len(metrics)), 100):
             self.client.log_batch(rid, metrics=metrics[i:i + 100], params=plist[i:i + 100])
-        if result.get("error"):
-            self.client.set_tag(rid, "peft3d.error", str(result["error"])[:5000])
-        self.client.set_terminated(rid, "FINISHED" if result["status"] == "success" else "FAILED")
+        if result.error:
+            self.client.set_tag(rid, "peft3d.error", result.error[:5000])
+        self.client.set_terminated(rid, "FINISHED" if result.ok else "FAILED")
         return rid
+
+
+def _numbers(d: dict[str, Any]) -> list[tuple[str, float]]:
+    return [(k, v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]

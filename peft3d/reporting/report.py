@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from peft3d.analysis import formatting as fm
-from peft3d.core.results import atomic_write_text, load_results
+from peft3d.core.result import RunResult, atomic_write_text, load_results
 from peft3d.reporting import layouts
 from peft3d.reporting.tables import friedman_of, method_table, paired_frame, stats_table, summarize
 
@@ -146,7 +146,11 @@ def plot_modality(df: pd.DataFrame) -> str:
     return _img(fig, "modality ranking with confidence intervals")
 
 
-def plot_curves(df: pd.DataFrame, results: dict[str, dict | None]) -> str:
+def _curves(result: RunResult | None) -> dict[str, list[float]]:
+    return result.metrics.curves if result and result.metrics else {}
+
+
+def plot_curves(df: pd.DataFrame, results: dict[str, RunResult | None]) -> str:
     ok = df[df["status"] == "success"]
     if ok.empty:
         return "<p class=note>No successful runs: nothing to plot.</p>"
@@ -156,8 +160,7 @@ def plot_curves(df: pd.DataFrame, results: dict[str, dict | None]) -> str:
         for j, m in enumerate(methods):
             ax = fig.add_subplot(len(datasets), len(methods), i * len(methods) + j + 1)
             for key, style in (("val_acc", "--"), ("test_acc", "-")):
-                curves = [((results.get(r) or {}).get("metrics") or {}).get("curves") or {} for r in
-                          ok[(ok["dataset"] == ds) & (ok["method"] == m)]["run_id"]]
+                curves = [_curves(results.get(r)) for r in ok[(ok["dataset"] == ds) & (ok["method"] == m)]["run_id"]]
                 curves = [c for c in curves if c.get(key)]
                 if not curves:
                     continue
@@ -260,11 +263,11 @@ def _safe(fn: Any, *args: Any) -> str:
         return f"<p class=bad>Plot failed: {html.escape(type(e).__name__)}: {html.escape(str(e))}</p>"
 
 
-def render_report(grid: str, df: pd.DataFrame, results: dict[str, dict | None], reference: str | None = None,
+def render_report(grid: str, df: pd.DataFrame, results: dict[str, RunResult | None], reference: str | None = None,
                   extra: list[str] | None = None, versus: str | None = None) -> str:
     summary = summarize(df)
     n_ok = int((df["status"] == "success").sum())
-    env = next(((r or {}).get("environment") for r in results.values() if (r or {}).get("environment")), None) or {}
+    env = next((r.section("environment") for r in results.values() if r and r.section("environment")), {})
     parts = [f"<h1>peft3d report — {html.escape(grid)}</h1>",
              f"<p>{n_ok}/{len(df)} runs succeeded; generated {html.escape(time.strftime('%Y-%m-%d %H:%M:%S'))} "
              f"from the result JSONs only. git {html.escape(str(env.get('git_sha', '?')))}.</p>",

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from peft3d.analysis import formatting as fm
 from peft3d.analysis import stats
-from peft3d.core.results import atomic_write_text, load_results
+from peft3d.core.result import RunResult, atomic_write_text, load_results
 from peft3d.core.spec import RunSpec
 
 RUN_COLUMNS = ["run_id", "backbone", "weights", "method", "preset", "dataset", "seed", "status", "error",
@@ -56,28 +57,28 @@ def method_labels(specs: list[RunSpec]) -> dict[str, str]:
     return labels
 
 
+def _run_row(s: RunSpec, label: str, r: RunResult | None) -> dict[str, Any]:
+    m, p, t = (r and r.metrics), (r and r.params), (r.section("time") if r else {})
+    return {
+        "run_id": s.run_id, "backbone": s.backbone, "weights": s.weights, "method": label, "method_name": s.method,
+        "preset": s.preset, "dataset": f"{s.dataset}/{s.variant}", "seed": s.seed,
+        "status": r.status if r else "missing", "error": r.error if r else "not run yet",
+        "test_acc": m and m.test_acc, "val_acc": m and m.val_acc,
+        "test_acc_best_test": m and m.test_acc_best_test, "test_acc_last": m and m.test_acc_last,
+        "selected_epoch": m and m.selected_epoch, "n_test": m and m.n_test,
+        "params_method": p and p.method, "params_trainable_excl_head": p and p.trainable_excluding_head,
+        "params_trainable": p and p.trainable, "params_total": p and p.total,
+        "time_s": t.get("total_s"), "step_ms": t.get("step_ms"),
+        "pretrain_modality": (r and r.pretrain_modality) or _registry_modality(s.backbone),
+    }
+
+
 def runs_frame(specs: list[RunSpec], root: Path) -> pd.DataFrame:
     """One row per expected run; ``status`` is success | failed | missing. ``method`` is the column label
     (see :func:`method_labels`); ``method_name`` the registered name."""
     results = load_results(root, [s.run_id for s in specs])
     labels = method_labels(specs)
-    rows = []
-    for s in specs:
-        r = results[s.run_id] or {}
-        m, p = r.get("metrics") or {}, r.get("params") or {}
-        rows.append({
-            "run_id": s.run_id, "backbone": s.backbone, "weights": s.weights, "method": labels[s.run_id],
-            "method_name": s.method,
-            "preset": s.preset, "dataset": f"{s.dataset}/{s.variant}", "seed": s.seed,
-            "status": r.get("status", "missing"), "error": r.get("error") or ("not run yet" if not r else None),
-            "test_acc": m.get("test_acc"), "val_acc": m.get("val_acc"),
-            "test_acc_best_test": m.get("test_acc_best_test"), "test_acc_last": m.get("test_acc_last"),
-            "selected_epoch": m.get("selected_epoch"), "n_test": m.get("n_test"),
-            "params_method": p.get("method"), "params_trainable_excl_head": p.get("trainable_excluding_head"),
-            "params_trainable": p.get("trainable"), "params_total": p.get("total"),
-            "time_s": (r.get("time") or {}).get("total_s"), "step_ms": (r.get("time") or {}).get("step_ms"),
-            "pretrain_modality": (r.get("backbone") or {}).get("pretrain_modality") or _registry_modality(s.backbone),
-        })
+    rows = [_run_row(s, labels[s.run_id], results[s.run_id]) for s in specs]
     df = pd.DataFrame(rows, columns=[c for c in RUN_COLUMNS if c != "modality"] + ["method_name"])
     df["modality"] = [effective_modality(p, w) for p, w in zip(df["pretrain_modality"], df["weights"], strict=True)]
     ok = df["status"] == "success"

@@ -21,7 +21,7 @@ from filelock import FileLock
 
 from peft3d.core.atomic import atomic_write
 from peft3d.core.owners import owner_alive, owner_token, same_host
-from peft3d.core.results import succeeded
+from peft3d.core.result import succeeded
 
 HEARTBEAT_S = float(os.environ.get("PEFT3D_HEARTBEAT_S", 30))
 GRACE_S = float(os.environ.get("PEFT3D_CLAIM_GRACE_S", 300))  # another host's claim without a beat this long is dead

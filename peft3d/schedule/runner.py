@@ -12,14 +12,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from peft3d.core.results import failure_result, read_result, run_path, succeeded, write_result
+from peft3d.core.result import RunResult, read_result, run_path, succeeded, write_result
 from peft3d.core.spec import RunSpec
 from peft3d.schedule.claims import holder
 from peft3d.schedule.devices import Slot, cpu_slots
@@ -38,7 +37,6 @@ class Job:
     spec: RunSpec
     slot: Slot | None = None
     proc: subprocess.Popen | None = None
-    spec_file: Path | None = None
     last: dict = field(default_factory=dict)
     failed_line: str | None = None
     started: float = 0.0
@@ -67,46 +65,48 @@ def _reader(job: Job, on_event: Callable[[Job], None]) -> None:
 def _start(job: Job, root: Path, on_event: Callable[[Job], None]) -> None:
     assert job.slot is not None
     spec = job.spec.replace(device=job.slot.device) if job.slot.device else job.spec
-    fd, name = tempfile.mkstemp(prefix=f"peft3d-{job.spec.run_id}-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(spec.to_dict(), f)
-    job.spec_file = Path(name)
     env = dict(os.environ, PEFT3D_THREADS=str(job.slot.threads), PEFT3D_SLOT=job.slot.name,
                HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), PYTHONUNBUFFERED="1", **job.slot.env)
     env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
-    job.proc = subprocess.Popen([sys.executable, "-m", "peft3d.schedule.worker", name, str(root)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                start_new_session=True)  # Ctrl-C reaches the parent only; we stop children
+    # The spec goes on stdin, not in a temp file: a killed scheduler leaves nothing behind.
+    job.proc = subprocess.Popen([sys.executable, "-m", "peft3d.schedule.worker", str(root)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, start_new_session=True)  # Ctrl-C reaches the parent only; we stop children
+    assert job.proc.stdin is not None
+    try:
+        with job.proc.stdin:  # a few KB: fits the pipe buffer, so this never waits for the child
+            job.proc.stdin.write(json.dumps(spec.to_dict()))
+    except BrokenPipeError:
+        pass  # the child died before reading: _finish records why from its exit code and output
     job.started = time.time()
     job.reader = threading.Thread(target=_reader, args=(job, on_event), daemon=True)
     job.reader.start()
 
 
-def _finish(job: Job, root: Path) -> dict:
+def _finish(job: Job, root: Path) -> RunResult | None:
     """Collect a finished child; a child that died without writing a result gets a failure record."""
     assert job.proc is not None
     if job.reader:
         job.reader.join(timeout=5)
-    if job.spec_file:
-        job.spec_file.unlink(missing_ok=True)
     result = read_result(root, job.spec.run_id)
     code = job.proc.returncode
     if code == CLAIMED:
-        return {}  # another process has it (or finished it): nothing was done here
-    if code != 0 and (result is None or result.get("status") == "success"):
+        return None  # another process has it (or finished it): nothing was done here
+    if code != 0 and (result is None or result.ok):
         tail = " | ".join(job.output[-3:])
         why = "killed (out of memory?)" if code in (-9, 137) else f"exited with code {code}"
-        result = failure_result(job.spec.to_dict(), job.spec.run_id, f"worker {why}: {tail}"[:500])
+        result = RunResult.failure(job.spec.to_dict(), job.spec.run_id, f"worker {why}: {tail}"[:500])
         write_result(root, result)
-    return result or {}
+    return result
 
 
 def run_specs(specs: list[RunSpec], root: Path, jobs: int = 1, on_event: Callable[[Job], None] | None = None,
-              on_done: Callable[[Job, dict], None] | None = None, slots: list[Slot] | None = None,
-              on_elsewhere: Callable[[RunSpec], None] | None = None) -> list[dict]:
-    """Run ``specs``, one process per slot (default: ``jobs`` CPU slots); returns the result dicts of the runs
-    this call executed, in completion order. Runs claimed by another live process are waited for (a stale claim
-    is taken over); ``on_elsewhere`` hears of each run finished by someone else."""
+              on_done: Callable[[Job, RunResult | None], None] | None = None, slots: list[Slot] | None = None,
+              on_elsewhere: Callable[[RunSpec], None] | None = None) -> list[RunResult | None]:
+    """Run ``specs``, one process per slot (default: ``jobs`` CPU slots); returns the results of the runs this
+    call executed, in completion order (None: nothing was recorded, e.g. claimed elsewhere). Runs claimed by
+    another live process are waited for (a stale claim is taken over); ``on_elsewhere`` hears of each run
+    finished by someone else."""
     on_event = on_event or (lambda j: None)
     free = list(slots or cpu_slots(jobs))
     queue, waiting, running, done = list(specs), [], [], []
@@ -168,6 +168,4 @@ def _stop(job: Job) -> None:
             job.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             job.proc.kill()
-    if job.spec_file:
-        job.spec_file.unlink(missing_ok=True)
     # A child stopped mid-run writes nothing (results are written atomically at the end): nothing to clean.

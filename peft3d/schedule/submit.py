@@ -172,7 +172,7 @@ def job_state(rec: dict[str, Any]) -> str | None:
 def run_states(specs: list[RunSpec], root: Path) -> list[dict[str, Any]]:
     """done / running (epoch, where) / queued / failed / missing per run, from the result files, the claims,
     the checkpoints, the recorded submissions and (SLURM) the scheduler's job states."""
-    from peft3d.core.results import read_result
+    from peft3d.core.result import read_result
     from peft3d.schedule.claims import live_claims
     from peft3d.training.checkpoint import checkpoint_path, saved_epoch
 
@@ -183,12 +183,12 @@ def run_states(specs: list[RunSpec], root: Path) -> list[dict[str, Any]]:
         ck = saved_epoch(checkpoint_path(root, s.run_id))
         row = {"run_id": s.run_id, "label": s.label, "epochs": s.budget.epochs, "epoch": None, "where": None,
                "job": sub["job_id"] if sub else None, "checkpoint_epoch": ck, "detail": None}
-        if result and result.get("status") == "success":
+        if result and result.ok:
             row["state"] = "done"
         elif claim:
             row.update(state="running", epoch=claim.get("epoch"), where=f"{claim.get('slot') or ''} {claim['owner']}")
         elif result:
-            row.update(state="failed", detail=str(result.get("error"))[:120])
+            row.update(state="failed", detail=str(result.error)[:120])
         elif sub:
             state = job_state(sub)
             ended = state in ("GONE", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")

@@ -1,4 +1,5 @@
-"""Runs one RunSpec in its own process (``python -m peft3d.schedule.worker SPEC_JSON RESULTS_DIR``).
+"""Runs one RunSpec in its own process (``python -m peft3d.schedule.worker RESULTS_DIR``,
+the RunSpec as JSON on stdin: no spec file exists that a killed run could leave behind).
 
 Claims the run first (:mod:`peft3d.schedule.claims`); exits with :data:`CLAIMED` without doing anything when
 the run is done or another live process holds it. Prints one JSON progress line per epoch on stdout (prefixed
@@ -58,7 +59,7 @@ def execute(spec, root: Path, progress=None, slot: str | None = None) -> int:
 
 def _train_and_write(spec, root: Path, report, path: Path) -> int:
     from peft3d.core.errors import Peft3dError
-    from peft3d.core.results import failure_result, write_result
+    from peft3d.core.result import RunResult, write_result
     from peft3d.training.checkpoint import Preempted, remove
     from peft3d.training.train import train_run
 
@@ -72,7 +73,7 @@ def _train_and_write(spec, root: Path, report, path: Path) -> int:
         kind = "user error" if isinstance(e, Peft3dError) else type(e).__name__
         msg = " ".join(str(e).split()) or type(e).__name__
         tb = traceback.format_exc().splitlines()[-12:]
-        write_result(root, failure_result(spec.to_dict(), spec.run_id, f"{kind}: {msg}", traceback=tb))
+        write_result(root, RunResult.failure(spec.to_dict(), spec.run_id, f"{kind}: {msg}", traceback=tb))
         print(f"@failed {kind}: {msg}", flush=True)
         return 1
     write_result(root, result)
@@ -81,7 +82,8 @@ def _train_and_write(spec, root: Path, report, path: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    spec_json, root = argv[0], Path(argv[1])
+    root = Path(argv[0])
+    spec_json = sys.stdin.read()  # read before anything can fail, so the parent's write never blocks
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("PEFT3D_CACHE", str(root / "cache"))  # evaluation FPS cache beside the results
     from peft3d.training.checkpoint import STOP
@@ -97,7 +99,7 @@ def main(argv: list[str]) -> int:
     from peft3d.core.spec import RunSpec
     from peft3d.training.checkpoint import Preempted
 
-    spec = RunSpec.from_dict(json.loads(Path(spec_json).read_text()))
+    spec = RunSpec.from_dict(json.loads(spec_json))
     threads = os.environ.get("PEFT3D_THREADS")
     if threads:
         import torch

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from peft3d.backbones.base import state_checksum
-from peft3d.core.results import SCHEMA
+from peft3d.core.result import Metrics, Params, RunResult
 from peft3d.core.spec import RunSpec
 from peft3d.datasets import DATASETS, split_name
 from peft3d.datasets.base import PointCloudData
@@ -143,7 +143,7 @@ def frozen_checksum(model: nn.Module) -> str:
     return state_checksum(frozen)
 
 
-def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path | None = None) -> dict[str, Any]:
+def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path | None = None) -> RunResult:
     """Train and evaluate ``spec``. With ``checkpoint`` (a file path), the run saves its state there every
     ``spec.checkpoint_every`` epochs and on a stop request (:data:`peft3d.training.checkpoint.STOP`), and resumes
     from it when it exists: the curves and metrics are bit-identical to an uninterrupted run (same device and
@@ -232,26 +232,28 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
         ckpt.STOP.armed = False
     curves, train_s, eval_s, steps = loop.curves, loop.train_s, loop.eval_s, loop.steps
     frozen_after = frozen_checksum(model)
-    metrics = select(curves)
-    metrics.update(n_val=len(data.val), n_test=len(data.test), curves=curves.__dict__)
+    metrics = Metrics.from_dict(dict(select(curves), n_val=len(data.val), n_test=len(data.test),
+                                     curves=curves.__dict__))
     peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    return {
-        "schema": SCHEMA, "run_id": spec.run_id, "status": "success", "error": None, "spec": spec.to_dict(),
-        "label": spec.label, "dataset": data.identity, "metrics": metrics,
-        "params": dict(params, method_name=spec.method),
-        "method": {"name": spec.method, "trains_backbone": method.trains_backbone, "cfg": dict(spec.method_cfg)},
-        "backbone": {"name": spec.backbone, "modality": model.backbone.spec.modality,
-                     "pretrain_modality": model.backbone.spec.pretrain_modality, "width": model.backbone.spec.width,
-                     "depth": model.backbone.spec.depth, "dropout_in_training": model.backbone_train_mode},
-        "weights": model.backbone.weights_info,
-        "frozen_weights_unchanged": frozen_before == frozen_after,
-        "time": {"total_s": time.time() - t0, "train_s": train_s, "eval_s": eval_s,
-                 "step_ms": 1000 * train_s / max(steps, 1), "steps": steps},
-        "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                   "peak_cuda_mb": peak_cuda},
-        "selection": "best validation epoch; test read at that epoch. test_acc_best_test is optimistic "
-                     "(selected on test, as papers do) and never the headline.",
-        "environment": environment(device),
-        "resumed_from": loop.resumed_from,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    return RunResult(
+        run_id=spec.run_id, status="success", spec=spec.to_dict(), label=spec.label, metrics=metrics,
+        params=Params.from_dict(dict(params, method_name=spec.method)),
+        sections={
+            "dataset": data.identity,
+            "method": {"name": spec.method, "trains_backbone": method.trains_backbone, "cfg": dict(spec.method_cfg)},
+            "backbone": {"name": spec.backbone, "modality": model.backbone.spec.modality,
+                         "pretrain_modality": model.backbone.spec.pretrain_modality,
+                         "width": model.backbone.spec.width, "depth": model.backbone.spec.depth,
+                         "dropout_in_training": model.backbone_train_mode},
+            "weights": model.backbone.weights_info,
+            "frozen_weights_unchanged": frozen_before == frozen_after,
+            "time": {"total_s": time.time() - t0, "train_s": train_s, "eval_s": eval_s,
+                     "step_ms": 1000 * train_s / max(steps, 1), "steps": steps},
+            "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                       "peak_cuda_mb": peak_cuda},
+            "selection": "best validation epoch; test read at that epoch. test_acc_best_test is optimistic "
+                         "(selected on test, as papers do) and never the headline.",
+            "environment": environment(device),
+            "resumed_from": loop.resumed_from,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })

@@ -32,8 +32,10 @@ class TuneTracker:
         return n
 
     def study_run(self, study: str, attrs: dict[str, Any]) -> str:
-        hits = self.client.search_runs([self.exp_id], f"tags.`peft3d.study` = '{study}' and "
-                                       "tags.`peft3d.role` = 'study'", max_results=1)
+        # Matched in Python, not in the filter: a study name comes from a file name and may hold quotes
+        # (o'neil.yaml) that MLflow's filter syntax cannot carry.
+        hits = [r for r in self.client.search_runs([self.exp_id], "tags.`peft3d.role` = 'study'", max_results=10000)
+                if r.data.tags.get("peft3d.study") == study]
         if hits:
             rid = hits[0].info.run_id
             self.client.update_run(rid, status="RUNNING")

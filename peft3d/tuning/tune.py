@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from peft3d.core.digest import text_sha256
 from peft3d.core.errors import ConfigError
-from peft3d.core.results import atomic_write_text, failure_result, read_result, write_result
+from peft3d.core.result import RunResult, atomic_write_text, read_result, write_result
 from peft3d.core.spec import RunSpec
 from peft3d.tuning.sharing import (
     Heartbeat,
@@ -185,12 +185,12 @@ def best_spec(study: Any) -> tuple[RunSpec | None, Any]:
 # ------------------------------------------------------------------------------------------- one trial
 
 Report = Callable[[dict[str, Any]], bool]  # epoch event -> True to stop the run (pruned)
-Execute = Callable[[RunSpec, Path, Report], tuple[dict[str, Any], bool]]
+Execute = Callable[[RunSpec, Path, Report], tuple[RunResult | None, bool]]
 
 
-def run_trial_process(spec: RunSpec, root: Path, report: Report) -> tuple[dict[str, Any], bool]:
+def run_trial_process(spec: RunSpec, root: Path, report: Report) -> tuple[RunResult | None, bool]:
     """Run ``spec`` in a worker process (the same path as ``bench run``); terminate it when ``report`` says so.
-    Returns (result dict, stopped)."""
+    Returns (result, stopped)."""
     from peft3d.schedule.runner import run_specs
 
     stopped = threading.Event()
@@ -214,7 +214,7 @@ def run_trial_process(spec: RunSpec, root: Path, report: Report) -> tuple[dict[s
                 job.proc.terminate()
 
     done = run_specs([spec], root, jobs=1, on_event=on_event)
-    return (done[0] if done else {}), stopped.is_set()
+    return (done[0] if done else None), stopped.is_set()
 
 
 @dataclass
@@ -236,21 +236,21 @@ def run_one(trial: Any, spec: RunSpec, trial_root: Path, execute: Execute) -> Ou
             return bool(trial.should_prune())
 
     prior = read_result(trial_root, spec.run_id)
-    if prior and prior.get("status") == "success":  # the same configuration already ran (e.g. a retried trial)
-        c = prior["metrics"]["curves"]
+    if prior and prior.ok and prior.metrics:  # the same configuration already ran (e.g. a retried trial)
+        c = prior.metrics.curves
         for ep, v in zip(c["epoch"], c["val_acc"], strict=True):
             report({"epoch": ep, "val_acc": v})
         result, stopped = prior, False
     else:
         result, stopped = execute(spec, trial_root, report)
-    if result.get("status") == "success":  # finished, even if a prune decision raced with its last epoch
-        return Outcome("COMPLETE", float(result["metrics"]["val_acc"]), curve)
+    if result and result.ok and result.metrics:  # finished, even if a prune decision raced with its last epoch
+        return Outcome("COMPLETE", result.metrics.val_acc, curve)
     if stopped:
         last = curve[-1]["epoch"] if curve else 0
-        rec = failure_result(spec.to_dict(), spec.run_id, f"pruned after epoch {last}", curve=curve)
-        write_result(trial_root, dict(rec, status="pruned"))
+        write_result(trial_root, RunResult.failure(spec.to_dict(), spec.run_id, f"pruned after epoch {last}",
+                                                   status="pruned", curve=curve))
         return Outcome("PRUNED", None, curve)
-    return Outcome("FAIL", None, curve, str(result.get("error") or "no result"))
+    return Outcome("FAIL", None, curve, str((result and result.error) or "no result"))
 
 
 # ------------------------------------------------------------------------------------------- the grid
@@ -461,11 +461,12 @@ class Tuner:
 
             mirror = Mirror(self.opts.mlflow_uri, experiment=f"peft3d/{self.grid}.tuned")
 
-        def on_done(job: Any, result: dict[str, Any]) -> None:
-            ok = result.get("status") == "success"
+        def on_done(job: Any, result: RunResult | None) -> None:
+            ok = bool(result and result.ok and result.metrics)
             if ok:
                 result = self.annotate(job.spec.run_id, blocks[job.spec.run_id]) or result
-            info = f"test {100 * result['metrics']['test_acc']:.1f}" if ok else f"failed: {result.get('error')}"
+            info = (f"test {100 * result.metrics.test_acc:.1f}" if ok and result and result.metrics
+                    else f"failed: {result.error if result else 'no result'}")
             self.echo(f"{'✓' if ok else '✗'} {job.spec.label} (tuned)  {info}")
             if mirror is not None and result:
                 try:
@@ -502,12 +503,12 @@ class Tuner:
                 blocks[t.run_id] = block
         return specs, blocks, missing
 
-    def annotate(self, run_id: str, block: dict[str, Any]) -> dict[str, Any] | None:
+    def annotate(self, run_id: str, block: dict[str, Any]) -> RunResult | None:
         """Add the ``tuning`` block to a finished tuned result (idempotent; atomic rewrite)."""
         r = read_result(self.root, run_id)
-        if r is None or r.get("tuning") == block:
+        if r is None or r.sections.get("tuning") == block:
             return r
-        r["tuning"] = block
+        r = r.with_sections(tuning=block)
         write_result(self.root, r)
         return r
 

@@ -109,11 +109,11 @@ class StoredSpec:
 
 def load_into(root: Path) -> list[StoredSpec]:
     """Write the fixture's result JSONs under ``root/runs`` and return every expected run (the missing one too)."""
-    from peft3d.core.results import write_result
+    from peft3d.core.result import RunResult, write_result
 
     data = json.loads((HERE / "results.json").read_text())
     for r in data["results"]:
-        write_result(root, r)
+        write_result(root, RunResult.from_dict(r))
     expected = [StoredSpec.of(r["run_id"], r["spec"]) for r in data["results"]]
     expected += [StoredSpec.of(m["run_id"], m["spec"]) for m in data["missing"]]
     order = {rid: i for i, rid in enumerate(data["order"])}
