@@ -117,3 +117,106 @@ def test_a_tune_is_logged_to_a_tracking_server(tmp_path):
     assert sorted(r.data.tags.get("peft3d.role") for r in runs) == ["study", "trial"]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert not (root / "mlflow.db").exists()
+
+
+# ---- PostgreSQL: tuning workers sharing the studies -----------------------------------------------------------
+
+PG_URL = os.environ.get("PEFT3D_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:54329/peft3d")
+
+
+def postgres_up() -> str | None:
+    try:
+        import psycopg2
+    except ImportError:
+        return "psycopg2 not installed (pip install -e '.[test]')"
+    try:
+        psycopg2.connect(PG_URL, connect_timeout=5).close()
+    except psycopg2.OperationalError as e:
+        why = " ".join(str(e).split())[:150]
+        return f"no PostgreSQL at {PG_URL} ({why}); start it with .ci/services.sh start postgres"
+    return None
+
+
+def fresh_database() -> str:
+    """A new database on the test server (studies of earlier test runs must not count)."""
+    import psycopg2
+
+    name = f"tune{int(time.time() * 1000)}"
+    conn = psycopg2.connect(PG_URL)
+    conn.autocommit = True
+    conn.cursor().execute(f"CREATE DATABASE {name}")
+    conn.close()
+    return PG_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def start_tune_worker(root: Path, storage: str, log: Path) -> subprocess.Popen:
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "peft3d", "tune", "--grid", "smoke", "--trials", "3", "--results",
+                             str(root), "--storage", storage, "--heartbeat", "2", "--no-mlflow", "--pruner", "none"],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def test_two_tune_workers_on_postgres_equal_budgets_and_a_killed_workers_trial_is_retried(tmp_path):
+    why = postgres_up()
+    if why:
+        pytest.skip(why)
+    import signal
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from peft3d.tuning.sharing import open_storage
+    from peft3d.tuning.tune import cells_of, counts, read_manifest
+
+    storage_url = fresh_database()
+    root = tmp_path / "res"
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    a, b = (start_tune_worker(root, storage_url, log) for log in logs)
+    storage = open_storage(storage_url, 2)
+
+    def running_of(proc):  # the trial worker b holds, once it has one that it has started training
+        for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+            st = optuna.load_study(study_name=s.study_name, storage=storage)
+            for t in st.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if f"/{proc.pid}/" in t.user_attrs.get("peft3d.owner", "") and "peft3d.run_id" in t.user_attrs:
+                    return s.study_name, t.number
+        return None
+
+    try:
+        killed = wait_for(lambda: running_of(b) if " trial " in logs[1].read_text() else None,
+                          "worker b in its second trial", timeout=600, log=lambda: logs[1].read_text()[-2000:])
+        os.killpg(b.pid, signal.SIGKILL)  # the worker and its training process
+        b.wait(timeout=60)
+        # 18 trials + 6 tuned runs: ~5 min on 2 idle cores; measured 30 min on 2 cores shared with 6 others
+        assert a.wait(timeout=2700) == 0, logs[0].read_text()[-3000:]
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    text_a = logs[0].read_text()
+    print(f"killed worker b (pid {b.pid}) in trial {killed[1]} of {killed[0]}")
+    studies = {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+               for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    assert len(studies) == len(cells_of(expand("smoke"), "smoke"))
+    owners = set()
+    for name, st in studies.items():
+        c = counts(st)
+        counted = [t for t in st.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                   or (t.state == TrialState.FAIL and "peft3d.error" in t.user_attrs)]
+        print(f"{name}: {c}")
+        assert c["counted"] == 3 and len(counted) == 3 and c["running"] == 0, (name, c)
+        assert len({t.user_attrs["peft3d.run_id"] for t in counted}) == 3  # no configuration counted twice
+        owners |= {t.user_attrs["peft3d.owner"].split("/")[1] for t in counted}
+    assert owners == {str(a.pid), str(b.pid)}  # both workers counted trials
+    dead = {t.number: t for t in studies[killed[0]].trials}
+    assert dead[killed[1]].state == TrialState.FAIL and "peft3d.error" not in dead[killed[1]].user_attrs
+    retries = [t for t in dead.values() if t.system_attrs.get("failed_trial") == killed[1]]
+    print(f"retried trial {killed[1]} as trial(s) {[t.number for t in retries]} by pid "
+          f"{[t.user_attrs['peft3d.owner'].split('/')[1] for t in retries]}: {[t.state.name for t in retries]}")
+    assert len(retries) == 1 and retries[0].params == dead[killed[1]].params
+    assert retries[0].state == TrialState.COMPLETE and f"/{a.pid}/" in retries[0].user_attrs["peft3d.owner"]
+    assert f"[{killed[1]}]" in text_a and "retried" in text_a
+    manifest = read_manifest(root, "smoke")
+    assert manifest["equal_budget"] and {s["counted"] for s in manifest["studies"].values()} == {3}

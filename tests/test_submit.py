@@ -116,3 +116,45 @@ def test_time_parsing(value, minutes):
     from peft3d.cli.submit import _minutes
 
     assert _minutes(value) == minutes
+
+
+def test_submit_tune_needs_trials_and_dry_run_shows_the_worker_command(tmp_path):
+    grid = tiny_grid(tmp_path)
+    out = bench("submit", "--grid", str(grid), "--results", str(tmp_path / "r"), "--executor", "local", "--tune")
+    assert out.returncode == 2 and "--tune needs --trials N" in out.stderr
+    out = bench("submit", "--grid", str(grid), "--results", str(tmp_path / "r"), "--executor", "local", "--tune",
+                "--trials", "2", "--workers", "3", "--storage", "postgresql://u:secret@db:5432/optuna", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "3 tuning worker(s) (local) on storage postgresql://***@db:5432/optuna" in out.stdout
+    assert "bench tune --grid" in out.stdout and "--trials 2" in out.stdout and "secret" not in out.stdout
+    assert not (tmp_path / "r" / "submissions.jsonl").exists()
+
+
+@pytest.mark.slow  # two tuning workers as a local submitit array (the SLURM path with the local executor)
+def test_submit_tune_local_workers_share_the_studies(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from peft3d.tuning.sharing import open_storage
+    from peft3d.tuning.tune import read_manifest
+
+    grid = tiny_grid(tmp_path, epochs=1)
+    root = tmp_path / "r"
+    out = bench("submit", "--grid", str(grid), "--results", str(root), "--executor", "local", "--tune", "--trials",
+                "2", "--workers", "2", "--pruner", "none", "--heartbeat", "2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    subs = [json.loads(x) for x in (root / "submissions.jsonl").read_text().splitlines()]
+    assert sorted(s["run_id"] for s in subs) == ["tune-worker-0", "tune-worker-1"]
+    wait_for(lambda: (root / "tune" / "tiny.json").exists() and len(list((root / "runs").glob("*.json"))) == 2,
+             "the tuned runs", timeout=900, log=lambda: "\n".join(p.read_text()[-1500:]
+                                                                  for p in (root / "submitit").glob("*/*log.*")))
+    time.sleep(3)  # let the second worker finish writing the same manifest
+    manifest = read_manifest(root, "tiny")
+    assert manifest["equal_budget"] and {s["counted"] for s in manifest["studies"].values()} == {2}
+    storage = open_storage(f"sqlite:///{root / 'optuna.db'}", 2)
+    owners = set()
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        done = optuna.load_study(study_name=s.study_name, storage=storage).get_trials(states=(TrialState.COMPLETE,))
+        assert len(done) == 2
+        owners |= {t.user_attrs["peft3d.owner"] for t in done}
+    print(f"counted trials by {len(owners)} worker(s): {sorted(owners)}")

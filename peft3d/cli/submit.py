@@ -43,8 +43,16 @@ def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
            max_parallel: Optional[int] = typer.Option(None, "--max-parallel", help="array tasks running at once"),
            account: Optional[str] = typer.Option(None, "--account"),
            qos: Optional[str] = typer.Option(None, "--qos"),
+           tune: bool = typer.Option(False, "--tune", help="submit tuning workers (bench tune) instead of runs"),
+           trials: Optional[int] = typer.Option(None, "--trials", "-n", help="--tune: Optuna trials per cell"),
+           workers: int = typer.Option(2, "--workers", help="--tune: tuning workers sharing the studies"),
+           storage: Optional[str] = typer.Option(None, "--storage", help="--tune: Optuna storage URL shared by the "
+                                                 "workers (postgresql://… across machines)"),
+           pruner: str = typer.Option("median", "--pruner", help="--tune: median | none"),
+           heartbeat: int = typer.Option(60, "--heartbeat", help="--tune: seconds between trial heartbeats"),
            dry_run: bool = typer.Option(False, "--dry-run", help="list what would be submitted")) -> None:
-    """Submit a grid's missing runs as one job array (submitit map_array) and return; see bench status."""
+    """Submit a grid's missing runs as one job array (submitit map_array) and return; see bench status.
+    With --tune: submit --workers tuning workers (bench tune on one shared --storage) instead."""
     from peft3d.core.result import results_dir
     from peft3d.grids.loader import expand
     from peft3d.schedule.claims import holder
@@ -57,6 +65,15 @@ def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     specs = expand(grid, parse_seeds(seeds), parse_roots(data_root), "cuda" if gpus_per_task else None)
     check_roots(specs)
     root = results_dir(results)
+    opts = {"partition": partition, "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task, "mem": mem,
+            "time_min": _minutes(time_), "max_parallel": max_parallel, "account": account, "qos": qos}
+    if tune:
+        argv = ["--grid", grid, "--results", str(root), "--pruner", pruner, "--heartbeat", str(heartbeat)]
+        argv += [x for s, opt in ((seeds, "--seeds"), (storage, "--storage")) if s for x in (opt, s)]
+        argv += [x for r in data_root or [] for x in ("--data-root", r)]
+        argv += ["--device", "cuda"] if gpus_per_task else []
+        _submit_tune(argv, trials, workers, storage, root, executor, opts, grid, dry_run)
+        return
     todo = [s for s in pending(specs, root) if holder(root, s.run_id) is None]
     typer.echo(f"grid {grid}: {len(specs)} runs, {len(specs) - len(todo)} done or running, {len(todo)} to submit "
                f"({executor}) → {root}")
@@ -66,14 +83,39 @@ def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         return
     from peft3d.schedule.submit import submit_runs
 
-    opts = {"partition": partition, "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task, "mem": mem,
-            "time_min": _minutes(time_), "max_parallel": max_parallel, "account": account, "qos": qos}
     try:
         ids = submit_runs(todo, root, executor, opts, Path(grid).stem)
     except Exception as e:  # sbatch missing / rejected: one line, nothing recorded
         fail(f"submission failed ({executor}): {' '.join(str(e).split())[:300]}")
     typer.echo(f"submitted {len(ids)} task(s): {ids[0]}{' … ' + ids[-1] if len(ids) > 1 else ''}; "
                f"recorded in {root / 'submissions.jsonl'}; follow with: bench status --grid {grid}")
+
+
+def _submit_tune(argv: list[str], trials: int | None, workers: int, storage: str | None, root: Path,
+                 executor: str, opts: dict, grid: str, dry_run: bool) -> None:
+    """``bench submit --tune``: ``workers`` array tasks, each running ``bench tune`` + ``argv`` on one storage."""
+    from peft3d.schedule.submit import submit_tune
+    from peft3d.tuning.tune import redact, storage_url
+
+    if trials is None or trials < 1:
+        fail("--tune needs --trials N (N >= 1): the trial budget of every study")
+    if workers < 1:
+        fail(f"--workers must be >= 1, got {workers}")
+    url = storage_url(root, storage)
+    if executor == "slurm" and url.startswith("sqlite"):
+        typer.secho("warning: an sqlite storage on a shared file system is unreliable across nodes; prefer "
+                    "--storage postgresql://…", fg="yellow", err=True)
+    argv = [*argv, "--trials", str(trials)]
+    typer.echo(f"grid {grid}: {workers} tuning worker(s) ({executor}) on storage {redact(url)} → {root}")
+    if dry_run:
+        typer.echo("  bench tune " + " ".join(redact(a) for a in argv))
+        return
+    try:
+        ids = submit_tune(argv, workers, root, executor, opts, Path(grid).stem)
+    except Exception as e:  # sbatch missing / rejected: one line, nothing recorded
+        fail(f"submission failed ({executor}): {' '.join(str(e).split())[:300]}")
+    typer.echo(f"submitted {len(ids)} tuning worker(s): {ids[0]}{' … ' + ids[-1] if len(ids) > 1 else ''}; "
+               f"recorded in {root / 'submissions.jsonl'}; logs in {root / 'submitit'}")
 
 
 @app.command("status")

@@ -25,6 +25,8 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
                                                "(default sqlite:///<results>/optuna.db)"),
          jobs: int = typer.Option(1, "--jobs", "-j", help="tuned runs in parallel (trials run one at a time)"),
          pruner: str = typer.Option("median", "--pruner", help="median | none"),
+         heartbeat: int = typer.Option(60, "--heartbeat", help="seconds between a trial's heartbeats in the "
+                                       "storage; a trial silent for 3 beats (its worker gone) is retried"),
          seeds: Optional[str] = typer.Option(None, "--seeds", help="override the grid's seeds (first = tuning seed)"),
          data_root: Optional[list[str]] = typer.Option(None, "--data-root", help="FAMILY=PATH"),
          device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N"),
@@ -33,7 +35,8 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
          dry_run: bool = typer.Option(False, "--dry-run", help="list the studies")) -> None:
     """Tune every backbone × dataset × method cell with the same number of Optuna trials (validation metric,
     pruning on the validation curve), then run the best configuration of each on the grid's seeds.
-    Resumable: re-run the same command after an interruption."""
+    Resumable: re-run the same command after an interruption. Several workers (processes, machines, SLURM
+    tasks: bench submit --tune) may share one --storage: each study still gets exactly --trials trials."""
     from peft3d.core.result import ensure_writable, results_dir
     from peft3d.grids.loader import compare_to, expand
     from peft3d.reporting.mirror import tracking_uri as default_uri
@@ -50,9 +53,11 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     ensure_writable(root)
     if pruner not in ("median", "none"):
         fail(f"--pruner must be 'median' or 'none', got {pruner!r}")
+    if heartbeat < 1:
+        fail(f"--heartbeat must be >= 1 second, got {heartbeat}")
     os.environ.setdefault("PEFT3D_CACHE", str(root / "cache"))  # one evaluation FPS cache for every study
     opts = TuneOptions(n_trials=trials, storage=storage_url(root, storage), pruner=pruner, jobs=max(1, jobs),
-                       mlflow_uri=None if no_mlflow else default_uri(root, tracking_uri))
+                       mlflow_uri=None if no_mlflow else default_uri(root, tracking_uri), heartbeat_s=heartbeat)
     t0 = time.time()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     tuner = Tuner(name, specs, root, opts, echo=typer.echo)

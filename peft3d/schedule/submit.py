@@ -54,6 +54,39 @@ class RunTask:
         return submitit.helpers.DelayedSubmission(self, spec_dict)
 
 
+class TuneTask:
+    """One tuning worker (an array task): ``bench tune`` with the submitted arguments, run as a child process so
+    that the task is exactly the command a user runs by hand (exit code, Ctrl-C/SIGTERM handling). Workers share
+    the study through the Optuna storage; a requeued task simply joins again (its interrupted trial is retried)."""
+
+    def __init__(self, argv: list[str], threads: int = 1) -> None:
+        self.argv, self.threads = argv, threads
+
+    def __call__(self, worker: int) -> dict[str, Any]:
+        import sys
+
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), PEFT3D_TUNE_WORKER=str(worker))
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        code = subprocess.call([sys.executable, "-m", "peft3d", "tune", *self.argv], env=env)
+        return {"worker": worker, "exit_code": code}
+
+    def checkpoint(self, worker: int) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, worker)
+
+
+def submit_tune(argv: list[str], workers: int, root: Path, cluster: str, opts: dict[str, Any],
+                grid: str) -> list[str]:
+    """Submit ``workers`` tuning workers (``bench tune`` + ``argv``) as one job array; records their job ids."""
+    threads = max(1, int(opts.get("cpus_per_task") or 1))
+    jobs = executor_for(root, cluster, opts).map_array(TuneTask(argv, threads), list(range(workers)))
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record_submissions(root, [{"grid": grid, "executor": cluster, "job_id": j.job_id, "run_id": f"tune-worker-{i}",
+                               "label": f"tune worker {i}", "submitted": now} for i, j in enumerate(jobs)])
+    return [j.job_id for j in jobs]
+
+
 def _preempt_signal() -> int:
     from submitit.core.job_environment import JobEnvironment
 

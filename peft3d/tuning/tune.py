@@ -28,6 +28,7 @@ import json
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +37,16 @@ from peft3d.core.digest import text_sha256
 from peft3d.core.errors import ConfigError
 from peft3d.core.result import RunResult, atomic_write_text, read_result, write_result
 from peft3d.core.spec import RunSpec
+from peft3d.tuning.sharing import (
+    Heartbeat,
+    StaleRetry,
+    give_back,
+    is_interrupted,
+    open_storage,
+    place_of,
+    quiet,
+    recover,
+)
 from peft3d.tuning.tracking import TuneTracker, owner_alive, owner_token
 
 __all__ = ["Tuner", "TuneOptions", "TuneTracker", "cells_of", "counts", "owner_alive", "owner_token", "recover",
@@ -43,8 +54,9 @@ __all__ = ["Tuner", "TuneOptions", "TuneTracker", "cells_of", "counts", "owner_a
 
 WD_RANGE = (1e-4, 0.1)
 LR_FACTOR = 10.0
-COUNTING_RULE = ("counted = COMPLETE + PRUNED + FAIL; trials interrupted by Ctrl-C or a kill are FAIL with "
-                 "peft3d.interrupted and not counted (their parameters are queued again)")
+COUNTING_RULE = ("counted = COMPLETE + PRUNED + FAIL with a recorded error; trials interrupted by Ctrl-C, a kill "
+                 "or a stale heartbeat are FAIL without one and not counted (their parameters are queued again)")
+POLL_S = 2.0  # how often a worker whose study is full of other workers' running trials looks again
 Echo = Callable[[str], None]
 
 
@@ -118,52 +130,20 @@ def redact(url: str) -> str:
     return re.sub(r"//[^/@]*@", "//***@", url)
 
 
-def open_storage(url: str) -> Any:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(url)
-
-
-def _interrupted(t: Any, study: Any) -> bool:
-    return bool(t.user_attrs.get("peft3d.interrupted")) or t.number in study.user_attrs.get(
-        "peft3d.interrupted_trials", [])
-
-
 def counts(study: Any) -> dict[str, int]:
     """Trial counts by state; ``counted`` is what the equal budget counts (see COUNTING_RULE)."""
     from optuna.trial import TrialState
 
     c = {"complete": 0, "pruned": 0, "failed": 0, "interrupted": 0, "running": 0, "waiting": 0}
+    attrs = study.user_attrs
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.FAIL:
-            c["interrupted" if _interrupted(t, study) else "failed"] += 1
+            c["interrupted" if is_interrupted(t, attrs) else "failed"] += 1
         else:
             c[{TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
                TrialState.WAITING: "waiting"}[t.state]] += 1
     c["counted"] = c["complete"] + c["pruned"] + c["failed"]
     return c
-
-
-def recover(study: Any) -> list[int]:
-    """RUNNING trials whose owner process is gone: FAIL, marked interrupted (not counted), parameters queued
-    again. Returns their numbers."""
-    from optuna.trial import TrialState
-
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-             if not owner_alive(t.user_attrs.get("peft3d.owner"))]
-    if not stale:
-        return []
-    marked = list(study.user_attrs.get("peft3d.interrupted_trials", []))
-    for t in stale:
-        marked.append(t.number)
-        study.set_user_attr("peft3d.interrupted_trials", marked)  # before tell: never counted, even if we die here
-        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        study.enqueue_trial(dict(t.params), user_attrs={"peft3d.retry_of": t.number})
-    return [t.number for t in stale]
 
 
 def make_pruner(kind: str, epochs: int) -> tuple[Any, str]:
@@ -184,8 +164,9 @@ def open_study(cell: Cell, storage: Any, pruner_kind: str) -> Any:
 
     study = optuna.create_study(storage=storage, study_name=cell.study_name, direction="maximize",
                                 load_if_exists=True)
-    # Seeded by the study's history, so a resumed study does not replay the first samples of its first session.
-    seed = int(text_sha256(f"{cell.study_name}#{len(study.trials)}")[:8], 16)
+    # Seeded by the study's history, so a resumed study does not replay the first samples of its first session,
+    # and by the worker (host/pid), so workers started together on one study do not draw the same samples.
+    seed = int(text_sha256(f"{cell.study_name}#{len(study.trials)}#{owner_token()}")[:8], 16)
     study.sampler = optuna.samplers.TPESampler(seed=seed)
     study.pruner, _ = make_pruner(pruner_kind, cell.base.budget.epochs)
     return study
@@ -281,6 +262,7 @@ class TuneOptions:
     pruner: str = "median"
     jobs: int = 1  # final runs in parallel
     mlflow_uri: str | None = None  # None: no MLflow
+    heartbeat_s: int = 60  # Optuna heartbeat interval; a trial is stale after GRACE_FACTOR missed beats
 
 
 def study_attrs(cell: Cell, opts: TuneOptions) -> dict[str, Any]:
@@ -298,7 +280,8 @@ class Tuner:
             raise ConfigError(f"--trials must be >= 1, got {opts.n_trials}")
         self.grid, self.root, self.opts, self.execute, self.echo = grid, root, opts, execute, echo
         self.cells = cells_of(specs, grid)
-        self.storage = open_storage(opts.storage)
+        self.retry = StaleRetry()
+        self.storage = open_storage(opts.storage, opts.heartbeat_s, self.retry)
         self.tracker = TuneTracker(opts.mlflow_uri, f"peft3d/{grid}/tune") if opts.mlflow_uri else None
         self.studies: dict[str, Any] = {}
 
@@ -312,7 +295,7 @@ class Tuner:
         too_many = []
         for cell in self.cells:
             study = open_study(cell, self.storage, self.opts.pruner)
-            back = recover(study)
+            back = recover(study, self.retry)
             if back:
                 self.echo(f"{cell.study_name}: trial(s) {back} were interrupted: marked FAIL (not counted), "
                           "queued again")
@@ -336,58 +319,104 @@ class Tuner:
         for summary in optuna.get_all_study_summaries(self.storage, include_best_trial=False):
             name = summary.study_name
             if name.startswith(f"{self.grid}/") and name not in current:
-                back = recover(optuna.load_study(study_name=name, storage=self.storage))
+                back = recover(optuna.load_study(study_name=name, storage=self.storage), self.retry)
                 if back:
                     self.echo(f"{name} (no longer in the grid): trial(s) {back} were interrupted: marked FAIL")
 
     def tune_cell(self, cell: Cell, index: int) -> None:
+        """Run trials of this cell's study until N are counted — by this worker or by others sharing the study."""
         study, n = self.studies[cell.study_name], self.opts.n_trials
         if counts(study)["counted"] >= n:
             return
         parent = self.tracker.study_run(cell.study_name, study.user_attrs) if self.tracker else None
         trial = mrid = None
+        waiting = False
         try:
-            while counts(study)["counted"] < n:
-                trial = study.ask()
-                spec = suggest(trial, cell.base)
-                for k, v in (("peft3d.owner", owner_token()), ("peft3d.run_id", spec.run_id),
-                             ("peft3d.core.spec", spec.to_dict())):
-                    trial.set_user_attr(k, v)
-                if self.tracker:
-                    mrid = self.tracker.trial_run(parent, cell.study_name, trial.number, spec, trial.params)
-                    trial.set_user_attr("peft3d.mlflow_run_id", mrid)
-                out = run_one(trial, spec, self.root / "tune" / cell.slug, self.execute)
-                self._tell(study, trial, out)
+            while True:
+                self._recover(cell, study)
+                c = counts(study)
+                if c["counted"] >= n:
+                    break
+                if c["counted"] + c["running"] >= n:  # other workers' trials may still fill the budget
+                    if not waiting:
+                        self.echo(f"[{index}/{len(self.cells)}] {cell.study_name}: waiting for {c['running']} "
+                                  "running trial(s) of other workers")
+                    waiting = True
+                    time.sleep(POLL_S)
+                    continue
+                waiting = False
+                with quiet():
+                    trial = study.ask()
+                trial.set_user_attr("peft3d.owner", owner_token())  # first: a trial with an owner is reapable
+                with Heartbeat(self.storage, trial, self.opts.heartbeat_s):
+                    spec = suggest(trial, cell.base)
+                    place, frozen = place_of(study, trial.number)
+                    if place > n:  # another worker took the last place between our count and our ask
+                        give_back(study, trial, frozen)
+                        trial = None
+                        continue
+                    mrid = self._start_trial(parent, cell, trial, spec)
+                    out = run_one(trial, spec, self.root / "tune" / cell.slug, self.execute)
+                    told = self._tell(study, trial, out)
                 trial = None
                 if self.tracker:
-                    self.tracker.end_trial(mrid, out.state, out.value, out.curve)
+                    self.tracker.end_trial(mrid, out.state if told else "INTERRUPTED", out.value, out.curve)
                 mrid = None
-                self._echo_trial(cell, index, study, out)
+                if told:
+                    self._echo_trial(cell, index, study, out)
         except BaseException:
             self._interrupted(study, trial, mrid, parent)
             raise
         if self.tracker:
             self.tracker.end_study(parent, "FINISHED", counts(study))
 
-    def _tell(self, study: Any, trial: Any, out: Outcome) -> None:
+    def _recover(self, cell: Cell, study: Any) -> None:
+        back = recover(study, self.retry)
+        if back:
+            self.echo(f"{cell.study_name}: trial(s) {back} of a gone worker were interrupted: marked FAIL "
+                      "(not counted), retried")
+
+    def _start_trial(self, parent: str | None, cell: Cell, trial: Any, spec: RunSpec) -> str | None:
+        trial.set_user_attr("peft3d.interrupted", False)  # a retry of an interrupted trial starts afresh
+        trial.set_user_attr("peft3d.run_id", spec.run_id)
+        trial.set_user_attr("peft3d.core.spec", spec.to_dict())
+        if not self.tracker:
+            return None
+        mrid = self.tracker.trial_run(parent, cell.study_name, trial.number, spec, trial.params)
+        trial.set_user_attr("peft3d.mlflow_run_id", mrid)
+        return mrid
+
+    def _tell(self, study: Any, trial: Any, out: Outcome) -> bool:
+        """Record the outcome; False when another worker had declared the trial stale meanwhile (then its
+        retry is what counts)."""
+        import optuna
         from optuna.trial import TrialState
 
-        if out.state == "COMPLETE":
-            study.tell(trial, out.value)
-        elif out.state == "PRUNED":
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            trial.set_user_attr("peft3d.error", (out.error or "")[:2000])
-            study.tell(trial, state=TrialState.FAIL)
+        try:
+            if out.state == "COMPLETE":
+                study.tell(trial, out.value)
+            elif out.state == "PRUNED":
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                trial.set_user_attr("peft3d.error", (out.error or "")[:2000])  # before FAIL: it is counted
+                study.tell(trial, state=TrialState.FAIL)
+        except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError) as e:
+            self.echo(f"trial {trial.number} was declared stale by another worker ({e}); its retry counts instead")
+            return False
+        return True
 
     def _interrupted(self, study: Any, trial: Any, mrid: str | None, parent: str | None) -> None:
         """Ctrl-C / SIGTERM / an error in the harness: the running trial is FAIL, interrupted, queued again."""
+        import optuna
         from optuna.trial import TrialState
 
         if trial is not None:
-            trial.set_user_attr("peft3d.interrupted", True)
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            study.enqueue_trial(dict(trial.params), user_attrs={"peft3d.retry_of": trial.number})
+            try:
+                trial.set_user_attr("peft3d.interrupted", True)
+                study.tell(trial, state=TrialState.FAIL)
+                self.retry(study, next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number))
+            except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+                pass  # already finished (declared stale and retried by another worker)
         if self.tracker:
             if mrid:
                 self.tracker.end_trial(mrid, "INTERRUPTED", None, [])
