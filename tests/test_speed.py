@@ -122,6 +122,29 @@ def test_bf16_autocast_forward_agrees_with_fp32(backbone):
     assert 0 < err < 0.05, err
 
 
+@pytest.mark.parametrize("backbone", ["test_roberta", "test_ssast", "test_dinov2"])
+def test_any2point_geometry_is_computed_in_fp32_under_bf16_autocast(backbone):
+    """Found on an H200: under bf16 autocast the projection's matmuls ran in bf16, whose 8 significant bits
+    rounded table positions past the end (510.6 -> 512 on RoBERTa's 512 rows; pixels on SSAST's 1024-px
+    canvas) and the gather asserted. Cell ids, voxel ids and the sampled encoding must be exactly the fp32
+    ones whatever the autocast state."""
+    from peft3d.methods.any2point.projection import VirtualProjection
+
+    spec = RunSpec(backbone=backbone, method="any2point", preset=f"{backbone}_scan", weights="random",
+                   head_hidden=16, head_dropout=0.0,
+                   tokenizer=TokenizerCfg(num_stages=2, embed_dim=16, k=8, lga_blocks=(1, 1), last_bottleneck=8))
+    model, _ = build_model(spec, num_classes=5)
+    proj = next(m for m in model.modules() if isinstance(m, VirtualProjection))
+    centres = _points(4, 32, seed=11) * 1.3  # reaching past the unit sphere: projections at the canvas edges
+    with torch.no_grad():
+        ref_g = proj._compute(centres)
+        model.context.cache.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            g = proj.geometry(centres)
+    assert g.pe.dtype == torch.float32 and torch.equal(g.pe, ref_g.pe)
+    assert torch.equal(g.cell, ref_g.cell) and torch.equal(g.voxel, ref_g.voxel)
+
+
 def _perf_cli(*args: str) -> subprocess.CompletedProcess:
     """``bench perf`` in a fresh interpreter where mlflow and optuna cannot be imported (as on the GPU
     machine): ``sys.modules[name] = None`` makes both ``import`` and ``importlib.util.find_spec`` see them

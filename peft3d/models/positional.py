@@ -56,8 +56,9 @@ class TablePosEncoder(nn.Module):
 
     def forward(self, centres: torch.Tensor) -> torch.Tensor:
         table = self._backbone[0].pos_table()
-        c = centres.detach()
-        idx, w = self._corners_1d(c, table.table.shape[0]) if self.ndim == 1 else self._corners_2d(c, table)
+        c = centres.detach().float()
+        with torch.autocast(c.device.type, enabled=False):  # indices in fp32: bf16 would round past the table
+            idx, w = self._corners_1d(c, table.table.shape[0]) if self.ndim == 1 else self._corners_2d(c, table)
         flat = table.table.reshape(-1, table.table.shape[-1])
         M = idx.shape[0]
         return sum(w[..., k, None] * flat[idx[..., k]] for k in range(idx.shape[-1])).sum(0) / M

@@ -129,8 +129,10 @@ class VirtualProjection(nn.Module):
         hit = cache.get("a2p")
         if hit is not None and hit[0] is centres:
             return hit[1]
-        with torch.no_grad():  # centres come from FPS: nothing upstream to differentiate
-            g = self._compute(centres.detach())
+        # centres come from FPS: nothing upstream to differentiate. Geometry in fp32 even under bf16 autocast:
+        # bf16 has 8 significant bits, so a position of 510.6 on a 512-row table rounds to 512 (out of range).
+        with torch.no_grad(), torch.autocast(centres.device.type, enabled=False):
+            g = self._compute(centres.detach().float())
         cache["a2p"] = (centres, g)
         return g
 
