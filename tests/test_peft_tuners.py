@@ -123,8 +123,10 @@ def test_catalog_lists_every_tuner_with_works_and_why():
     rows = {r["name"]: r for r in catalog.status()}
     assert set(rows) == {f"peft:{t}" for t in installed_tuners()}
     working = {n for n, r in rows.items() if r["works"]}
+    # fourierft is left out: its default n_frequency (1000) exceeds 24 x 24, the projections of the 24-wide
+    # tiny twins (test_dinov2_small, test_minilm_l3, test_whisper_tiny), so the probe reports it as size-limited.
     assert {"peft:ia3", "peft:loha", "peft:lokr", "peft:vera", "peft:boft", "peft:oft", "peft:lora",
-            "peft:hra", "peft:fourierft", "peft:ln_tuning"} <= working
+            "peft:hra", "peft:ln_tuning"} <= working
     for n, r in rows.items():
         assert bool(r["why"]) == (not r["works"]), n
     assert "prompt learning" in rows["peft:prompt_tuning"]["why"]
