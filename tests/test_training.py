@@ -10,7 +10,8 @@ from peft3d.core.errors import WeightsError
 from peft3d.core.spec import Budget, RunSpec, TokenizerCfg
 from peft3d.models.build import build_model
 from peft3d.models.model import param_groups
-from peft3d.training.train import Curves, lr_lambda, select, train_run
+from peft3d.training.schedules import lr_lambda
+from peft3d.training.train import Curves, select, train_run
 
 TINY_TOK = TokenizerCfg(num_stages=2, embed_dim=8, k=8, lga_blocks=(1, 1), last_bottleneck=8)
 

@@ -23,7 +23,7 @@ from peft3d.models.build import build_model
 from peft3d.models.model import PointModel, param_groups
 from peft3d.schedule.environment import environment
 from peft3d.training import checkpoint as ckpt
-from peft3d.training.schedules import clip_gradients, lr_lambda, make_scheduler  # noqa: F401  (lr_lambda: re-export)
+from peft3d.training.schedules import clip_gradients, make_scheduler
 
 Progress = Callable[[dict[str, Any]], None]
 
