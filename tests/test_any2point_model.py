@@ -184,7 +184,7 @@ def test_grids_use_any2point():
         assert spec.tokenizer.k == kk and spec.preset == f"paper_{backbone}_{tag}" and spec.num_points == 1024
         assert spec.tokenizer.group_norm == ("scan" if tag == "scan" else "std")
         assert spec.budget.epochs == 300 and spec.budget.lr == 5e-4
-    quick = [s for s in expand("quickstart") if s.method == "any2point"]
+    quick = [s for s in expand("quickstart_methods") if s.method == "any2point"]
     assert {s.preset for s in quick} == {"minilm_synthetic"} and len(quick) == 2
     (smoke,) = [s for s in expand("smoke") if s.method == "any2point"]
     assert smoke.method_cfg["bottleneck"] == 4

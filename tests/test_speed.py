@@ -160,7 +160,7 @@ def _perf_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_bench_perf_json_without_mlflow_or_optuna():
     r = _perf_cli("-b", "test_bert", "-m", "adapter", "--points", "64", "--batch", "4",
-                  "--steps", "1", "--warmup", "1", "--threads", "1", "--json")
+                  "--steps", "1", "--warmup", "1", "--threads", "1", "--profile", "5", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert list(out["methods"]) == ["linear", "adapter"]  # the floor is always measured
@@ -171,6 +171,10 @@ def test_bench_perf_json_without_mlflow_or_optuna():
     # a ratio of two timings: only its sign and finiteness are contract (its size depends on the machine's load)
     assert 0 < out["tokenizer_share"] < float("inf") and out["tokenizer_gflop"] > 0 and out["matmul_gflop_per_s"] > 0
     assert out["settings"]["precision"] == "fp32" and out["settings"]["points"] == 64
+    prof = out["profile"]  # the floor step's top operators, largest first, shares of one step's self time
+    assert len(prof) == 5 and all(p["self_ms"] > 0 and 0 < p["share"] <= 1 for p in prof)
+    assert [p["self_ms"] for p in prof] == sorted((p["self_ms"] for p in prof), reverse=True)
+    assert sum(p["share"] for p in prof) <= 1.0 + 1e-6
 
 
 @pytest.mark.parametrize("args,message", [
@@ -178,6 +182,7 @@ def test_bench_perf_json_without_mlflow_or_optuna():
     (["-b", "test_bert", "--precision", "fp16"], "--precision must be fp32 or bf16"),
     (["-b", "test_bert", "--points", "60"], "--points 60 must be divisible"),
     (["-b", "nope"], "unknown backbone"),
+    (["-b", "test_bert", "--profile", "-1"], "--profile must be >= 0"),
 ])
 def test_bench_perf_rejects_bad_input_in_one_line(args, message):
     from typer.testing import CliRunner

@@ -35,6 +35,13 @@ def _print_table(r: dict) -> None:
               f"{100 * r['tokenizer_efficiency']:.0f}% of a plain matmul {tuple(r['matmul_shape'])} "
               f"({r['matmul_gflop_per_s']:.1f} GFLOP/s)")
     con.print(f"memory: {r['memory']}")
+    if r.get("profile"):
+        prof = Table(title="floor step: top operators by self time (torch.profiler, per step)")
+        for col in ("operator", "self ms", "share", "calls"):
+            prof.add_column(col)
+        for p in r["profile"]:
+            prof.add_row(p["op"], f"{p['self_ms']:.1f}", f"{100 * p['share']:.1f}%", f"{p['calls']:g}")
+        con.print(prof)
 
 
 @app.command("perf")
@@ -53,6 +60,8 @@ def perf(backbone: str = typer.Option("minilm", "--backbone", "-b", help="backbo
          compile_: bool = typer.Option(False, "--compile", help="torch.compile each model"),
          steps: int = typer.Option(20, "--steps", help="timed steps per method (after the warm-up)"),
          warmup: int = typer.Option(3, "--warmup"),
+         profile: int = typer.Option(0, "--profile", help="also profile the floor step and list its top N "
+                                                          "operators by self time"),
          full_size: bool = typer.Option(False, "--full-size",
                                         help="random weights at the backbone's real size (no checkpoint read)"),
          weights: str = typer.Option("random", "--weights", help="random | pretrained | path:/..."),
@@ -68,7 +77,7 @@ def perf(backbone: str = typer.Option("minilm", "--backbone", "-b", help="backbo
     try:
         s = PerfSettings(backbone=backbone, methods=tuple(methods or ()), points=points, batch=batch,
                          paper=paper, device=device, precision=precision, compile=compile_, steps=steps,
-                         warmup=warmup, full_size=full_size, weights=weights, threads=threads,
+                         warmup=warmup, profile=profile, full_size=full_size, weights=weights, threads=threads,
                          attention=attention if attention is not None else
                          ("sdpa" if device.startswith("cuda") else None))
         r = measure(s, log=(lambda _m: None) if as_json else (lambda m: typer.echo(m, err=True)))

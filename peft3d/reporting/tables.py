@@ -18,6 +18,7 @@ from peft3d.analysis import formatting as fm
 from peft3d.analysis import stats
 from peft3d.core.result import RunResult, atomic_write_text, load_results
 from peft3d.core.spec import RunSpec
+from peft3d.reporting.transfer import has_controls, transfer_markdown
 
 RUN_COLUMNS = ["run_id", "backbone", "weights", "method", "preset", "dataset", "seed", "status", "error",
                "test_acc", "val_acc", "test_acc_best_test", "test_acc_last", "selected_epoch", "n_test",
@@ -286,6 +287,7 @@ def render_markdown(grid: str, df: pd.DataFrame, versus: str | None = None) -> s
     parts = [f"# {grid}: test accuracy (%)", "",
              "Overall accuracy on the test set at the epoch with the best validation accuracy; mean ± std "
              "over seeds (n = successful/expected runs).", "",
+             *(transfer_markdown(df) if has_controls(df) else []),
              method_table(summary).to_markdown(index=False), "", noise_floor(summary), "",
              "## Trainable parameters (excluding the head)", "", params_table(summary).to_markdown(index=False), ""]
     if (summary["n"] > 0).any():

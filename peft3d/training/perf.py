@@ -25,7 +25,7 @@ from torch import nn
 
 PAPER_POINTS = 1024
 PAPER_K = 64  # Any2Point's DINOv2-Scan arm (--patchknn 64); the CLIP arm uses 81
-SETTINGS_GRID = "quickstart"  # method settings (and, without --paper, the tokenizer) come from this grid
+SETTINGS_GRID = "quickstart_methods"  # method settings (and, without --paper, the tokenizer) come from this grid
 
 
 @dataclass
@@ -40,6 +40,7 @@ class PerfSettings:
     compile: bool = False
     steps: int = 20
     warmup: int = 3
+    profile: int = 0  # > 0: also profile the floor step (torch.profiler) and report its top ``profile`` ops
     full_size: bool = False
     weights: str = "random"
     threads: int = 0
@@ -61,6 +62,8 @@ class PerfSettings:
         floor = floor_method()
         chosen = tuple(self.methods) or tuple(METHODS.names())
         self.methods = (floor, *[m for m in chosen if m != floor])  # the floor first, always measured
+        if self.profile < 0:
+            raise ConfigError(f"--profile must be >= 0 (the number of operators to list), got {self.profile}")
         if self.steps < 1 or self.batch < 2:
             raise ConfigError("--steps must be >= 1 and --batch >= 2 (BatchNorm needs 2 samples)")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -267,7 +270,29 @@ def measure(s: PerfSettings, log: Callable[[str], None] = lambda _m: None) -> di
         for run in runs.values():
             run.times.append(timed(run.step, s.device))
         tok_times.append(timed(tok, s.device))
-    return summarise(s, runs, tok, tok_times)
+    out = summarise(s, runs, tok, tok_times)
+    if s.profile:
+        out["profile"] = profile_step(runs[s.methods[0]].step, s.device, s.profile)
+    return out
+
+
+def profile_step(step: Callable[[], None], device: str, top: int, steps: int = 3) -> list[dict[str, Any]]:
+    """The ``top`` operators of ``step`` by self time (device time on CUDA), per step, with their share of
+    the step's total self time: where the floor's remaining cost goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    return [{"op": e.key, "self_ms": round(getattr(e, key) / 1000 / steps, 3),
+             "share": round(getattr(e, key) / total, 4), "calls": round(e.count / steps, 1)} for e in events[:top]]
 
 
 def summarise(s: PerfSettings, runs: dict[str, MethodRun], tok: Callable[[], None],

@@ -1,0 +1,118 @@
+"""Does pretraining transfer? The section that opens a table when a grid holds controls.
+
+Rows: each pretrained backbone (labelled with its modality), ranked by mean test accuracy within a method ×
+dataset, then the controls (random init, shuffled, no transformer). For every pretrained row and every kind of
+control, the paired difference over seeds and its p-values. A pretrained row is compared with the control of
+the *same* backbone when the grid ran one (the fair control: same architecture, same depth); otherwise with
+that kind of control from another backbone, and the column says which (protocol.md "Controls").
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from peft3d.analysis import formatting as fm
+from peft3d.analysis import stats
+
+CONTROL_KINDS = ["random init", "shuffled", "no transformer"]
+SHORT = {"random init": "random", "shuffled": "shuffled", "no transformer": "none"}
+
+
+def has_controls(df: pd.DataFrame) -> bool:
+    """True when the grid ran at least one pretrained backbone and at least one control."""
+    ok = df[df["status"] == "success"]
+    return bool((ok["control"] == "").any() and (ok["control"] != "").any())
+
+
+def _by_seed(g: pd.DataFrame) -> pd.Series:
+    return (g.groupby("seed")["test_acc"].first() * 100).sort_index()
+
+
+def _control_pool(cell: pd.DataFrame, kind: str, backbone: str, method: str) -> tuple[pd.DataFrame, str]:
+    """The runs of control ``kind`` to pair with ``backbone``/``method``: same backbone if run, else another
+    backbone's (the no-transformer control only has the linear probe: any method is taken, and named)."""
+    ctl = cell[cell["control"] == kind]
+    for pick in (ctl[(ctl["backbone"] == backbone) & (ctl["method"] == method)], ctl[ctl["method"] == method], ctl):
+        if len(pick):
+            first = pick.iloc[0]
+            same = pick[(pick["backbone"] == first["backbone"]) & (pick["method"] == first["method"])]
+            tag = "" if first["backbone"] == backbone and first["method"] == method else \
+                f"{first['backbone']}" + ("" if first["method"] == method else f", {first['method']}")
+            return same, tag
+    return ctl, ""
+
+
+def transfer_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, method, backbone, weights): mean ± std, bootstrap CI, validation mean, rank among
+    the pretrained rows, and for pretrained rows the paired Δ and p against each kind of control."""
+    ok = df[df["status"] == "success"]
+    rows = []
+    for (ds, method), cell in ok.groupby(["dataset", "method"], sort=False):
+        controls_here = ok[ok["dataset"] == ds]  # controls may have run under another method (none: linear)
+        for (bb, w), g in cell.groupby(["backbone", "weights"], sort=False):
+            acc = (g["test_acc"] * 100).tolist()
+            mean, std = stats.mean_std(acc)
+            lo, hi = stats.bootstrap_ci(acc)
+            ctl = str(g["control"].iloc[0])
+            r = {"dataset": ds, "method": method, "backbone": bb, "weights": w, "modality": g["modality"].iloc[0],
+                 "control": ctl, "n": len(acc), "mean": mean, "std": std, "ci_low": lo, "ci_high": hi,
+                 "val_mean": float((g["val_acc"] * 100).mean()), "n_late": int((g["late_selection"] == True).sum())}  # noqa: E712
+            if not ctl:
+                for kind in CONTROL_KINDS:
+                    pool, tag = _control_pool(controls_here, kind, bb, method)
+                    if pool.empty:
+                        continue
+                    a, b = _by_seed(g), _by_seed(pool)
+                    common = a.index.intersection(b.index)
+                    p = stats.paired_compare(a[common].to_numpy(), b[common].to_numpy())
+                    key = SHORT[kind]
+                    r.update({f"vs_{key}:delta": p.mean_diff, f"vs_{key}:p": p.p_permutation,
+                              f"vs_{key}:pairs": p.n, f"vs_{key}:of": tag})
+            rows.append(r)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    real = out["control"] == ""
+    out["rank"] = math.nan
+    out.loc[real, "rank"] = out[real].groupby(["dataset", "method"])["mean"].rank(ascending=False, method="min")
+    return out.sort_values(["dataset", "method", "control", "rank", "mean"],
+                           ascending=[True, True, True, True, False], kind="stable").reset_index(drop=True)
+
+
+def _vs_cell(r: pd.Series, key: str) -> str:
+    d = r.get(f"vs_{key}:delta")
+    if fm.is_missing(d):
+        return fm.MISSING
+    of = r.get(f"vs_{key}:of") or ""
+    return f"{fm.signed(d)} (p {fm.p_relation(r[f'vs_{key}:p'])}, n={int(r[f'vs_{key}:pairs'])}" + \
+        (f"; vs {of})" if of else ")")
+
+
+def transfer_markdown(df: pd.DataFrame) -> list[str]:
+    """The opening section: modality ranking with CIs, controls below, paired tests against each control."""
+    tf = transfer_frame(df)
+    if tf.empty:
+        return []
+    kinds = [SHORT[k] for k in CONTROL_KINDS if f"vs_{SHORT[k]}:delta" in tf]
+    shown = pd.DataFrame({
+        "dataset": tf["dataset"], "method": tf["method"],
+        "rank": [fm.MISSING if fm.is_missing(x) else str(int(x)) for x in tf["rank"]],
+        "modality": [m if not c else f"control: {c}" for m, c in zip(tf["modality"], tf["control"], strict=True)],
+        "backbone": tf["backbone"], "weights": tf["weights"],
+        "test mean ± std": [fm.num(m) + (f" ± {s:.1f}" if not math.isnan(s) else "") + (" ‡" if k else "")
+                            for m, s, k in zip(tf["mean"], tf["std"], tf["n_late"], strict=True)],
+        "95% CI": [f"[{lo:.1f}, {hi:.1f}]" if not math.isnan(lo) else "— (n<2)"
+                   for lo, hi in zip(tf["ci_low"], tf["ci_high"], strict=True)],
+        "val": tf["val_mean"].map(fm.num), "seeds": tf["n"].astype(int)})
+    for k in kinds:
+        shown[f"Δ vs {k}"] = [_vs_cell(r, k) if not r["control"] else "" for _, r in tf.iterrows()]
+    return ["## Does pretraining transfer? Modality ranking against the controls", "",
+            fm.markdown(shown), "",
+            "Pretrained backbones ranked by mean test accuracy (%) within each dataset × method; controls below "
+            "(random init: the same architecture, library initialisation; shuffled: every pretrained tensor's "
+            "entries permuted; none: no transformer blocks). Δ = pretrained − control in points, paired by seed; "
+            "p: two-sided paired permutation test (with 3 seeds p ≥ 0.25, so no single grid of 3 seeds is "
+            "'significant': read Δ against the noise floor below and the CIs). The control is the same backbone's "
+            "when the grid ran it, else the one named. ‡: a seed selected an epoch in the last 10% (possibly "
+            "under-trained). A modality transfers only if it beats every control by more than the noise.", ""]
