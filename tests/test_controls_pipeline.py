@@ -270,6 +270,18 @@ def test_cpu_modality_sweep_expands_to_the_controls_and_the_matched_depth_varian
     assert {s.method for s in specs if s.backbone == "none"} == {"linear"}
 
 
+def test_the_cpu_sweep_part_keeps_seeds_controls_and_meshes():
+    from peft3d.grids.loader import expand
+
+    full = {s.run_id for s in expand("cpu_modality_sweep")}
+    part = expand("cpu_modality_sweep_part")
+    assert {s.run_id for s in part} <= full  # a cut of the sweep, never different runs
+    assert {s.dataset for s in part} == {"sweethome3d"} and {s.method for s in part} == {"linear", "lora"}
+    assert {s.seed for s in part} == {0, 1, 2} and {s.weights for s in part} == {"pretrained", "random", "shuffled"}
+    assert {s.backbone for s in part if s.pipeline.blocks == 3} == {"minilm", "dinov2_small", "whisper_tiny"}
+    assert len(part) == 4 * 3 * 2 * 3 + 3 + 3 * 3 * 2 * 3
+
+
 def test_controls_are_labelled_in_the_table_of_real_results(tmp_path):
     from peft3d.core.result import write_result
     from peft3d.reporting.tables import render_markdown, runs_frame

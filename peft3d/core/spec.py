@@ -185,6 +185,12 @@ class TokenizerCfg:
         return {True: "batchnorm", False: "none"}.get(self.out_norm, str(self.out_norm))
 
 
+# run_ids hash the pipeline relative to the paper's pipeline (the only one when ids were first published), not
+# relative to today's defaults: a change of default then changes the ids of the runs that use it and of no others,
+# and every stored result of an explicit paper pipeline (include: _pipeline_paper.yaml) stays found.
+ID_BASELINE_PIPELINE = {"pos_encoding": "mlp", "cls_token": True, "head": "paper", "blocks": None}
+
+
 @dataclass(frozen=True)
 class PipelineCfg:
     """The shared pipeline around the backbone (issue "does pretraining transfer?"). Defaults are the paper's
@@ -262,7 +268,7 @@ class RunSpec:
         d = self.to_dict()
         for k in self.NON_IDENTITY:
             d.pop(k)
-        d["pipeline"] = self.pipeline.non_default()
+        d["pipeline"] = {k: v for k, v in dataclasses.asdict(self.pipeline).items() if v != ID_BASELINE_PIPELINE[k]}
         if not d["pipeline"]:
             d.pop("pipeline")
         if d["budget"]["schedule"] == "cosine":
