@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from peft3d.core.allocator import MALLOC_ENV
 from peft3d.core.result import RunResult, read_result, run_path, succeeded, write_result
 from peft3d.core.spec import RunSpec
 from peft3d.schedule.claims import holder
@@ -26,10 +27,6 @@ from peft3d.schedule.worker import CLAIMED
 
 RECHECK_S = 2.0  # how often runs claimed by other processes are looked at again
 
-# glibc serves allocations above its mmap threshold with fresh pages and unmaps them on free, so every
-# large CPU activation pays page faults again. Measured on the Point-PN tokenizer (256 points, batch 16,
-# 2 cores): 0.43-0.68 s per forward with the defaults vs 0.08-0.10 s with these (benchmarks/README.md).
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
 
 
 @dataclass

@@ -238,6 +238,10 @@ def measure(s: PerfSettings, log: Callable[[str], None] = lambda _m: None) -> di
         METHODS.check(m)
     if s.threads:
         torch.set_num_threads(s.threads)
+    if s.device == "cpu":
+        from peft3d.core.allocator import set_in_process
+
+        set_in_process()  # the training workers' allocator settings: comparable timings, bounded memory
     if s.points % 2 ** tokenizer_cfg(s).num_stages:
         raise ConfigError(f"--points {s.points} must be divisible by 2**num_stages")
     g = torch.Generator().manual_seed(s.seed)
