@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 import peft3d.grids
-
 from peft3d.core.spec import Budget, RunSpec, TokenizerCfg, from_mapping
 from peft3d.grids.loader import load_grid
 from peft3d.models.build import build_model

@@ -51,3 +51,11 @@ def test_a_control_run_under_another_method_is_named():
             ("none", "random", "no transformer", "none (no transformer)", "linear", [0.6, 0.6, 0.6])]
     real = transfer_frame(_runs(rows)).set_index("backbone").loc["minilm"]
     assert real["vs_none:of"] == "none, linear" and np.isclose(real["vs_none:delta"], 100 * (0.8 + 0.8 + 0.9) / 3 - 60)
+
+
+def test_the_report_opens_with_the_same_section():
+    from peft3d.reporting.report import _transfer_html
+
+    html = "\n".join(_transfer_html(_runs(ROWS)))
+    assert "Does pretraining transfer?" in html and "Δ vs random" in html and "Δ vs none" in html
+    assert html.index("language") < html.index("2d_vision")  # ranked

@@ -23,6 +23,7 @@ from peft3d.analysis import formatting as fm
 from peft3d.core.result import RunResult, atomic_write_text, load_results
 from peft3d.reporting import layouts
 from peft3d.reporting.tables import friedman_of, method_table, paired_frame, stats_table, summarize
+from peft3d.reporting.transfer import NOTE, TITLE, has_controls, transfer_table
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
@@ -274,6 +275,7 @@ def render_report(grid: str, df: pd.DataFrame, results: dict[str, RunResult | No
              _notes(["Headline: test accuracy at the epoch with the best validation accuracy (protocol.md). "
                      "Best-on-test is optimistic and never the headline. Failed or missing runs are blanks "
                      "with their reason, never numbers.", *(extra or [])]),
+             *(_transfer_html(df) if has_controls(df) else []),
              "<h2>Method table</h2>", _table(method_table(summary)),
              "<h2>Per-cell statistics</h2>", _table(stats_table(summary)) if (summary["n"] > 0).any() else "",
              _notes(["95% CI: percentile bootstrap of the mean over seeds (scipy.stats.bootstrap); binom. SE: "
@@ -295,6 +297,11 @@ def render_report(grid: str, df: pd.DataFrame, results: dict[str, RunResult | No
     body = "\n".join(p for p in parts if p)
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>peft3d — {html.escape(grid)}</title>"
             f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def _transfer_html(df: pd.DataFrame) -> list[str]:
+    shown = transfer_table(df)
+    return [] if shown.empty else [f"<h2>{html.escape(TITLE)}</h2>", _table(shown), _notes([NOTE])]
 
 
 def _paired_html(df: pd.DataFrame, versus: str | None) -> str:

@@ -89,11 +89,21 @@ def _vs_cell(r: pd.Series, key: str) -> str:
         (f"; vs {of})" if of else ")")
 
 
-def transfer_markdown(df: pd.DataFrame) -> list[str]:
-    """The opening section: modality ranking with CIs, controls below, paired tests against each control."""
+TITLE = "Does pretraining transfer? Modality ranking against the controls"
+NOTE = ("Pretrained backbones ranked by mean test accuracy (%) within each dataset × method; controls below "
+        "(random init: the same architecture, library initialisation; shuffled: every pretrained tensor's "
+        "entries permuted; none: no transformer blocks). Δ = pretrained − control in points, paired by seed; "
+        "p: two-sided paired permutation test (with 3 seeds p ≥ 0.25, so no single grid of 3 seeds is "
+        "'significant': read Δ against the test set's noise floor and the CIs). The control is the same "
+        "backbone's when the grid ran it, else the one named. ‡: a seed selected an epoch in the last 10% "
+        "(possibly under-trained). A modality transfers only if it beats every control by more than the noise.")
+
+
+def transfer_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Display strings of :func:`transfer_frame` (empty when nothing succeeded)."""
     tf = transfer_frame(df)
     if tf.empty:
-        return []
+        return tf
     kinds = [SHORT[k] for k in CONTROL_KINDS if f"vs_{SHORT[k]}:delta" in tf]
     shown = pd.DataFrame({
         "dataset": tf["dataset"], "method": tf["method"],
@@ -107,12 +117,10 @@ def transfer_markdown(df: pd.DataFrame) -> list[str]:
         "val": tf["val_mean"].map(fm.num), "seeds": tf["n"].astype(int)})
     for k in kinds:
         shown[f"Δ vs {k}"] = [_vs_cell(r, k) if not r["control"] else "" for _, r in tf.iterrows()]
-    return ["## Does pretraining transfer? Modality ranking against the controls", "",
-            fm.markdown(shown), "",
-            "Pretrained backbones ranked by mean test accuracy (%) within each dataset × method; controls below "
-            "(random init: the same architecture, library initialisation; shuffled: every pretrained tensor's "
-            "entries permuted; none: no transformer blocks). Δ = pretrained − control in points, paired by seed; "
-            "p: two-sided paired permutation test (with 3 seeds p ≥ 0.25, so no single grid of 3 seeds is "
-            "'significant': read Δ against the noise floor below and the CIs). The control is the same backbone's "
-            "when the grid ran it, else the one named. ‡: a seed selected an epoch in the last 10% (possibly "
-            "under-trained). A modality transfers only if it beats every control by more than the noise.", ""]
+    return shown
+
+
+def transfer_markdown(df: pd.DataFrame) -> list[str]:
+    """The opening section: modality ranking with CIs, controls below, paired tests against each control."""
+    shown = transfer_table(df)
+    return [] if shown.empty else [f"## {TITLE}", "", fm.markdown(shown), "", NOTE, ""]
