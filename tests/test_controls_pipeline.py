@@ -19,6 +19,8 @@ def tiny(backbone="test_bert", method="linear", **kw):
     base = dict(backbone=backbone, method=method, weights="random", num_points=64, tokenizer=TINY_TOK,
                 budget=Budget(epochs=1, batch_size=32, eval_batch_size=128, lr=1e-3, warmup_epochs=0),
                 head_hidden=32)
+    if backbone == "none":  # no positional table: the grids give it mlp (grids/checks.py cell_pipeline)
+        base["pipeline"] = PipelineCfg(pos_encoding="mlp")
     base.update(kw)
     return RunSpec(**base)
 
@@ -105,6 +107,24 @@ def test_none_and_depth_refusals():
         check_combination("test_bert", "random", "any2point", PipelineCfg(pos_encoding="none"), "g")
 
 
+@pytest.mark.parametrize("backbone,method,message,default", [
+    ("none", "linear", "pos_encoding=table needs a positional table", "none"),
+    ("test_bert", "any2point", "any2point installs its own positional encoding", "mlp"),
+])
+def test_an_explicit_encoding_is_never_replaced(tmp_path, backbone, method, message, default):
+    from peft3d.grids.loader import expand
+
+    g = tmp_path / "g.yaml"
+    g.write_text(f"backbones: [{backbone}]\nweights: [random]\nmethods: [{method}]\ndatasets: [synthetic/scan]\n"
+                 "pipeline: {pos_encoding: table}\n")
+    with pytest.raises(ConfigError, match=message):
+        expand(str(g))
+    g.write_text(f"backbones: [{backbone}]\nweights: [random]\nmethods: [{method}]\ndatasets: [synthetic/scan]\n")
+    specs = expand(str(g))  # Any2Point's cell gives the default up for mlp (its own encoding's slot), visibly
+    assert [s.pipeline.pos_encoding for s in specs] == [default]
+    assert ("pos_encoding=mlp" in specs[0].label) == (default == "mlp")
+
+
 def test_keep_blocks_cuts_depth():
     bb = build_backbone("test_dinov2", "random", blocks=1)
     assert len(bb.blocks) == 1 and bb.spec.depth == 1
@@ -114,13 +134,18 @@ def test_keep_blocks_cuts_depth():
 
 # -- pipeline options -------------------------------------------------------------------------------------
 
+PAPER_PIPELINE = {"head": "paper", "cls_token": True, "pos_encoding": "mlp"}
 OPTIONS = [
-    ({}, {}, {}),
+    ({}, {}, {}),  # the defaults
+    ({"pos_encoding": "mlp"}, {}, {}),
     ({"pos_encoding": "table"}, {}, {}),
     ({"pos_encoding": "none"}, {}, {}),
+    ({"cls_token": True}, {}, {}),
     ({"cls_token": False}, {}, {}),
+    ({"head": "paper"}, {}, {}),
     ({"head": "mean_ln_linear"}, {}, {}),
-    ({"head": "mean_ln_linear", "cls_token": False, "pos_encoding": "table"}, {"out_norm": "none"}, {}),
+    (PAPER_PIPELINE, {"out_norm": "batchnorm"}, {}),  # the paper's pipeline
+    ({}, {"out_norm": "batchnorm"}, {}),
     ({}, {"out_norm": "layernorm"}, {}),
     ({}, {"out_norm": "none"}, {}),
     ({"blocks": 1}, {}, {}),
@@ -138,7 +163,7 @@ def test_every_pipeline_option_builds_runs_and_trains_one_step(backbone, pipe, t
     x = torch.randn(4, 64, 3, generator=torch.Generator().manual_seed(1))
     logits = model(x)
     assert logits.shape == (4, 5) and torch.isfinite(logits).all()
-    assert hasattr(model, "cls_token") == pipe.get("cls_token", True)
+    assert hasattr(model, "cls_token") == pipe.get("cls_token", PipelineCfg().cls_token)
     assert len(model.backbone.blocks) == pipe.get("blocks", 2)
     opt = optimizer_for(model, 1e-2, 0.0)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -164,7 +189,7 @@ def test_table_encoding_reads_the_backbones_table():
 
 
 def test_tokenizer_out_norm_spellings():
-    assert TokenizerCfg(out_norm="batchnorm") == TokenizerCfg()  # same run_ids as before the strings
+    assert TokenizerCfg(out_norm="batchnorm").out_norm is True  # same run_ids as before the strings
     assert TokenizerCfg(out_norm="none").out_norm is False
     assert TokenizerCfg(out_norm="layernorm").out_norm_name == "layernorm"
     with pytest.raises(ValueError, match="out_norm must be one of"):
@@ -182,19 +207,27 @@ def test_schedule_and_clipping_options_train(schedule, clip):
         assert lrs[-1] < 1e-5
 
 
-def test_run_ids_change_only_for_non_default_options():
+def test_run_ids_change_with_every_option_and_the_paper_pipeline_keeps_its_ids():
     a = RunSpec(backbone="minilm", method="linear")
     assert a.replace(pipeline=PipelineCfg()).run_id == a.run_id
-    assert a.replace(budget=Budget(schedule="cosine")).run_id == a.run_id
-    ids = {a.run_id, a.replace(pipeline=PipelineCfg(cls_token=False)).run_id,
-           a.replace(pipeline=PipelineCfg(head="mean_ln_linear")).run_id,
+    assert a.replace(budget=Budget(schedule=Budget().schedule)).run_id == a.run_id
+    ids = {a.run_id, a.replace(pipeline=PipelineCfg(cls_token=True)).run_id,
+           a.replace(pipeline=PipelineCfg(head="paper")).run_id,
+           a.replace(pipeline=PipelineCfg(pos_encoding="mlp")).run_id,
            a.replace(pipeline=PipelineCfg(pos_encoding="table")).run_id,
            a.replace(pipeline=PipelineCfg(blocks=3)).run_id,
-           a.replace(budget=Budget(schedule="onecycle")).run_id,
-           a.replace(budget=Budget(grad_clip=0.0)).run_id,
-           a.replace(tokenizer=TokenizerCfg(out_norm="layernorm")).run_id}
-    assert len(ids) == 8
-    b = a.replace(pipeline=PipelineCfg(cls_token=False), budget=Budget(schedule="onecycle"))
+           a.replace(budget=Budget(schedule="cosine")).run_id,
+           a.replace(budget=Budget(grad_clip=10.0)).run_id,
+           a.replace(tokenizer=TokenizerCfg(out_norm="batchnorm")).run_id,
+           a.replace(tokenizer=TokenizerCfg(out_norm="layernorm")).run_id,
+           a.replace(tokenizer=TokenizerCfg(out_norm="none")).run_id}
+    assert len(ids) == 10  # out_norm: one of its three values is the default
+    # the paper's pipeline, spelled out, hashes as every run did before the defaults changed: the literal is the
+    # id this spec had when the paper pipeline was the default (its stored results stay found)
+    paper = RunSpec(backbone="minilm", method="linear", pipeline=PipelineCfg(**PAPER_PIPELINE),
+                    tokenizer=TokenizerCfg(out_norm="batchnorm"), budget=Budget(schedule="cosine", grad_clip=10.0))
+    assert paper.run_id == "1ce24748fc59"
+    b = a.replace(pipeline=PipelineCfg(cls_token=True), budget=Budget(schedule="cosine"))
     assert RunSpec.from_dict(b.to_dict()).run_id == b.run_id
     with pytest.raises(ValueError, match="schedule must be one of"):
         Budget(schedule="step")
@@ -213,11 +246,12 @@ def test_late_selection_controls_and_pipeline_labels_in_tables():
     assert control_of("minilm", "random") == "random init" and control_of("minilm", "pretrained") == ""
     assert effective_modality("language", "shuffled") == "none (shuffled)"
     a = RunSpec(backbone="minilm", method="linear")
-    b = a.replace(pipeline=PipelineCfg(cls_token=False))
-    c = a.replace(budget=Budget(schedule="onecycle"))
+    b = a.replace(pipeline=PipelineCfg(cls_token=True))
+    c = a.replace(budget=Budget(schedule="cosine"))
     labels = method_labels([a, b, c])
     assert len(set(labels.values())) == 3  # never averaged together as if they were seeds
-    assert "cls_token=False" in labels[b.run_id] and "schedule=onecycle" in labels[c.run_id]
+    assert "cls_token=True" in labels[b.run_id] and "schedule=cosine" in labels[c.run_id]
+    assert "cls_token=True" in b.label and "schedule=cosine" in c.label and "[pretrained]" in a.label
     assert method_labels([a])[a.run_id] == "linear"
 
 
@@ -231,7 +265,7 @@ def test_transfer_ablation_grid_is_one_at_a_time_from_two_starting_points():
     assert {s.weights for s in specs} == {"pretrained", "random"} and {s.seed for s in specs} == {0, 1, 2}
     pipelines = {tuple(sorted(s.pipeline_options().items())) for s in specs}
     assert len(pipelines) == 18
-    paper = dict(RunSpec(backbone="minilm", method="linear").pipeline_options(), grad_clip=10.0)
+    paper = {**PAPER_PIPELINE, "blocks": None, "token_norm": "batchnorm", "schedule": "cosine", "grad_clip": 10.0}
     reference = {"pos_encoding": "table", "cls_token": False, "head": "mean_ln_linear", "blocks": None,
                  "token_norm": "none", "schedule": "onecycle", "grad_clip": 0.0}
     assert dict(paper) in [dict(p) for p in pipelines] and reference in [dict(p) for p in pipelines]
@@ -246,12 +280,13 @@ def test_also_variants_must_be_mappings_and_may_not_duplicate(tmp_path):
 
     g = tmp_path / "g.yaml"
     g.write_text("backbones: [test_bert]\nweights: [random]\nmethods: [linear]\ndatasets: [synthetic/scan]\n"
-                 "also:\n  - {pipeline: {cls_token: false}}\n  - {backbones: [none]}\n")
+                 "also:\n  - {pipeline: {cls_token: true}}\n  - {backbones: [none]}\n")
     specs = expand(str(g))
-    assert [(s.backbone, s.pipeline.cls_token) for s in specs] == [("test_bert", True), ("test_bert", False),
-                                                                    ("none", True)]
+    assert [(s.backbone, s.pipeline.cls_token) for s in specs] == [("test_bert", False), ("test_bert", True),
+                                                                    ("none", False)]
+    assert [s.pipeline.pos_encoding for s in specs] == ["none"] * 3  # the default needs no table: none runs it too
     g.write_text("backbones: [test_bert]\nweights: [random]\nmethods: [linear]\ndatasets: [synthetic/scan]\n"
-                 "also:\n  - {pipeline: {cls_token: true}}\n")
+                 "also:\n  - {pipeline: {cls_token: false}}\n")
     with pytest.raises(ConfigError, match="expand to the same run"):
         expand(str(g))
     g.write_text("backbones: [test_bert]\nweights: [random]\nmethods: [linear]\ndatasets: [synthetic/scan]\n"
@@ -286,7 +321,7 @@ def test_controls_are_labelled_in_the_table_of_real_results(tmp_path):
     from peft3d.core.result import write_result
     from peft3d.reporting.tables import render_markdown, runs_frame
 
-    specs = [tiny("none"), tiny("test_bert"), tiny("test_bert", pipeline=PipelineCfg(head="mean_ln_linear"))]
+    specs = [tiny("none"), tiny("test_bert"), tiny("test_bert", pipeline=PipelineCfg(head="paper"))]
     for s in specs:
         write_result(tmp_path, train_run(s))
     df = runs_frame(specs, tmp_path)
@@ -294,7 +329,7 @@ def test_controls_are_labelled_in_the_table_of_real_results(tmp_path):
     assert list(df["modality"])[0] == "none (no transformer)"
     assert df["train_acc"].notna().all() and set(df["late_selection"]) == {True}  # 1 epoch: the last one
     text = render_markdown("g", df)
-    assert "| control " in text and "no transformer" in text and "‡" in text and "head=mean_ln_linear" in text
+    assert "| control " in text and "no transformer" in text and "‡" in text and "head=paper" in text
 
 
 def test_building_a_blockless_model_for_a_method_that_needs_blocks_fails_in_one_line():

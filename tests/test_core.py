@@ -45,12 +45,14 @@ def test_run_id_stable_and_sensitive():
 
 def test_run_id_is_pinned_across_processes():
     """A literal id: a change to RunSpec's canonical form or hash orphans every stored result and fails here."""
-    code = ("from peft3d.core.spec import RunSpec; print(RunSpec(backbone='minilm', method='adapter', "
-            "method_cfg={'bottleneck': 8}).run_id)")
+    # the paper's pipeline spelled out: the id every such run has had since ids were first published
+    code = ("from peft3d.core.spec import Budget, PipelineCfg, RunSpec, TokenizerCfg; print(RunSpec("
+            "backbone='minilm', method='adapter', method_cfg={'bottleneck': 8}, pipeline=PipelineCfg('mlp', True, "
+            "'paper'), tokenizer=TokenizerCfg(out_norm=True), budget=Budget(schedule='cosine', grad_clip=10.0)).run_id)")
     ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={"PYTHONHASHSEED": str(s), "PATH": ""}).stdout.strip() for s in (1, 2)}
     assert ids == {"138d3c228330"}
-    assert RunSpec(backbone="minilm", method="linear").run_id == "1ce24748fc59"
+    assert RunSpec(backbone="minilm", method="linear").run_id == "096a01d74192"  # today's default pipeline
 
 
 def test_spec_rejects_unknown_and_bad_values():

@@ -2,8 +2,27 @@
 combination that cannot work fails with one line before any run starts rather than mid-grid."""
 from __future__ import annotations
 
+import dataclasses
+
 from peft3d.core.errors import ConfigError
 from peft3d.core.spec import PipelineCfg
+
+
+def cell_pipeline(backbone: str, method: str, pipeline: PipelineCfg, explicit: bool) -> PipelineCfg:
+    """The pipeline one cell runs with. A cell that cannot use the default positional encoding -- a method that
+    installs its own (Any2Point: ``mlp`` is its slot), a backbone without a table when the default is ``table``
+    -- runs with ``mlp`` instead, unless the grid set ``pipeline.pos_encoding`` itself (then
+    :func:`check_combination` refuses the combination in one line). The run's id and label show the encoding
+    it ran with."""
+    from peft3d.backbones import BACKBONES
+    from peft3d.methods import config_class
+
+    if explicit or pipeline.pos_encoding == "mlp":
+        return pipeline
+    no_table = pipeline.pos_encoding == "table" and BACKBONES.meta(backbone).get("modality") not in ("1d", "2d")
+    if no_table or config_class(method).sets_pos_encoding:
+        return dataclasses.replace(pipeline, pos_encoding="mlp")
+    return pipeline
 
 
 def check_combination(backbone: str, weights: str, method: str, pipeline: PipelineCfg, where: str) -> None:

@@ -14,7 +14,7 @@ import yaml
 
 from peft3d.core.errors import ConfigError
 from peft3d.core.spec import Budget, PipelineCfg, RunSpec, TokenizerCfg, from_mapping
-from peft3d.grids.checks import check_combination
+from peft3d.grids.checks import cell_pipeline, check_combination
 from peft3d.grids.validate import check_device, check_grid
 
 GRID_DIR = Path(__file__).parent / "files"
@@ -212,7 +212,8 @@ def _expand_one(grid: dict[str, Any], grid_name: str, seeds: list[int] | None, d
     for backbone, weights, dataset, entry, seed in axes:
         BACKBONES.check(backbone)
         METHODS.check(entry.name)
-        check_combination(backbone, str(weights), entry.name, pipeline, f"grid {grid_name}")
+        cell = cell_pipeline(backbone, entry.name, pipeline, "pos_encoding" in (grid.get("pipeline") or {}))
+        check_combination(backbone, str(weights), entry.name, cell, f"grid {grid_name}")
         family, variant = split_name(dataset)
         DATASETS.check(family)
         meta = DATASETS.meta(family)
@@ -232,7 +233,7 @@ def _expand_one(grid: dict[str, Any], grid_name: str, seeds: list[int] | None, d
             backbone=backbone, method=entry.name, dataset=family, variant=variant, weights=str(weights),
             method_cfg=cfg.to_dict(), preset=preset, protocol=protocol, num_points=int(grid.get("num_points", 1024)),
             seed=int(seed), budget=budget, tokenizer=tokenizer, head_hidden=int(head.get("hidden", 256)),
-            head_dropout=float(head.get("dropout", 0.5)), pipeline=pipeline,
+            head_dropout=float(head.get("dropout", 0.5)), pipeline=cell,
             data_root=_data_root(grid, family, data_roots or {}),
             device=device or grid.get("device", "cpu"), grid=grid_name,
             checkpoint_every=_checkpoint_every(grid)))
