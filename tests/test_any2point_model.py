@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from peft3d.backbones import BACKBONES
 from peft3d.core.errors import ConfigError
-from peft3d.core.spec import RunSpec, TokenizerCfg
+from peft3d.core.spec import PipelineCfg, RunSpec, TokenizerCfg
 from peft3d.methods.any2point.config import FLAGS, PRESET_DOCS, Any2PointConfig
 from peft3d.models.build import build_model
 from peft3d.models.model import param_groups
@@ -38,7 +38,7 @@ def test_full_size_trainable_parameters_match_the_paper(backbone):
         preset = f"paper_{backbone}_{tag}"
         assert Any2PointConfig.presets[preset]["bottleneck"] == r
         res = CliRunner().invoke(app, ["params", "--backbone", backbone, "--method", "any2point", "--preset", preset,
-                                       "--full-size", "--json"])
+                                       "--full-size", "--pipeline", "paper", "--json"])
         assert res.exit_code == 0, res.output
         out = json.loads(res.stdout)
         assert out["trainable_excluding_head"] == exact, out
@@ -51,18 +51,36 @@ def test_imagebind_r12_would_not_match_the_reported_count():
     """The released ImageBind-Scan script passes r = 12, but the paper's 0.8M needs r = 8 (preset docstring)."""
     assert "r = 8" in PRESET_DOCS["paper_imagebind_audio_scan"] and "12" in PRESET_DOCS["paper_imagebind_audio_scan"]
     cfg = Any2PointConfig.resolve({"bottleneck": 12}, "paper_imagebind_audio_scan").to_dict()
-    spec = RunSpec(backbone="imagebind_audio", method="any2point", weights="random", method_cfg=cfg)
+    spec = RunSpec(backbone="imagebind_audio", method="any2point", weights="random", method_cfg=cfg,
+                   pipeline=PAPER_PIPELINE, tokenizer=TokenizerCfg(out_norm=True))
     model, method = build_model(spec, num_classes=15, device="meta")
     n = param_groups(model, method.prefix)["trainable_excluding_head"]
     assert n == EXPECTED["imagebind_audio"][2] + 12 * 4 * (768 + 1 + 768) == 876_072  # 4 more units per block
     assert abs(n - 0.8e6) / 0.8e6 > 0.09
 
 
-def _model(backbone: str, seed: int = 0, **cfg):
-    spec = RunSpec(backbone=backbone, method="any2point", weights="random", tokenizer=TINY_TOKENIZER, seed=seed,
-                   head_hidden=16, method_cfg=Any2PointConfig(**cfg).to_dict())
+# The released code's pipeline (cls token, BatchNorm tokens): these tests compare with it.
+PAPER_PIPELINE = PipelineCfg(pos_encoding="mlp", cls_token=True, head="paper")
+
+
+def _model(backbone: str, seed: int = 0, pipeline: PipelineCfg = PAPER_PIPELINE, **cfg):
+    spec = RunSpec(backbone=backbone, method="any2point", weights="random", seed=seed, head_hidden=16,
+                   tokenizer=TokenizerCfg(**{**TINY_TOKENIZER.__dict__, "out_norm": True}),
+                   method_cfg=Any2PointConfig(**cfg).to_dict(), pipeline=pipeline)
     model, method = build_model(spec, num_classes=3)
     return model, method
+
+
+@pytest.mark.parametrize("injection", ["once", "every_block"])
+@pytest.mark.parametrize("backbone", ["test_clip_text", "test_dinov2"])
+def test_any2point_without_a_cls_token_trains(backbone, injection):
+    """The harness default has no cls token: the encoding then enters every token, nothing is prepended."""
+    model, _ = _model(backbone, pipeline=PipelineCfg(), pe_injection=injection)
+    assert model.num_prefix == 0 and not hasattr(model, "cls_token")
+    x = torch.rand(4, 64, 3, generator=torch.Generator().manual_seed(0))
+    loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    assert torch.isfinite(loss) and model.tokenizer.raw[0].weight.grad is not None
 
 
 def _batch_dependence(model) -> float:

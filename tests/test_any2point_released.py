@@ -14,7 +14,7 @@ from torch import nn
 from peft3d.backbones.base import PosTable
 from peft3d.backbones.imagebind import build_imagebind_audio
 from peft3d.core.errors import ConfigError
-from peft3d.core.spec import RunSpec, TokenizerCfg
+from peft3d.core.spec import PipelineCfg, RunSpec, TokenizerCfg
 from peft3d.methods.any2point.config import Any2PointConfig
 from peft3d.methods.any2point.injection import arm_behaviour, drop_bias_kv
 from peft3d.methods.any2point.projection import VirtualProjection
@@ -67,7 +67,8 @@ def _block_inputs(backbone: str, **cfg):
     """Inputs of the two blocks (identity stand-ins; coef 0 so the guided branch adds exactly 0), with the
     tokenizer's tokens, the encoding and the cls parts they are made of."""
     spec = RunSpec(backbone=backbone, method="any2point", weights="random", tokenizer=TINY_TOKENIZER,
-                   head_hidden=16, method_cfg=Any2PointConfig.resolve({"coef": 0.0, **cfg}).to_dict())
+                   head_hidden=16, method_cfg=Any2PointConfig.resolve({"coef": 0.0, **cfg}).to_dict(),
+                   pipeline=PipelineCfg(pos_encoding="mlp", cls_token=True, head="paper"))  # the released code's
     model, _ = build_model(spec, num_classes=3)
     model.eval()
     seen: list = []

@@ -18,8 +18,29 @@ from peft3d.core.errors import Peft3dError
 from peft3d.core.registry import RegistryError
 
 
+PIPELINES = ("default", "paper")
+
+
+def pipeline_of(name: str):
+    """(PipelineCfg, TokenizerCfg) of the harness default or of the paper's preset (``_pipeline_paper.yaml``):
+    the cls token, the head and the token norm change the counts."""
+    from pathlib import Path
+
+    import peft3d.grids
+    from peft3d.core.errors import ConfigError
+    from peft3d.core.spec import PipelineCfg, TokenizerCfg, from_mapping
+    from peft3d.grids.loader import load_grid
+
+    if name not in PIPELINES:
+        raise ConfigError(f"--pipeline must be one of {PIPELINES}, got {name!r}")
+    if name == "default":
+        return PipelineCfg(), TokenizerCfg()
+    g = load_grid(str(Path(peft3d.grids.__file__).parent / "files" / "_pipeline_paper.yaml"))
+    return from_mapping(PipelineCfg, g["pipeline"], "pipeline"), from_mapping(TokenizerCfg, g["tokenizer"], "tokenizer")
+
+
 def count_params(backbone: str, method: str, preset: str | None = None, full_size: bool = False,
-                 weights: str = "random", num_classes: int = 15) -> dict[str, Any]:
+                 weights: str = "random", num_classes: int = 15, pipeline: str = "default") -> dict[str, Any]:
     """Build the model and return its parameter groups (:func:`peft3d.models.model.param_groups`)."""
     from peft3d.backbones import BACKBONES
     from peft3d.core.spec import RunSpec
@@ -30,11 +51,12 @@ def count_params(backbone: str, method: str, preset: str | None = None, full_siz
     BACKBONES.check(backbone)
     METHODS.check(method)
     cfg = config_class(method).resolve(None, preset, where=f"method {method}")
+    pipe, tok = pipeline_of(pipeline)
     spec = RunSpec(backbone=backbone, method=method, weights="random" if full_size else weights,
-                   method_cfg=cfg.to_dict(), preset=preset)
+                   method_cfg=cfg.to_dict(), preset=preset, pipeline=pipe, tokenizer=tok)
     model, m = build_model(spec, num_classes, device="meta" if full_size else "cpu")
     g = param_groups(model, m.prefix)
-    return {"backbone": backbone, "method": method, "preset": preset, "full_size": full_size,
+    return {"backbone": backbone, "method": method, "preset": preset, "pipeline": pipeline, "full_size": full_size,
             "device": "meta" if full_size else "cpu", "weights": spec.weights, "blocks": g["blocks"],
             "method_params": g["method"], "shared": g["shared"],
             "trainable_excluding_head": g["trainable_excluding_head"], "head": g["head"],
@@ -50,11 +72,14 @@ def params(backbone: str = typer.Option(..., "--backbone", "-b", help="backbone 
            weights: str = typer.Option("random", "--weights",
                                        help="without --full-size: random | pretrained | path:/dir_or_file"),
            num_classes: int = typer.Option(15, "--num-classes"),
+           pipeline: str = typer.Option("default", "--pipeline",
+                                        help="default | paper (the paper's cls token, head and token norm: "
+                                             "the paper's counts)"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Parameter breakdown: backbone blocks, method, shared (tokenizer, positional encoding, cls, final norm),
     head, trainable and total."""
     try:
-        r = count_params(backbone, method, preset, full_size, weights, num_classes)
+        r = count_params(backbone, method, preset, full_size, weights, num_classes, pipeline)
     except (Peft3dError, RegistryError) as e:
         fail(str(e))
         return

@@ -80,6 +80,8 @@ class PEInjection(nn.Module):
         model = self._model[0]
         pe = model.context.cache["a2p_pe"]
         n = x.shape[1] - pe.shape[1]
+        if n == 0:  # a pipeline without a cls token (pipeline.cls_token: false): PE only
+            return x + pe
         cls_pos = model.cls_pos.expand(len(x), n, -1)
         if index == 0 and self.mode == "every_block":
             cls_pos = torch.zeros_like(cls_pos)
