@@ -48,7 +48,8 @@ def test_run_id_is_pinned_across_processes():
     # the paper's pipeline spelled out: the id every such run has had since ids were first published
     code = ("from peft3d.core.spec import Budget, PipelineCfg, RunSpec, TokenizerCfg; print(RunSpec("
             "backbone='minilm', method='adapter', method_cfg={'bottleneck': 8}, pipeline=PipelineCfg('mlp', True, "
-            "'paper'), tokenizer=TokenizerCfg(out_norm=True), budget=Budget(schedule='cosine', grad_clip=10.0)).run_id)")
+            "'paper'), tokenizer=TokenizerCfg(out_norm=True), budget=Budget(schedule='cosine', grad_clip=10.0))"
+            ".run_id)")
     ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={"PYTHONHASHSEED": str(s), "PATH": ""}).stdout.strip() for s in (1, 2)}
     assert ids == {"138d3c228330"}

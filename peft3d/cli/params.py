@@ -17,7 +17,6 @@ from peft3d.cli.app import app, fail
 from peft3d.core.errors import Peft3dError
 from peft3d.core.registry import RegistryError
 
-
 PIPELINES = ("default", "paper")
 
 
