@@ -252,6 +252,7 @@ def test_late_selection_controls_and_pipeline_labels_in_tables():
     assert len(set(labels.values())) == 3  # never averaged together as if they were seeds
     assert "cls_token=True" in labels[b.run_id] and "schedule=cosine" in labels[c.run_id]
     assert "cls_token=True" in b.label and "schedule=cosine" in c.label and "[pretrained]" in a.label
+    assert labels[a.run_id] == "linear"  # the default pipeline keeps the plain label beside its variants
     assert method_labels([a])[a.run_id] == "linear"
 
 

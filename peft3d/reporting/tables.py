@@ -72,11 +72,15 @@ def method_labels(specs: list[RunSpec]) -> dict[str, str]:
     for s in specs:
         cells.setdefault((s.backbone, s.weights, s.dataset, s.variant, s.method), []).append(s)
     labels = {}
+    default = RunSpec(backbone="-", method="-").pipeline_options()
     for group in cells.values():  # pipeline options that differ inside a cell are labelled like method settings
         cfgs = [dict(s.method_cfg, preset=s.preset, **_pipeline_options(s)) for s in group]
         keys = sorted({k for c in cfgs for k in c if len({repr(d.get(k)) for d in cfgs}) > 1})
         for s, c in zip(group, cfgs, strict=True):
-            labels[s.run_id] = s.method + (f"[{','.join(f'{k}={c.get(k)}' for k in keys)}]" if keys else "")
+            # a pipeline option at its default is not named, so the default run of a cell keeps the plain method
+            # label and lines up with cells that ran no variant (still unique: the others differ somewhere)
+            shown = [k for k in keys if not (k in default and c.get(k) == default[k])]
+            labels[s.run_id] = s.method + (f"[{','.join(f'{k}={c.get(k)}' for k in shown)}]" if shown else "")
     return labels
 
 
