@@ -18,20 +18,18 @@ Forward/backward on one batch: seconds on a CPU. Reports what it measured; it tr
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import peft3d.grids
 from peft3d.core.spec import Budget, RunSpec, TokenizerCfg, from_mapping
-from peft3d.grids.loader import load_grid
+from peft3d.grids.loader import GRID_DIR, load_grid
 from peft3d.models.build import build_model
 from peft3d.training.train import load_data
 
 
 def spec_for(weights: str, preset: str) -> RunSpec:
-    g = load_grid(str(Path(peft3d.grids.__file__).parent / "files" / f"_pipeline_{preset}.yaml"))
+    g = load_grid(str(GRID_DIR / f"_pipeline_{preset}.yaml"))
     base = load_grid("quickstart")
     tok = from_mapping(TokenizerCfg, {**base["tokenizer"], **g.get("tokenizer", {})}, "tokenizer")
     spec = RunSpec(backbone="minilm", method="linear", weights=weights, num_points=128, tokenizer=tok,

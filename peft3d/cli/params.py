@@ -23,18 +23,15 @@ PIPELINES = ("default", "paper")
 def pipeline_of(name: str):
     """(PipelineCfg, TokenizerCfg) of the harness default or of the paper's preset (``_pipeline_paper.yaml``):
     the cls token, the head and the token norm change the counts."""
-    from pathlib import Path
-
-    import peft3d.grids
     from peft3d.core.errors import ConfigError
     from peft3d.core.spec import PipelineCfg, TokenizerCfg, from_mapping
-    from peft3d.grids.loader import load_grid
+    from peft3d.grids.loader import GRID_DIR, load_grid
 
     if name not in PIPELINES:
         raise ConfigError(f"--pipeline must be one of {PIPELINES}, got {name!r}")
     if name == "default":
         return PipelineCfg(), TokenizerCfg()
-    g = load_grid(str(Path(peft3d.grids.__file__).parent / "files" / "_pipeline_paper.yaml"))
+    g = load_grid(str(GRID_DIR / "_pipeline_paper.yaml"))
     return from_mapping(PipelineCfg, g["pipeline"], "pipeline"), from_mapping(TokenizerCfg, g["tokenizer"], "tokenizer")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -302,10 +303,16 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        default = RunSpec(backbone=self.backbone, method=self.method).pipeline_options()
+        default = default_pipeline_options()
         extra = ",".join(f"{k}={v}" for k, v in self.pipeline_options().items() if v != default[k])
         weights = f"{self.weights};{extra}" if extra else self.weights
         return f"{self.backbone}[{weights}]/{self.method}/{self.dataset}:{self.variant}/s{self.seed}"
+
+
+@functools.cache
+def default_pipeline_options() -> dict[str, Any]:
+    """Every shared-pipeline option at today's default (labels name only the options that differ)."""
+    return RunSpec(backbone="-", method="-").pipeline_options()
 
 
 def _plain(x: Any) -> Any:

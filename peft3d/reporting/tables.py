@@ -17,7 +17,7 @@ import pandas as pd
 from peft3d.analysis import formatting as fm
 from peft3d.analysis import stats
 from peft3d.core.result import RunResult, atomic_write_text, load_results
-from peft3d.core.spec import RunSpec
+from peft3d.core.spec import RunSpec, default_pipeline_options
 from peft3d.reporting.transfer import has_controls, transfer_markdown
 
 RUN_COLUMNS = ["run_id", "backbone", "weights", "method", "preset", "dataset", "seed", "status", "error",
@@ -72,7 +72,7 @@ def method_labels(specs: list[RunSpec]) -> dict[str, str]:
     for s in specs:
         cells.setdefault((s.backbone, s.weights, s.dataset, s.variant, s.method), []).append(s)
     labels = {}
-    default = RunSpec(backbone="-", method="-").pipeline_options()
+    default = default_pipeline_options()
     for group in cells.values():  # pipeline options that differ inside a cell are labelled like method settings
         cfgs = [dict(s.method_cfg, preset=s.preset, **_pipeline_options(s)) for s in group]
         keys = sorted({k for c in cfgs for k in c if len({repr(d.get(k)) for d in cfgs}) > 1})
