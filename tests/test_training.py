@@ -123,7 +123,11 @@ def test_minilm_blocks_equal_hf_encoder():
     bb = build_minilm("pretrained").eval()
     x = torch.randn(2, 9, 384, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ref = hf(inputs_embeds=x, position_ids=torch.zeros(1, 9, dtype=torch.long)).last_hidden_state
+        # An explicit all-ones mask: without one, transformers 5.25 reads all-zero position_ids as packed
+        # sequences (each token its own sequence, attending only to itself), so the reference must not rest
+        # on the library's default (our blocks attend over every token).
+        ref = hf(inputs_embeds=x, attention_mask=torch.ones(2, 9, dtype=torch.long),
+                 position_ids=torch.zeros(1, 9, dtype=torch.long)).last_hidden_state
         pos0 = hf.embeddings.position_embeddings.weight[0]
         ours = bb(bb.embed_norm(x + pos0))
     # Same maths, different fp32 summation order: the relative error grows like layers * sqrt(K) * 2**-24
