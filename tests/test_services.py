@@ -167,8 +167,10 @@ def test_two_tune_workers_on_postgres_equal_budgets_and_a_killed_workers_trial_i
     import optuna
     from optuna.trial import TrialState
 
+    from peft3d.tuning.budget import counts
+    from peft3d.tuning.cells import cells_of
+    from peft3d.tuning.final import read_manifest
     from peft3d.tuning.sharing import open_storage
-    from peft3d.tuning.tune import cells_of, counts, read_manifest
 
     storage_url = fresh_database()
     root = tmp_path / "res"

@@ -135,8 +135,8 @@ def test_submit_tune_local_workers_share_the_studies(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
+    from peft3d.tuning.final import read_manifest
     from peft3d.tuning.sharing import open_storage
-    from peft3d.tuning.tune import read_manifest
 
     grid = tiny_grid(tmp_path, epochs=1)
     root = tmp_path / "r"

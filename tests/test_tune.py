@@ -17,19 +17,13 @@ from pathlib import Path
 import pytest
 
 from peft3d.core.errors import ConfigError
+from peft3d.core.owners import owner_alive, owner_token
 from peft3d.core.result import RunResult, read_result, write_result
 from peft3d.grids.loader import expand
-from peft3d.tuning.tune import (
-    TuneOptions,
-    Tuner,
-    cells_of,
-    counts,
-    owner_alive,
-    owner_token,
-    read_manifest,
-    suggest,
-    tuned_specs,
-)
+from peft3d.tuning.budget import counts
+from peft3d.tuning.cells import cells_of, suggest
+from peft3d.tuning.final import read_manifest, tuned_specs
+from peft3d.tuning.tune import TuneOptions, Tuner
 
 
 def result_for(spec, vals):

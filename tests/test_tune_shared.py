@@ -13,8 +13,11 @@ import pytest
 from optuna.trial import TrialState
 from test_tune import FakeExecutor, fake_final, opts, smoke_specs
 
+from peft3d.core.owners import owner_token
+from peft3d.tuning.budget import counts
+from peft3d.tuning.cells import cells_of
 from peft3d.tuning.sharing import StaleRetry, give_back, open_storage, place_of
-from peft3d.tuning.tune import Tuner, cells_of, counts, owner_token
+from peft3d.tuning.tune import Tuner
 
 
 class SlowExecutor(FakeExecutor):
@@ -74,7 +77,7 @@ def test_a_trial_whose_heartbeat_stopped_is_retried_and_not_counted(tmp_path):
     tuner = Tuner("smoke", specs, tmp_path, o, execute=FakeExecutor(), echo=lambda s: None)
     tuner.prepare()
     (study,) = tuner.studies.values()
-    from peft3d.tuning.tune import suggest
+    from peft3d.tuning.cells import suggest
 
     lost = study.ask()  # a worker on another machine asked, beat once, and vanished
     suggest(lost, tuner.cells[0].base)

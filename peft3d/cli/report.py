@@ -29,7 +29,7 @@ def report(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     name = Path(grid).stem
     extra = None
     if tuned:
-        from peft3d.tuning.tune import read_manifest, tuned_specs
+        from peft3d.tuning.final import read_manifest, tuned_specs
 
         specs, m = tuned_specs(name, root), read_manifest(root, name)
         extra = [f"Tuned runs: {m['n_trials']} Optuna trials per cell in every study ({m['counting']}); equal "

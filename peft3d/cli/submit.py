@@ -95,7 +95,7 @@ def _submit_tune(argv: list[str], trials: int | None, workers: int, storage: str
                  executor: str, opts: dict, grid: str, dry_run: bool) -> None:
     """``bench submit --tune``: ``workers`` array tasks, each running ``bench tune`` + ``argv`` on one storage."""
     from peft3d.schedule.submit import submit_tune
-    from peft3d.tuning.tune import redact, storage_url
+    from peft3d.tuning.budget import redact, storage_url
 
     if trials is None or trials < 1:
         fail("--tune needs --trials N (N >= 1): the trial budget of every study")

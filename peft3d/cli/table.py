@@ -39,7 +39,7 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     root = results_dir(results)
     name = Path(grid).stem
     if tuned:
-        from peft3d.tuning.tune import tuned_specs
+        from peft3d.tuning.final import tuned_specs
 
         specs, name = tuned_specs(name, root), f"{name}.tuned"
     else:
@@ -73,7 +73,7 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
 
 
 def _write_tuned(name: str, root: Path, versus: str | None) -> None:
-    from peft3d.tuning.tune import write_tuned_tables
+    from peft3d.tuning.final import write_tuned_tables
 
     md_path, md, _ = write_tuned_tables(name.removesuffix(".tuned"), root, versus)
     typer.echo(md)

@@ -40,7 +40,10 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     from peft3d.core.result import ensure_writable, results_dir
     from peft3d.grids.loader import compare_to, expand
     from peft3d.reporting.mirror import tracking_uri as default_uri
-    from peft3d.tuning.tune import TuneOptions, Tuner, cells_of, storage_url, write_tuned_tables
+    from peft3d.tuning.budget import storage_url
+    from peft3d.tuning.cells import cells_of
+    from peft3d.tuning.final import write_tuned_tables
+    from peft3d.tuning.tune import TuneOptions, Tuner
 
     specs = expand(grid, parse_seeds(seeds), parse_roots(data_root), device)
     root = results_dir(results)

@@ -1,0 +1,151 @@
+"""The final runs of ``bench tune`` and its manifest: each cell's best configuration (validation metric) run on
+the grid's seeds as ordinary runs, and ``results/tune/<grid>.json``, which records what every study spent and
+found.
+
+The tuned runs differ from the grid's only by ``method_cfg`` and ``budget``, so they get their own run ids in
+``results/runs/``; each carries a ``tuning`` block (the study's budget, counting rule, space, sampler, pruner
+and best trial). Their table is ``results/tables/<grid>.tuned.md`` (``bench table --tuned``), with the budget
+stated under it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peft3d.core.errors import ConfigError
+from peft3d.core.result import RunResult, atomic_write_text, read_result, write_result
+from peft3d.core.spec import RunSpec
+from peft3d.tuning.budget import COUNTING_RULE, Echo, TuneOptions, counts, equal_budget, redact
+from peft3d.tuning.cells import Cell, tuned_spec
+
+Blocks = dict[str, dict[str, Any]]  # run_id -> the tuning block of its result
+
+
+def best_spec(study: Any) -> tuple[RunSpec | None, Any]:
+    """The best COMPLETE trial's RunSpec and the trial (earliest on ties); (None, None) when there is none."""
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not done:
+        return None, None
+    best = max(done, key=lambda t: (t.value, -t.number))  # earliest trial on ties
+    return RunSpec.from_dict(best.user_attrs["peft3d.core.spec"]), best
+
+
+@dataclass
+class FinalRuns:
+    """The tuned runs of a grid whose studies are open: which they are, running them, the manifest."""
+
+    grid: str
+    root: Path
+    opts: TuneOptions
+    cells: list[Cell]
+    studies: dict[str, Any]  # study name -> Optuna study
+    echo: Echo
+
+    def summary(self, cell: Cell) -> dict[str, Any]:
+        study = self.studies[cell.study_name]
+        _, best = best_spec(study)
+        return {"study": cell.study_name, "storage": redact(self.opts.storage), **counts(study),
+                "n_trials": self.opts.n_trials, "counting": COUNTING_RULE,
+                "objective": study.user_attrs.get("peft3d.objective"), "space": study.user_attrs.get("peft3d.space"),
+                "sampler": study.user_attrs.get("peft3d.sampler"), "pruner": study.user_attrs.get("peft3d.pruner"),
+                "tuning_seed": cell.base.seed, "best_trial": best.number if best else None,
+                "best_value": best.value if best else None, "best_params": dict(best.params) if best else None}
+
+    def specs(self) -> tuple[list[RunSpec], Blocks, list[str]]:
+        """The grid's specs with each cell's best configuration; the tuning block per run_id; cells without one."""
+        specs, blocks, missing = [], {}, []
+        for cell in self.cells:
+            best, _ = best_spec(self.studies[cell.study_name])
+            if best is None:
+                missing.append(cell.study_name)
+                continue
+            block = self.summary(cell)
+            for s in cell.specs:
+                t = tuned_spec(s, best).replace(grid=f"{self.grid}.tuned")
+                specs.append(t)
+                blocks[t.run_id] = block
+        return specs, blocks, missing
+
+    def annotate(self, run_id: str, block: dict[str, Any]) -> RunResult | None:
+        """Add the ``tuning`` block to a finished tuned result (idempotent; atomic rewrite)."""
+        r = read_result(self.root, run_id)
+        if r is None or r.sections.get("tuning") == block:
+            return r
+        r = r.with_sections(tuning=block)
+        write_result(self.root, r)
+        return r
+
+    def run(self, todo: list[RunSpec], blocks: Blocks) -> None:
+        """Run the tuned specs in worker processes (``opts.jobs`` at once), annotated and mirrored as they end."""
+        from peft3d.schedule.runner import run_specs
+
+        mirror = None
+        if self.opts.mlflow_uri:
+            from peft3d.reporting.mirror import Mirror
+
+            mirror = Mirror(self.opts.mlflow_uri, experiment=f"peft3d/{self.grid}.tuned")
+
+        def on_done(job: Any, result: RunResult | None) -> None:
+            ok = bool(result and result.ok and result.metrics)
+            if ok:
+                result = self.annotate(job.spec.run_id, blocks[job.spec.run_id]) or result
+            info = (f"test {100 * result.metrics.test_acc:.1f}" if ok and result and result.metrics
+                    else f"failed: {result.error if result else 'no result'}")
+            self.echo(f"{'✓' if ok else '✗'} {job.spec.label} (tuned)  {info}")
+            if mirror is not None and result:
+                try:
+                    mirror.log(result)
+                except Exception as e:  # the mirror is secondary: never lose a run over it
+                    self.echo(f"MLflow mirror failed for {job.spec.run_id}: {e}")
+
+        run_specs(todo, self.root, self.opts.jobs, on_done=on_done)
+
+    def write_manifest(self, specs: list[RunSpec], missing: list[str]) -> Path:
+        studies = {c.study_name: self.summary(c) for c in self.cells}
+        manifest = {"grid": self.grid, "n_trials": self.opts.n_trials, "counting": COUNTING_RULE,
+                    "equal_budget": equal_budget([v["counted"] for v in studies.values()], self.opts.n_trials),
+                    "storage": redact(self.opts.storage), "studies": studies,
+                    "cells_without_a_complete_trial": missing, "runs": [s.to_dict() for s in specs]}
+        path = manifest_path(self.root, self.grid)
+        atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False))
+        return path
+
+
+def manifest_path(root: Path, grid: str) -> Path:
+    return root / "tune" / f"{grid}.json"
+
+
+def read_manifest(root: Path, grid: str) -> dict[str, Any]:
+    path = manifest_path(root, grid)
+    if not path.exists():
+        raise ConfigError(f"no tuned runs for grid {grid!r} in {root}: run 'bench tune --grid {grid}' first")
+    return json.loads(path.read_text())
+
+
+def tuned_specs(grid: str, root: Path) -> list[RunSpec]:
+    """The tuned runs of a grid, as recorded by the last ``bench tune`` (for ``bench table --tuned``)."""
+    return [RunSpec.from_dict(d) for d in read_manifest(root, grid)["runs"]]
+
+
+def budget_line(manifest: dict[str, Any]) -> str:
+    if manifest["equal_budget"]:
+        return (f"Tuning: {manifest['n_trials']} Optuna trials per cell in all {len(manifest['studies'])} studies "
+                f"(equal budget; {manifest['counting']}); the best configuration of each cell (validation metric) "
+                "was run on the grid's seeds.")
+    return "WARNING: the studies have different trial counts (see the manifest): not an equal-budget comparison."
+
+
+def write_tuned_tables(grid: str, root: Path, versus: str | None = None) -> tuple[Path, str, int]:
+    """``<grid>.tuned`` tables with the tuning budget under them; returns (md path, markdown, runs not succeeded)."""
+    from peft3d.reporting.tables import runs_frame, write_tables
+
+    manifest = read_manifest(root, grid)
+    df = runs_frame([RunSpec.from_dict(d) for d in manifest["runs"]], root)
+    md_path, _, md = write_tables(f"{grid}.tuned", df, root, versus)
+    md += "\n" + budget_line(manifest) + "\n"
+    atomic_write_text(md_path, md)
+    return md_path, md, int((df["status"] != "success").sum())
