@@ -144,3 +144,28 @@ def test_bench_table_layouts_cli(tmp_path):
     assert out.exit_code == 0 and "Paired comparisons vs" in out.output and "Friedman" in out.output
     bad = runner.invoke(app, ["table", "--grid", "smoke", "--results", str(tmp_path), "--layout", "wide"])
     assert bad.exit_code == 2 and "--layout must be one of" in bad.output
+
+
+def test_write_tables_names_files_by_what_they_show_and_states_the_footer(tmp_path):
+    """The one table writer: the grid's own table is <name>.md + the runs as <name>.csv; any other rendering is
+    <name>.<layout>[.paper].<ext> and leaves the grid's own table alone; a footer is stated under md and LaTeX and
+    kept out of CSV (which stays data)."""
+    import pandas as pd
+
+    from peft3d.reporting.output import write_tables
+
+    specs = fake_smoke_results(tmp_path)
+    tdir = tmp_path / "tables"
+    own = write_tables("smoke", specs, tmp_path, versus="linear", footer="Tuning: a stated budget.")
+    assert own.paths == [tdir / "smoke.md", tdir / "smoke.csv"] and own.not_succeeded == 0
+    assert own.text.rstrip().endswith("Tuning: a stated budget.") and (tdir / "smoke.md").read_text() == own.text
+    runs = pd.read_csv(tdir / "smoke.csv")
+    assert sorted(runs["run_id"]) == sorted(s.run_id for s in specs) and set(runs["status"]) == {"success"}
+    other = write_tables("smoke", specs, tmp_path, versus="lora", variant=True, footer="x")
+    assert other.paths == [tdir / "smoke.default.md"] and (tdir / "smoke.md").read_text() == own.text
+    tex = write_tables("smoke", specs, tmp_path, "peft", "latex", reference="paper", footer="Tuning: stated.")
+    assert tex.paths == [tdir / "smoke.peft.paper.tex"] and tex.text.endswith("% Tuning: stated.\n")
+    csv = write_tables("smoke", specs, tmp_path, "runs", "csv", footer="Tuning: stated.")
+    assert csv.paths == [tdir / "smoke.runs.csv"] and "Tuning" not in csv.text
+    missing = write_tables("smoke", [*specs, specs[0].replace(seed=99)], tmp_path, versus="linear")
+    assert missing.not_succeeded == 1 and "not run yet" in missing.text

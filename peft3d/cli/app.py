@@ -80,20 +80,21 @@ def check_roots(specs) -> None:
                 fail(problem)
 
 
-def write_table(grid: str, specs, root, echo: bool, versus: str | None = None) -> int:
-    """Write the grid's default tables (md + csv), comparing with ``versus`` (default: the grid's
-    ``compare_to``); returns the number of runs that are not successes."""
+def write_table(grid: str, specs, root, versus: str | None = None, name: str | None = None, **opts) -> int:
+    """Write and print a grid's tables (:func:`peft3d.reporting.output.write_tables`; ``opts`` picks the layout,
+    format, reference, footer), comparing with ``versus`` (default: the grid's ``compare_to``); ``name``
+    (default: the grid's) names the files. Returns the number of runs that are not successes. The table goes to
+    stdout (it pastes into a paper draft or an issue as is, and ``--format csv > file`` stays data), the names
+    of the files written to stderr."""
     from pathlib import Path
 
     from peft3d.grids.loader import compare_to
-    from peft3d.reporting.tables import runs_frame, write_tables
+    from peft3d.reporting.output import write_tables
 
-    df = runs_frame(specs, root)
-    md_path, csv_path, md = write_tables(Path(grid).stem, df, root, versus or compare_to(grid))
-    if echo:
-        typer.echo(md)  # plain markdown: pastes into a paper draft or an issue as is
-        typer.echo(f"wrote {md_path} and {csv_path}")
-    return int((df["status"] != "success").sum())
+    tables = write_tables(name or Path(grid).stem, specs, root, versus=versus or compare_to(grid), **opts)
+    typer.echo(tables.text)
+    typer.echo(f"wrote {' and '.join(str(p) for p in tables.paths)}", err=True)
+    return tables.not_succeeded
 
 
 def _mount() -> None:

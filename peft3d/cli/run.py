@@ -51,7 +51,7 @@ def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         _run_with_progress(todo, root, slots, mirror)
     if mirror is not None:
         _backfill(mirror, specs, root)
-    n_bad = write_table(grid, specs, root, echo=True)
+    n_bad = write_table(grid, specs, root)
     typer.echo(f"wall time {time.time() - t0:.0f} s")
     if n_bad:
         typer.secho(f"{n_bad} run(s) did not succeed (see 'Not in the table'); re-run to retry them", fg="yellow",

@@ -25,10 +25,9 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
                                                "compared with (default the grid's compare_to, else its first)"),
           tuned: bool = typer.Option(False, "--tuned", help="the tuned runs written by 'bench tune'")) -> None:
     """Rebuild a grid's tables from its result JSONs only (no training); paper layouts with --layout."""
-    from peft3d.core.result import atomic_write_text, results_dir
-    from peft3d.grids.loader import compare_to, expand
-    from peft3d.reporting.layouts import FORMATS, LAYOUTS, REFERENCES, render_layout
-    from peft3d.reporting.tables import runs_frame
+    from peft3d.core.result import results_dir
+    from peft3d.grids.loader import expand
+    from peft3d.reporting.layouts import FORMATS, LAYOUTS, REFERENCES
 
     if layout not in LAYOUTS:
         fail(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -37,44 +36,14 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     if reference is not None and reference not in REFERENCES:
         fail(f"--reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     root = results_dir(results)
-    name = Path(grid).stem
+    name, footer = Path(grid).stem, None
     if tuned:
-        from peft3d.tuning.final import tuned_specs
+        from peft3d.tuning.final import tuned_table
 
-        specs, name = tuned_specs(name, root), f"{name}.tuned"
+        specs, footer = tuned_table(name, root)
+        name = f"{name}.tuned"
     else:
         specs = expand(grid, parse_seeds(seeds), parse_roots(data_root))
-    explicit = versus
-    versus = versus or compare_to(grid)
-    if layout == "default" and fmt == "md" and not (reference or explicit or dataset):
-        if tuned:
-            _write_tuned(name, root, versus)
-        else:
-            write_table(grid, specs, root, echo=True, versus=versus)
-        return
-    df = runs_frame(specs, root)
-    opts: dict = {"reference": reference}
-    if layout in ("default", "peft", "main", "modality"):
-        opts["versus"] = versus
-    if layout in ("main", "modality"):
-        opts["method"] = method
-    if layout == "default" and dataset:
-        from peft3d.reporting.layouts import datasets_of
-
-        df = df[df["dataset"].isin(datasets_of(df, dataset))]
-    elif layout != "default":
-        opts["dataset"] = dataset
-    text = render_layout(name, df, layout, fmt, **opts)
-    typer.echo(text)
-    ext = {"md": "md", "csv": "csv", "latex": "tex"}[fmt]
-    out = root / "tables" / f"{name}.{layout}{'.paper' if reference else ''}.{ext}"
-    atomic_write_text(out, text)
-    typer.echo(f"wrote {out}", err=True)
-
-
-def _write_tuned(name: str, root: Path, versus: str | None) -> None:
-    from peft3d.tuning.final import write_tuned_tables
-
-    md_path, md, _ = write_tuned_tables(name.removesuffix(".tuned"), root, versus)
-    typer.echo(md)
-    typer.echo(f"wrote {md_path}")
+    # another comparison method than the grid's is a variant: it never overwrites the grid's own table
+    write_table(grid, specs, root, versus, name=name, layout=layout, fmt=fmt, reference=reference, dataset=dataset,
+                method=method, footer=footer, variant=versus is not None)

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import GridOpt, ResultsOpt, app, check_roots, fail, parse_roots, parse_seeds
+from peft3d.cli.app import GridOpt, ResultsOpt, app, check_roots, fail, parse_roots, parse_seeds, write_table
 
 
 def _sigterm_as_interrupt(*_: object) -> None:
@@ -38,11 +38,11 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     Resumable: re-run the same command after an interruption. Several workers (processes, machines, SLURM
     tasks: bench submit --tune) may share one --storage: each study still gets exactly --trials trials."""
     from peft3d.core.result import ensure_writable, results_dir
-    from peft3d.grids.loader import compare_to, expand
+    from peft3d.grids.loader import expand
     from peft3d.reporting.mirror import tracking_uri as default_uri
     from peft3d.tuning.budget import storage_url
     from peft3d.tuning.cells import cells_of
-    from peft3d.tuning.final import write_tuned_tables
+    from peft3d.tuning.final import manifest_path, tuned_table
     from peft3d.tuning.tune import TuneOptions, Tuner
 
     specs = expand(grid, parse_seeds(seeds), parse_roots(data_root), device)
@@ -71,9 +71,9 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
         typer.secho("interrupted: the running trial is marked interrupted (not counted); re-run the same command "
                     "to resume", fg="yellow", err=True)
         raise typer.Exit(130) from None
-    md_path, md, n_bad = write_tuned_tables(name, root, compare_to(grid))
-    typer.echo(md)
-    typer.echo(f"wrote {md_path}; manifest {root / 'tune' / (name + '.json')}; wall time {time.time() - t0:.0f} s")
+    tuned, footer = tuned_table(name, root)
+    n_bad = write_table(grid, tuned, root, name=f"{name}.tuned", footer=footer)
+    typer.echo(f"manifest {manifest_path(root, name)}; wall time {time.time() - t0:.0f} s")
     if n_bad:
         typer.secho(f"{n_bad} tuned run(s) did not succeed; re-run to retry them", fg="yellow", err=True)
         raise typer.Exit(1)

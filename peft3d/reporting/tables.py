@@ -16,7 +16,7 @@ import pandas as pd
 
 from peft3d.analysis import formatting as fm
 from peft3d.analysis import stats
-from peft3d.core.result import RunResult, atomic_write_text, load_results
+from peft3d.core.result import RunResult, load_results
 from peft3d.core.spec import RunSpec, default_pipeline_options
 from peft3d.reporting.transfer import has_controls, transfer_markdown
 
@@ -310,11 +310,3 @@ def render_markdown(grid: str, df: pd.DataFrame, versus: str | None = None) -> s
                   f"{fm.short(r.error, 200)}" for r in failed.itertuples()]
     return "\n".join(parts) + "\n"
 
-
-def write_tables(grid: str, df: pd.DataFrame, root: Path, versus: str | None = None) -> tuple[Path, Path, str]:
-    md = render_markdown(grid, df, versus)
-    tdir = root / "tables"
-    md_path, csv_path = tdir / f"{grid}.md", tdir / f"{grid}.csv"
-    atomic_write_text(md_path, md)
-    atomic_write_text(csv_path, df.to_csv(index=False))
-    return md_path, csv_path, md

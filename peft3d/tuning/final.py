@@ -139,13 +139,8 @@ def budget_line(manifest: dict[str, Any]) -> str:
     return "WARNING: the studies have different trial counts (see the manifest): not an equal-budget comparison."
 
 
-def write_tuned_tables(grid: str, root: Path, versus: str | None = None) -> tuple[Path, str, int]:
-    """``<grid>.tuned`` tables with the tuning budget under them; returns (md path, markdown, runs not succeeded)."""
-    from peft3d.reporting.tables import runs_frame, write_tables
-
+def tuned_table(grid: str, root: Path) -> tuple[list[RunSpec], str]:
+    """What the ``<grid>.tuned`` tables show: the tuned runs of the last ``bench tune`` and the line stating its
+    budget, to be written under them."""
     manifest = read_manifest(root, grid)
-    df = runs_frame([RunSpec.from_dict(d) for d in manifest["runs"]], root)
-    md_path, _, md = write_tables(f"{grid}.tuned", df, root, versus)
-    md += "\n" + budget_line(manifest) + "\n"
-    atomic_write_text(md_path, md)
-    return md_path, md, int((df["status"] != "success").sum())
+    return [RunSpec.from_dict(d) for d in manifest["runs"]], budget_line(manifest)
