@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from peft3d.core.spec import Budget, RunSpec, TokenizerCfg, from_mapping
 from peft3d.grids.loader import GRID_DIR, load_grid
-from peft3d.models.build import build_model
+from peft3d.methods.build import build_model
 from peft3d.training.train import load_data
 
 

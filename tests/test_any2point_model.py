@@ -14,7 +14,7 @@ from peft3d.backbones import BACKBONES
 from peft3d.core.errors import ConfigError
 from peft3d.core.spec import PipelineCfg, RunSpec, TokenizerCfg
 from peft3d.methods.any2point.config import FLAGS, PRESET_DOCS, Any2PointConfig
-from peft3d.models.build import build_model
+from peft3d.methods.build import build_model
 from peft3d.models.model import param_groups
 
 TINY_TOKENIZER = TokenizerCfg(num_stages=1, embed_dim=16, k=8, lga_blocks=(1,), last_bottleneck=8)  # 64 -> 32

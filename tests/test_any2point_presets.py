@@ -12,7 +12,7 @@ from fixtures_backbones import one_thread  # noqa: F401  (autouse fixture)
 from peft3d.backbones import BACKBONES
 from peft3d.core.spec import RunSpec, TokenizerCfg
 from peft3d.methods.any2point.config import ARM_ONLY, FLAGS, PAPER, Any2PointConfig
-from peft3d.models.build import build_model
+from peft3d.methods.build import build_model
 
 TINY_TOKENIZER = TokenizerCfg(num_stages=1, embed_dim=16, k=8, lga_blocks=(1,), last_bottleneck=8)
 

@@ -18,7 +18,7 @@ from peft3d.core.spec import PipelineCfg, RunSpec, TokenizerCfg
 from peft3d.methods.any2point.config import Any2PointConfig
 from peft3d.methods.any2point.injection import arm_behaviour, drop_bias_kv
 from peft3d.methods.any2point.projection import VirtualProjection
-from peft3d.models.build import build_model
+from peft3d.methods.build import build_model
 from peft3d.models.model import ForwardContext
 
 TINY_TOKENIZER = TokenizerCfg(num_stages=1, embed_dim=16, k=8, lga_blocks=(1,), last_bottleneck=8)

@@ -90,6 +90,30 @@ def test_model_side_never_imports_the_harness(module):
     assert not bad, f"{module} imports harness layer(s): {bad}"
 
 
+# The layers, lowest first: a module imports its own layer and those before it, never one after it. Models sit
+# below methods (a method attaches to a model; peft3d.methods.build assembles the two), training below schedule
+# (the scheduler runs training in workers; a run's environment capture lives in core).
+LAYERS = ["core", "backbones", "models", "datasets", "methods", "grids", "training", "schedule", "analysis",
+          "reporting", "tuning", "cli"]
+TOP = {"", "__main__"}  # peft3d/__init__.py and ``python -m peft3d``
+
+
+def upward_imports(module: str, graph: dict[str, set[str]]) -> list[str]:
+    """The imports of ``module`` that land in a layer after its own."""
+    here = LAYERS.index(layer(module))
+    return sorted(t for t in graph[module] if layer(t) not in TOP and LAYERS.index(layer(t)) > here)
+
+
+def test_every_folder_has_a_place_in_the_layers():
+    assert {layer(m) for m in MODULES} - TOP <= set(LAYERS), "a new folder of peft3d/ needs its place in LAYERS"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if layer(m) not in TOP))
+def test_imports_only_go_down_the_layers(module):
+    bad = upward_imports(module, GRAPH)
+    assert not bad, f"{module} imports a layer above its own ({' < '.join(LAYERS)}): {bad}"
+
+
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if layer(m) == "core"))
 def test_core_imports_only_core(module):
     bad = sorted(t for t in GRAPH[module] if layer(t) != "core")
@@ -137,3 +161,9 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     toy = tmp_path / "toy.py"
     toy.write_text('"""doc mentions lora"""\nX = "lora"\ndef f():\n    from peft3d.cli import app\n')
     assert (2, "lora") in string_literals(toy) and (1, "doc mentions lora") not in string_literals(toy)
+    toy_graph = {"peft3d.models.build": {"peft3d.methods", "peft3d.core.spec"},
+                 "peft3d.training.train": {"peft3d.schedule.environment", "peft3d.models.model"},
+                 "peft3d.methods.build": {"peft3d.models.build"}}
+    assert upward_imports("peft3d.models.build", toy_graph) == ["peft3d.methods"]
+    assert upward_imports("peft3d.training.train", toy_graph) == ["peft3d.schedule.environment"]
+    assert upward_imports("peft3d.methods.build", toy_graph) == []

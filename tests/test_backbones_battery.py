@@ -13,9 +13,9 @@ from fixtures_backbones import one_thread  # noqa: F401  (autouse fixture)
 from peft3d.backbones import BACKBONES
 from peft3d.core.spec import RunSpec, TokenizerCfg
 from peft3d.methods import METHODS, config_class
+from peft3d.methods.build import build_model
 from peft3d.methods.peft_tuner import catalog
 from peft3d.methods.peft_tuner.method import peft_config_for
-from peft3d.models.build import build_model
 from peft3d.models.model import param_groups
 
 TINY_BACKBONES = [n for n in BACKBONES.names() if BACKBONES.meta(n).get("test")]

@@ -93,7 +93,7 @@ def test_stop_signal_mid_epoch_saves_and_resumes_bit_identically(tmp_path, refer
 
 def test_checkpoint_holds_trainable_tensors_only(tmp_path):
     spec, path = spec_for("lora"), tmp_path / "ck.pt"
-    from peft3d.models.build import build_model
+    from peft3d.methods.build import build_model
 
     with pytest.raises(Stop):
         train_run(spec, progress=lambda ev: (_ for _ in ()).throw(Stop()), checkpoint=path)

@@ -8,7 +8,7 @@ from peft3d.backbones.controls import build_backbone, keep_blocks, shuffle_tenso
 from peft3d.core.errors import ConfigError
 from peft3d.core.spec import Budget, PipelineCfg, RunSpec, TokenizerCfg
 from peft3d.grids.checks import check_combination
-from peft3d.models.build import build_model
+from peft3d.methods.build import build_model
 from peft3d.models.positional import TablePosEncoder
 from peft3d.training.train import optimizer_for, train_run
 

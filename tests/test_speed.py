@@ -16,7 +16,7 @@ from fixtures_backbones import one_thread  # noqa: F401  (autouse fixture)
 
 from peft3d.backbones import BACKBONES
 from peft3d.core.spec import RunSpec, TokenizerCfg
-from peft3d.models.build import build_model
+from peft3d.methods.build import build_model
 from peft3d.models.geometry import farthest_point_sample, gather, knn, knn_from_dist, pairwise_sq_dist
 from peft3d.models.tokenizer import PointTokenizer
 

@@ -8,7 +8,7 @@ import torch
 
 from peft3d.core.errors import WeightsError
 from peft3d.core.spec import Budget, RunSpec, TokenizerCfg
-from peft3d.models.build import build_model
+from peft3d.methods.build import build_model
 from peft3d.models.model import param_groups
 from peft3d.training.schedules import lr_lambda
 from peft3d.training.train import Curves, select, train_run

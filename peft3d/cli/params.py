@@ -41,7 +41,7 @@ def count_params(backbone: str, method: str, preset: str | None = None, full_siz
     from peft3d.backbones import BACKBONES
     from peft3d.core.spec import RunSpec
     from peft3d.methods import METHODS, config_class
-    from peft3d.models.build import build_model
+    from peft3d.methods.build import build_model
     from peft3d.models.model import param_groups
 
     BACKBONES.check(backbone)

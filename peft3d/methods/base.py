@@ -2,7 +2,7 @@
 
 A method is a folder with ``config.py`` (a validated frozen dataclass, its presets and search space) and
 ``method.py`` (a :class:`Method` subclass). ``attach(model, cfg)`` receives a model whose backbone is already
-frozen (except the final norm; :func:`peft3d.models.build.build_model` freezes it), inserts the method's modules
+frozen (except the final norm; :func:`peft3d.models.build.point_model` freezes it), inserts the method's modules
 (wrapping blocks or FFN sites, or injecting LoRA), unfreezes what it trains, and returns nothing.
 Every parameter a method adds carries its prefix (``prompt_``, ``adapter_``, ``lora_``, ``a2p_``) or lives
 inside the backbone, so parameter accounting is generic (:func:`peft3d.models.model.param_groups`).

@@ -1,18 +1,18 @@
-"""Build the model of a RunSpec: backbone (with its weights), tokenizer, head, then the method's attach."""
+"""Build the model of a RunSpec up to its method: the backbone (with its weights), frozen, inside the shared
+``PointModel`` (tokenizer, positional encoding, head). The method attaches on top of it
+(:func:`peft3d.methods.build.build_model`): models know nothing of methods."""
 from __future__ import annotations
 
 import torch
 
 from peft3d.backbones.controls import build_backbone
-from peft3d.core.errors import ConfigError
 from peft3d.core.spec import RunSpec
-from peft3d.methods import METHODS
 from peft3d.models.model import PointModel
 
 
-def build_model(spec: RunSpec, num_classes: int, device: str = "cpu",
-                attention: str | None = None) -> tuple[PointModel, object]:
-    """Returns ``(model, method)``. Seeds torch so random weights and method init follow the spec's seed.
+def point_model(spec: RunSpec, num_classes: int, device: str = "cpu", attention: str | None = None) -> PointModel:
+    """The spec's model with its backbone frozen and no method. Seeds torch first, so random weights, the head
+    and whatever a method initialises next follow the spec's seed.
 
     ``attention``: ``"sdpa"`` (fused ``scaled_dot_product_attention``) or ``"eager"`` (explicit softmax) in
     every block; ``None`` keeps the backbone's own default (eager)."""
@@ -24,13 +24,6 @@ def build_model(spec: RunSpec, num_classes: int, device: str = "cpu",
     with torch.device(device):
         model = PointModel(backbone, num_classes, spec.tokenizer, spec.head_hidden, spec.head_dropout,
                            spec.pipeline)
-    method = METHODS.get(spec.method)()
-    if not backbone.blocks and method.config_cls.needs_blocks:  # grids refuse this at validate time already
-        raise ConfigError(f"method {spec.method} needs transformer blocks and backbone {spec.backbone} runs with "
-                          "none; fix: use a method that works without blocks (linear) or a backbone with blocks")
-    cfg = method.config_cls.resolve(spec.method_cfg, None, where=f"method {spec.method}")
     model.freeze_backbone()
-    with torch.device(device):
-        method.attach(model, cfg)
-    model.pretrained_block_params = blocks
-    return model, method
+    model.pretrained_block_params = blocks  # before a method adds to the blocks (the parameter report)
+    return model

@@ -131,7 +131,7 @@ def sync(device: str) -> None:
 
 def build_run(s: PerfSettings, method: str, xyz: torch.Tensor, labels: torch.Tensor) -> MethodRun:
     from peft3d.core.spec import RunSpec
-    from peft3d.models.build import build_model
+    from peft3d.methods.build import build_model
 
     preset, cfg = method_cfg(s, method)
     spec = RunSpec(backbone=s.backbone, method=method, weights=s.weights, method_cfg=cfg, preset=preset,

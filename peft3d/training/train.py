@@ -13,15 +13,15 @@ import torch
 from torch import nn
 
 from peft3d.backbones.base import state_checksum
+from peft3d.core.environment import environment
 from peft3d.core.result import Metrics, Params, RunResult
 from peft3d.core.spec import RunSpec
 from peft3d.datasets import DATASETS, split_name
 from peft3d.datasets.base import PointCloudData
 from peft3d.datasets.protocols import eval_points, get_protocol
 from peft3d.datasets.sampling import TrainSampler
-from peft3d.models.build import build_model
+from peft3d.methods.build import build_model
 from peft3d.models.model import PointModel, param_groups
-from peft3d.schedule.environment import environment
 from peft3d.training import checkpoint as ckpt
 from peft3d.training.schedules import clip_gradients, make_scheduler
 

@@ -55,7 +55,7 @@ def try_tuner(method: str, backbone: str) -> None:
 
     from peft3d.core.spec import RunSpec, TokenizerCfg
     from peft3d.methods import config_class
-    from peft3d.models.build import build_model
+    from peft3d.methods.build import build_model
 
     tok = TokenizerCfg(num_stages=1, embed_dim=16, k=8, lga_blocks=(1,), last_bottleneck=8)
     cfg = config_class(method).resolve(None, where=method)

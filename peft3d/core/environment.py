@@ -1,4 +1,5 @@
-"""Provenance: package versions, git SHA, device."""
+"""Provenance of a run: package versions, git SHA, device, threads (recorded in every result). In core so that
+the training layer, which writes it, need not import the scheduler above it."""
 from __future__ import annotations
 
 import platform
