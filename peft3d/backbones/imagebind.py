@@ -26,27 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from peft3d.backbones.base import Backbone, BackboneSpec
-from peft3d.backbones.loading import (
-    finish,
-    install_site,
-    load_strict,
-    random_only,
-    read_state_dict,
-    resolve_weights,
-    verify_digest,
-)
-from peft3d.backbones.preln import PreLNBackbone, grid_table
-from peft3d.backbones.sources import parse_weights
-from peft3d.core.errors import WeightsError
+from peft3d.backbones.base import BackboneSpec
+from peft3d.backbones.loading import Config, Family, StateDictFile
+from peft3d.backbones.preln import PreLNBackbone, grid_table, install_site
 
 IMAGEBIND_AUDIO = {"width": 768, "depth": 12, "heads": 12, "mlp_hidden": 3072, "canvas": (128, 204),
-                   "kernel": 16, "stride": 10,
-                       "out_dim": 1024}
+                   "kernel": 16, "stride": 10, "out_dim": 1024}
 TINY_AUDIO = {"width": 32, "depth": 2, "heads": 2, "mlp_hidden": 128, "canvas": (46, 56), "kernel": 16,
-              "stride": 10,
-                  "out_dim": 16}  # 4 x 5 grid
-WEIGHTS_CHECK = "file:imagebind_huge.pth"
+              "stride": 10, "out_dim": 16}  # 4 x 5 grid
 HOW = ("put imagebind_huge.pth from https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth "
        "(CC-BY-NC 4.0) in "
        "$PEFT3D_WEIGHTS (default ./weights) or ./.checkpoints, or pass weights: path:/file.pth")
@@ -164,28 +151,6 @@ class ImageBindAudioBackbone(PreLNBackbone):
                          patch=(cfg["stride"], cfg["stride"]), kernel=(cfg["kernel"], cfg["kernel"]))
 
 
-def build(spec: BackboneSpec, cfg: dict[str, Any], weights: str, device: str) -> Backbone:
-    kind, _ = parse_weights(weights)
-    info: dict[str, Any] = {"source": weights, "notes": NOTES}
-    if kind == "random" or device == "meta":
-        with torch.device(device):
-            model = ImageBindAudio(cfg)
-            if kind == "random" and device != "meta":
-                _init(model)
-    else:
-        form, where = resolve_weights(spec.name, weights, WEIGHTS_CHECK, HOW)
-        if form != "file":
-            raise WeightsError(f"{spec.name}: expects the checkpoint file imagebind_huge.pth, got the folder "
-                               f"{where}; fix: {HOW}")
-        digest = verify_digest(spec.name, where)
-        sd = read_state_dict(spec.name, where)
-        model = ImageBindAudio(cfg)
-        load_strict(spec.name, where, model, sd, unused_key)
-        info.update(path=str(where), file_sha256=digest)
-        model = model.to(device)
-    return finish(ImageBindAudioBackbone(spec, model, cfg), info, device)
-
-
 def _init(model: ImageBindAudio) -> None:
     """Random init in ImageBind's style: truncated normal (std 0.02) tables and Linears, unit LayerNorms."""
     pre = model.modality_preprocessors["audio"]
@@ -201,10 +166,15 @@ def _init(model: ImageBindAudio) -> None:
             nn.init.normal_(m.bias_v, std=0.02)
 
 
-def build_imagebind_audio(weights: str = "pretrained", device: str = "cpu") -> Backbone:
-    return build(IMAGEBIND_AUDIO_SPEC, IMAGEBIND_AUDIO, weights, device)
+def construct(cfg: Config, device: str) -> ImageBindAudio:
+    with torch.device(device):
+        return ImageBindAudio(cfg)
 
 
-def build_test_imagebind_audio(weights: str = "random", device: str = "cpu") -> Backbone:
-    random_only(TEST_IMAGEBIND_AUDIO_SPEC.name, weights)
-    return build(TEST_IMAGEBIND_AUDIO_SPEC, TINY_AUDIO, weights, device)
+# Attention: ImageBind's nn.MultiheadAttention has always run fused (sdpa), which keeps its numerics.
+IMAGEBIND = Family(construct=construct, backbone=ImageBindAudioBackbone, formats=(StateDictFile(unused=unused_key),),
+                   attention="sdpa", init=_init, notes=NOTES)
+build = IMAGEBIND.build  # (spec, cfg, weights, device)
+
+build_imagebind_audio = IMAGEBIND.variant(IMAGEBIND_AUDIO_SPEC, IMAGEBIND_AUDIO)
+build_test_imagebind_audio = IMAGEBIND.variant(TEST_IMAGEBIND_AUDIO_SPEC, TINY_AUDIO, tiny=True)

