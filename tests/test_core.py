@@ -13,12 +13,15 @@ from peft3d.grids.loader import expand
 def test_registry_duplicate_and_unknown_with_suggestion():
     r = Registry("widget")
     r.register("adapter", "x.y:Z")
-    with pytest.raises(RegistryError, match="already registered"):
+    with pytest.raises(RegistryError, match=r"widget 'adapter' is registered twice: by peft3d \(built-in\) and by "
+                                            r"peft3d \(built-in\)"):
         r.register("adapter", "x.y:W")
     with pytest.raises(RegistryError, match=r"unknown widget 'adaptr'; did you mean 'adapter'\?"):
         r.check("adaptr")
-    with pytest.raises(ValueError, match="pkg.module:Attr"):
+    with pytest.raises(RegistryError, match="pkg.module:Attr"):
         r.register("bad", "no_colon")
+    with pytest.raises(RegistryError, match="must be letters, digits"):
+        r.register("peft:x", "x.y:Z")
 
 
 def test_registry_is_lazy():

@@ -10,6 +10,7 @@ import os
 import sys
 import tempfile
 import traceback
+from pathlib import Path
 
 import typer
 
@@ -32,6 +33,8 @@ def fail(msg: str, code: int = 2) -> None:
 
 
 GridOpt = typer.Option(..., "--grid", "-g", help="grid name (bench ls grids) or path to a .yaml file")
+IncludeOpt = typer.Option(None, "--include", help="a folder of grid .yaml files: its grids become usable by "
+                          "name, beside the built-in and plugin grids (repeatable)")
 ResultsOpt = typer.Option(None, "--results", help="results folder (default ./results or $PEFT3D_RESULTS)")
 
 # One module per sub-command. They import this module (and the layers below), never each other; they are
@@ -61,6 +64,14 @@ def parse_seeds(s: str | None) -> list[int] | None:
         return None
 
 
+def open_grid(grid: str, include: list[Path] | None = None, seeds: str | None = None,
+              data_root: list[str] | None = None, device: str | None = None):
+    """The command's grid, read, checked and expanded once (:class:`peft3d.grids.loader.ExpandedGrid`)."""
+    from peft3d.grids.loader import GridCatalog, expand_grid
+
+    return expand_grid(grid, parse_seeds(seeds), parse_roots(data_root), device, GridCatalog(include or ()))
+
+
 def check_roots(specs) -> None:
     """Fail (one line) on the first dataset whose files are missing or malformed, before anything runs."""
     from peft3d.datasets import DATASETS, check_root
@@ -80,16 +91,13 @@ def check_roots(specs) -> None:
                 fail(problem)
 
 
-def write_table(grid: str, specs, root, echo: bool, versus: str | None = None) -> int:
-    """Write the grid's default tables (md + csv), comparing with ``versus`` (default: the grid's
-    ``compare_to``); returns the number of runs that are not successes."""
-    from pathlib import Path
-
-    from peft3d.grids.loader import compare_to
+def write_table(grid, root, echo: bool, versus: str | None = None) -> int:
+    """Write the default tables (md + csv) of ``grid`` (an ExpandedGrid), comparing with ``versus`` (default:
+    the grid's ``compare_to``); returns the number of runs that are not successes."""
     from peft3d.reporting.tables import runs_frame, write_tables
 
-    df = runs_frame(specs, root)
-    md_path, csv_path, md = write_tables(Path(grid).stem, df, root, versus or compare_to(grid))
+    df = runs_frame(grid.specs, root)
+    md_path, csv_path, md = write_tables(grid.name, df, root, versus or grid.compare_to)
     if echo:
         typer.echo(md)  # plain markdown: pastes into a paper draft or an issue as is
         typer.echo(f"wrote {md_path} and {csv_path}")

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import GridOpt, ResultsOpt, app, fail, parse_roots, parse_seeds, write_table
+from peft3d.cli.app import GridOpt, IncludeOpt, ResultsOpt, app, fail, open_grid, write_table
 
 
 @app.command("table")
@@ -23,10 +23,10 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
                                                "(default the compared-to method when it ran, else all)"),
           versus: Optional[str] = typer.Option(None, "--versus", "--compare-to", help="method the others are "
                                                "compared with (default the grid's compare_to, else its first)"),
-          tuned: bool = typer.Option(False, "--tuned", help="the tuned runs written by 'bench tune'")) -> None:
+          tuned: bool = typer.Option(False, "--tuned", help="the tuned runs written by 'bench tune'"),
+          include: Optional[list[Path]] = IncludeOpt) -> None:
     """Rebuild a grid's tables from its result JSONs only (no training); paper layouts with --layout."""
     from peft3d.core.result import atomic_write_text, results_dir
-    from peft3d.grids.loader import compare_to, expand
     from peft3d.reporting.layouts import FORMATS, LAYOUTS, REFERENCES, render_layout
     from peft3d.reporting.tables import runs_frame
 
@@ -37,20 +37,19 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     if reference is not None and reference not in REFERENCES:
         fail(f"--reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     root = results_dir(results)
-    name = Path(grid).stem
+    expanded = open_grid(grid, include, seeds, data_root)
+    name, specs = expanded.name, expanded.specs
     if tuned:
         from peft3d.tuning.tune import tuned_specs
 
         specs, name = tuned_specs(name, root), f"{name}.tuned"
-    else:
-        specs = expand(grid, parse_seeds(seeds), parse_roots(data_root))
     explicit = versus
-    versus = versus or compare_to(grid)
+    versus = versus or expanded.compare_to
     if layout == "default" and fmt == "md" and not (reference or explicit or dataset):
         if tuned:
             _write_tuned(name, root, versus)
         else:
-            write_table(grid, specs, root, echo=True, versus=versus)
+            write_table(expanded, root, echo=True, versus=versus)
         return
     df = runs_frame(specs, root)
     opts: dict = {"reference": reference}

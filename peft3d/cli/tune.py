@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import GridOpt, ResultsOpt, app, check_roots, fail, parse_roots, parse_seeds
+from peft3d.cli.app import GridOpt, IncludeOpt, ResultsOpt, app, check_roots, fail, open_grid
 
 
 def _sigterm_as_interrupt(*_: object) -> None:
@@ -32,19 +32,19 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
          device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N"),
          tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow backend URI"),
          no_mlflow: bool = typer.Option(False, "--no-mlflow", help="no MLflow runs"),
-         dry_run: bool = typer.Option(False, "--dry-run", help="list the studies")) -> None:
+         dry_run: bool = typer.Option(False, "--dry-run", help="list the studies"),
+         include: Optional[list[Path]] = IncludeOpt) -> None:
     """Tune every backbone × dataset × method cell with the same number of Optuna trials (validation metric,
     pruning on the validation curve), then run the best configuration of each on the grid's seeds.
     Resumable: re-run the same command after an interruption. Several workers (processes, machines, SLURM
     tasks: bench submit --tune) may share one --storage: each study still gets exactly --trials trials."""
     from peft3d.core.result import ensure_writable, results_dir
-    from peft3d.grids.loader import compare_to, expand
     from peft3d.reporting.mirror import tracking_uri as default_uri
     from peft3d.tuning.tune import TuneOptions, Tuner, cells_of, storage_url, write_tuned_tables
 
-    specs = expand(grid, parse_seeds(seeds), parse_roots(data_root), device)
+    expanded = open_grid(grid, include, seeds, data_root, device)
+    specs, name = expanded.specs, expanded.name
     root = results_dir(results)
-    name = Path(grid).stem
     if dry_run:  # listing the studies needs no data
         for c in cells_of(specs, name):
             typer.echo(f"  {c.study_name}  ({len(c.specs)} seeds)")
@@ -68,7 +68,7 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
         typer.secho("interrupted: the running trial is marked interrupted (not counted); re-run the same command "
                     "to resume", fg="yellow", err=True)
         raise typer.Exit(130) from None
-    md_path, md, n_bad = write_tuned_tables(name, root, compare_to(grid))
+    md_path, md, n_bad = write_tuned_tables(name, root, expanded.compare_to)
     typer.echo(md)
     typer.echo(f"wrote {md_path}; manifest {root / 'tune' / (name + '.json')}; wall time {time.time() - t0:.0f} s")
     if n_bad:
