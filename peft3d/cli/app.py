@@ -91,6 +91,44 @@ def check_roots(specs) -> None:
                 fail(problem)
 
 
+def check_storage(url: str, connect: bool = True) -> None:
+    """Refuse (one line, exit 2, before anything is written) an Optuna ``--storage`` that cannot work: a URL
+    SQLAlchemy cannot parse, a scheme it has no dialect for, a missing driver, or -- with ``connect`` -- a
+    database server that does not answer (5 s timeout). sqlite files are created on first use: not connected."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    from peft3d.tuning.sharing import with_driver
+    from peft3d.tuning.tune import redact
+
+    shown, examples = redact(url), "sqlite:///path/optuna.db, postgresql://user@host/db or mysql://user@host/db"
+    try:
+        parsed = make_url(with_driver(url))
+        parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as e:
+        fail(f"--storage {shown}: not a database URL SQLAlchemy can open ({_first_line(e)}); fix: use {examples}")
+    if parsed.get_backend_name() == "sqlite" or not connect:
+        return
+    try:
+        engine = sqlalchemy.create_engine(parsed, connect_args={"connect_timeout": 5})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ImportError as e:
+        fail(f"--storage {shown}: its database driver is not installed ({_first_line(e)}); fix: pip install it "
+             "(psycopg2-binary for PostgreSQL, mysqlclient for mysql://)")
+    except SQLAlchemyError as e:
+        cause = getattr(e, "orig", None) or e
+        fail(f"--storage {shown}: cannot connect ({_first_line(cause)}); fix: start the database server or pass "
+             "a reachable URL (leave --storage out for an sqlite file under --results)")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return " ".join(text.splitlines()[0].split())[:200] if text else type(e).__name__
+
+
 def write_table(grid, root, echo: bool, versus: str | None = None) -> int:
     """Write the default tables (md + csv) of ``grid`` (an ExpandedGrid), comparing with ``versus`` (default:
     the grid's ``compare_to``); returns the number of runs that are not successes."""

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import GridOpt, IncludeOpt, ResultsOpt, app, check_roots, fail, open_grid
+from peft3d.cli.app import GridOpt, IncludeOpt, ResultsOpt, app, check_roots, check_storage, fail, open_grid
 
 
 def _minutes(hms: str | None) -> int | None:
@@ -103,6 +103,8 @@ def _submit_tune(argv: list[str], trials: int | None, workers: int, storage: str
         fail("--tune needs --trials N (N >= 1): the trial budget of every study")
     if workers < 1:
         fail(f"--workers must be >= 1, got {workers}")
+    if storage is not None:  # the scheme and driver only: the workers' nodes may reach a server this one cannot
+        check_storage(storage, connect=False)
     url = storage_url(root, storage)
     if executor == "slurm" and url.startswith("sqlite"):
         typer.secho("warning: an sqlite storage on a shared file system is unreliable across nodes; prefer "

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import GridOpt, IncludeOpt, ResultsOpt, app, check_roots, fail, open_grid
+from peft3d.cli.app import GridOpt, IncludeOpt, ResultsOpt, app, check_roots, check_storage, fail, open_grid
 
 
 def _sigterm_as_interrupt(*_: object) -> None:
@@ -50,11 +50,13 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
             typer.echo(f"  {c.study_name}  ({len(c.specs)} seeds)")
         return
     check_roots(specs)
-    ensure_writable(root)
     if pruner not in ("median", "none"):
         fail(f"--pruner must be 'median' or 'none', got {pruner!r}")
     if heartbeat < 1:
         fail(f"--heartbeat must be >= 1 second, got {heartbeat}")
+    if storage is not None:
+        check_storage(storage)
+    ensure_writable(root)
     os.environ.setdefault("PEFT3D_CACHE", str(root / "cache"))  # one evaluation FPS cache for every study
     opts = TuneOptions(n_trials=trials, storage=storage_url(root, storage), pruner=pruner, jobs=max(1, jobs),
                        mlflow_uri=None if no_mlflow else default_uri(root, tracking_uri), heartbeat_s=heartbeat)

@@ -90,8 +90,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"grid {path}: byte {e.start} is not UTF-8 ({e.object[e.start:e.start + 1]!r}); "
-                          "save the file as UTF-8 text") from None
+        line = e.object[:e.start].count(b"\n") + 1
+        raise ConfigError(f"grid {path}: line {line} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r}); "
+                          "fix: save the file as UTF-8") from None
     except OSError as e:
         raise ConfigError(f"grid {path}: cannot be read ({e.strerror}); check the path and its permissions") from None
     try:
