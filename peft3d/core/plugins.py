@@ -102,6 +102,8 @@ def grid_folder(plugin: Plugin) -> Path:
     obj = plugin.load()
     if isinstance(obj, ModuleType) and getattr(obj, "__file__", None):
         folder = Path(obj.__file__).parent
+    elif isinstance(obj, ModuleType) and list(getattr(obj, "__path__", [])):  # a namespace package
+        folder = Path(list(obj.__path__)[0])
     elif isinstance(obj, (str, Path)):
         folder = Path(obj)
     else:
