@@ -160,6 +160,7 @@ def test_the_page_runs_to_a_comparison_table(plugin):
     assert set(fits) == {"test_bert", "test_timm_vit"}
     for r in fits.values():
         assert r["status"] == "success" and r["method"]["trains_backbone"] is True
+        assert r["environment"]["plugins"] == ["peft3d-bitfit 0.1.0"]  # provenance names the plugin's version
     # BitFit trains exactly the biases of test_timm_vit's 2 blocks (width 32, MLP 128): qkv 96, proj 32,
     # fc1 128, fc2 32, two LayerNorms 32 each -> 352 per block
     assert fits["test_timm_vit"]["params"]["method"] == 2 * (96 + 32 + 128 + 32 + 2 * 32)
