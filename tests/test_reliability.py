@@ -1,4 +1,4 @@
-"""Hostile inputs (issue 14): every bad grid, result file or dataset gets one line naming the thing and the fix,
+"""Hostile inputs: every bad grid, result file or dataset gets one line naming the thing and the fix,
 the right exit code, nothing half-written; no traceback reaches the user; no invalid number reaches a table."""
 from __future__ import annotations
 
