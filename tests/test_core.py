@@ -126,6 +126,18 @@ def test_ls_and_validate_do_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.parametrize("what", ["backbones", "methods", "datasets", "grids", "presets"])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_bench_ls_never_imports_torch(what, as_json):
+    """The real command (rendering included), in a fresh interpreter: torch must not be in sys.modules after it."""
+    code = ("import atexit, sys; atexit.register(lambda: print('torch' in sys.modules, file=sys.stderr))\n"
+            "sys.argv = ['bench', *sys.argv[1:]]\nfrom peft3d.cli.app import main\nmain()\n")
+    out = subprocess.run([sys.executable, "-c", code, "ls", what, *(["--json"] if as_json else [])],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1] == "False", f"bench ls {what} imported torch"
+
+
 def test_bench_ls_json():
     import json
 
