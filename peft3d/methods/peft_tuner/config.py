@@ -216,7 +216,7 @@ def _layers_reject(tuner: str, targets: str, options_json: str) -> str | None:
     the options: no verdict then. The global torch RNG is left as it was (a run's init must not depend on it)."""
     import torch
 
-    from peft3d.methods.peft_tuner.method import inject
+    from peft3d.methods.peft_tuner.inject import inject
 
     cls = config_class(PREFIX + tuner)
 
