@@ -108,11 +108,11 @@ def test_the_page_describes_a_whole_distribution():
 def test_plugin_names_are_listed_without_torch(plugin):
     site, base = plugin
     rows = {}
-    for kind in ("methods", "backbones", "datasets", "grids"):
+    for kind in ("methods", "backbones", "datasets", "grids", "presets"):
         out = bench(site, "ls", kind, "--json", cwd=base, check_torch=True)
         assert out.returncode == 0, out.stderr[-2000:]
         assert "torch imported: False" in out.stderr, f"bench ls {kind} imported torch"
-        rows[kind] = {r["name"]: r for r in json.loads(out.stdout)}
+        rows[kind] = {r.get("name", r.get("method")): r for r in json.loads(out.stdout)}
     origin = "distribution peft3d-bitfit 0.1.0 (entry point peft3d.methods: bitfit = peft3d_bitfit:bitfit)"
     assert rows["methods"]["bitfit"]["from"] == origin and rows["methods"]["linear"]["from"] == "peft3d (built-in)"
     assert rows["methods"]["bitfit"]["kind"] == "plugin peft3d-bitfit 0.1.0"
@@ -121,6 +121,7 @@ def test_plugin_names_are_listed_without_torch(plugin):
     assert rows["datasets"]["xyz_folder"]["classes"] == 3
     assert {"bitfit_smoke", "bitfit_scans", "bitfit_vs_peft"} <= set(rows["grids"])
     assert rows["grids"]["bitfit_smoke"]["from"].startswith("distribution peft3d-bitfit 0.1.0")
+    assert rows["presets"]["bitfit"]["presets"] == "—"  # its config class was imported, without torch
 
 
 def test_plugin_backbone_declares_its_real_size(plugin):
