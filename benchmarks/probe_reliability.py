@@ -1,4 +1,5 @@
-"""Hostile-user probes of the ``bench`` CLI (issue 14), each run as a real subprocess, counted by outcome.
+"""Hostile-user probes of the ``bench`` CLI (what a careless or adversarial user types), each run as a real
+subprocess, counted by outcome.
 
     python benchmarks/probe_reliability.py [--tree PATH] [--json OUT] [--slow]
 

@@ -1,4 +1,4 @@
-"""A frozen copy of the tokenizer's arithmetic before the speed work (issue 12), kept only to pin the fast
+"""A frozen copy of the tokenizer's arithmetic before it was made channels-last, kept only to pin the fast
 implementation against it: channels-first 1x1 convolutions through the modules' own ``forward``, FPS with a
 per-pick distance update, kNN through exact ``cdist``. It runs on a current ``PointTokenizer``'s modules."""
 from __future__ import annotations

@@ -21,7 +21,7 @@ TINY_TOKENIZER = TokenizerCfg(num_stages=1, embed_dim=16, k=8, lga_blocks=(1,), 
 
 # Paper-size trainable parameters without the head (any2point.md §4): Point-PN 276,672, cls token + cls pos +
 # final LN 3,072, six shared local attentions + LNs 235,224, per block adapter (25,360 at r = 16, 13,064 at
-# r = 8) + 7 BatchNorms 10,752; plus the tokenizer's output BatchNorm (1,536) that DESIGN.md adds.
+# r = 8) + 7 BatchNorms 10,752; plus the tokenizer's output BatchNorm (1,536) that the harness adds.
 SHARED = 276_672 + 1_536 + 3_072
 EXPECTED = {"clip_text": (16, 0.95e6, SHARED + 235_224 + 12 * (25_360 + 10_752)),
             "dinov2": (8, 0.80e6, SHARED + 235_224 + 12 * (13_064 + 10_752)),

@@ -92,9 +92,10 @@ def test_model_side_never_imports_the_harness(module):
 
 # The layers, lowest first: a module imports its own layer and those before it, never one after it. Models sit
 # below methods (a method attaches to a model; peft3d.methods.build assembles the two), training below schedule
-# (the scheduler runs training in workers; a run's environment capture lives in core).
+# (the scheduler runs training in workers; a run's environment capture lives in core). devtools (tools for working
+# on peft3d itself, e.g. the generated tables of docs/architecture.md) sits on top: nothing of the package uses it.
 LAYERS = ["core", "backbones", "models", "datasets", "methods", "grids", "training", "schedule", "analysis",
-          "reporting", "tuning", "cli"]
+          "reporting", "tuning", "cli", "devtools"]
 TOP = {"", "__main__"}  # peft3d/__init__.py and ``python -m peft3d``
 
 

@@ -38,6 +38,12 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
     assert (a - b).abs().max().item() < TOL
 
 
+def attend_all(x: torch.Tensor) -> torch.Tensor:
+    """The additive ``(B, 1, T, T)`` mask transformers' encoder modules take: 0 everywhere, every token attends
+    to every token (passed explicitly so the reference never rests on what the library does without one)."""
+    return torch.zeros(x.shape[0], 1, x.shape[1], x.shape[1], dtype=x.dtype)
+
+
 def _info_ok(bb, path: Path) -> None:
     info = bb.weights_info
     assert info["path"] == str(path)
@@ -55,8 +61,10 @@ def test_clip_hf_dir_loads_strictly_and_matches_encoder(ckpts):
     _info_ok(bb, ckpts["clip_hf"])
     ref = CLIPTextModel.from_pretrained(str(ckpts["clip_hf"]), attn_implementation="eager").eval()
     x = torch.randn(2, 7, 32)
-    with torch.no_grad():  # the encoder without the causal mask CLIPTextModel.forward would add
-        _close(bb(x), ref.final_layer_norm(ref.encoder(inputs_embeds=x).last_hidden_state))
+    with torch.no_grad():  # the encoder without the causal mask CLIPTextModel.forward would add: an explicit
+        # additive all-zero mask (every token attends to every token), not the library's default for a missing one
+        _close(bb(x), ref.final_layer_norm(ref.encoder(inputs_embeds=x, attention_mask=attend_all(x))
+                                           .last_hidden_state))
     assert torch.equal(bb.pos_table().table, ref.embeddings.position_embedding.weight)
 
 
@@ -126,8 +134,9 @@ def test_roberta_hf_dir_loads_strictly_and_matches_model(ckpts):
     assert torch.equal(table, ref.embeddings.position_embeddings.weight[2:])
     with torch.no_grad():
         # RoBERTa(inputs_embeds=t) = blocks(LayerNorm(t + token_type[0] + position row i + 2))
-        _close(bb(bb.embed_norm(t + table[:7])), ref(inputs_embeds=t).last_hidden_state)
-        _close(bb(t), ref.encoder(t).last_hidden_state)
+        ones = torch.ones(t.shape[:2], dtype=torch.long)  # explicit: no reliance on what a missing mask means
+        _close(bb(bb.embed_norm(t + table[:7])), ref(inputs_embeds=t, attention_mask=ones).last_hidden_state)
+        _close(bb(t), ref.encoder(t, attention_mask=attend_all(t)).last_hidden_state)
 
 
 @pytest.mark.parametrize("fam", ["dinov2", "deit"])

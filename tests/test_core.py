@@ -13,12 +13,15 @@ from peft3d.grids.loader import expand
 def test_registry_duplicate_and_unknown_with_suggestion():
     r = Registry("widget")
     r.register("adapter", "x.y:Z")
-    with pytest.raises(RegistryError, match="already registered"):
+    with pytest.raises(RegistryError, match=r"widget 'adapter' is registered twice: by peft3d \(built-in\) and by "
+                                            r"peft3d \(built-in\)"):
         r.register("adapter", "x.y:W")
     with pytest.raises(RegistryError, match=r"unknown widget 'adaptr'; did you mean 'adapter'\?"):
         r.check("adaptr")
-    with pytest.raises(ValueError, match="pkg.module:Attr"):
+    with pytest.raises(RegistryError, match="pkg.module:Attr"):
         r.register("bad", "no_colon")
+    with pytest.raises(RegistryError, match="must be letters, digits"):
+        r.register("peft:x", "x.y:Z")
 
 
 def test_registry_is_lazy():
@@ -121,6 +124,18 @@ def test_ls_and_validate_do_not_import_torch():
             "expand('quickstart'); expand('smoke'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("what", ["backbones", "methods", "datasets", "grids", "presets"])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_bench_ls_never_imports_torch(what, as_json):
+    """The real command (rendering included), in a fresh interpreter: torch must not be in sys.modules after it."""
+    code = ("import atexit, sys; atexit.register(lambda: print('torch' in sys.modules, file=sys.stderr))\n"
+            "sys.argv = ['bench', *sys.argv[1:]]\nfrom peft3d.cli.app import main\nmain()\n")
+    out = subprocess.run([sys.executable, "-c", code, "ls", what, *(["--json"] if as_json else [])],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1] == "False", f"bench ls {what} imported torch"
 
 
 def test_bench_ls_json():

@@ -144,13 +144,44 @@ def test_catalog_is_cached(tmp_path, monkeypatch):
 
 
 def test_bench_ls_methods_lists_peft_tuners():
-    out = subprocess.run([sys.executable, "-m", "peft3d", "ls", "methods", "--json"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "peft3d", "ls", "methods", "--json", "--probe"], capture_output=True,
                          text=True, check=True)
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert rows["lora"]["kind"] == "built-in"
     assert rows["peft:ia3"]["works"] == "yes" and rows["peft:ia3"]["kind"].startswith("peft ")
     assert rows["peft:prompt_tuning"]["works"] == "no" and "point tokens have no ids" in rows["peft:prompt_tuning"][
         "summary"]
+
+
+def test_ls_methods_reads_the_probe_cache_without_torch(tmp_path):
+    """Without --probe, `bench ls methods` shows the cached answer for this installation, or says how to get
+    one; either way without importing torch. A cache written under another key (another peft, torch or harness
+    code) is not shown."""
+    import os
+
+    code = ("import sys, json; sys.argv = ['bench', 'ls', 'methods', '--json']\nfrom peft3d.cli.app import main\n"
+            "main()\n")
+    check = "import atexit, sys; atexit.register(lambda: print('torch' in sys.modules, file=sys.stderr))\n"
+    env = dict(os.environ, PEFT3D_CACHE=str(tmp_path))
+
+    def listed() -> tuple[dict, str]:
+        out = subprocess.run([sys.executable, "-c", check + code], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        return {r["name"]: r for r in json.loads(out.stdout)}, out.stderr.strip().splitlines()[-1]
+
+    rows, torch_imported = listed()
+    assert torch_imported == "False" and rows["peft:<tuner>"]["works"] == "?"
+    assert "bench ls methods --probe" in rows["peft:<tuner>"]["summary"]
+    monkey_rows = [{"name": "peft:ia3", "works": True, "why": ""}, {"name": "peft:xyz", "works": False, "why": "no"}]
+    subprocess.run([sys.executable, "-c", "import json, sys; from peft3d.methods.peft_tuner import catalog\n"
+                    f"json.dump({{'key': catalog.cache_key(), 'tuners': {monkey_rows!r}}}, "
+                    "open(catalog.cache_path(), 'w'))"], check=True, env=env)
+    rows, torch_imported = listed()
+    assert torch_imported == "False" and rows["peft:ia3"]["works"] == "yes" and rows["peft:xyz"]["summary"] == "no"
+    cached = json.loads((tmp_path / "peft_tuners.json").read_text())
+    (tmp_path / "peft_tuners.json").write_text(json.dumps(dict(cached, key="another-installation")))
+    rows, _ = listed()
+    assert "peft:ia3" not in rows and "peft:<tuner>" in rows
 
 
 def test_a_grid_with_peft_tuners_runs_end_to_end(tmp_path):

@@ -1,4 +1,4 @@
-"""Hostile inputs (issue 14): every bad grid, result file or dataset gets one line naming the thing and the fix,
+"""Hostile inputs: every bad grid, result file or dataset gets one line naming the thing and the fix,
 the right exit code, nothing half-written; no traceback reaches the user; no invalid number reaches a table."""
 from __future__ import annotations
 
@@ -235,7 +235,7 @@ def test_unexpected_error_is_one_line_with_its_traceback_file(monkeypatch, capsy
     import importlib
 
     ls = importlib.import_module("peft3d.cli.ls")  # the module (``peft3d.cli.ls`` the attribute is the command)
-    monkeypatch.setattr(ls, "rows", lambda what, long=False: 1 / 0)
+    monkeypatch.setattr(ls, "rows", lambda *args, **kwargs: 1 / 0)
     code, err = _main(monkeypatch, capsys, "ls", "methods")
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert "bench ls failed unexpectedly: ZeroDivisionError" in err and "--debug" in err

@@ -1,5 +1,5 @@
-"""Issue 12: the fast tokenizer against a frozen copy of the previous arithmetic, fused vs eager attention,
-bf16 vs fp32, and ``bench perf`` (including on a machine without mlflow/optuna)."""
+"""Speed without a change of result: the fast tokenizer against a frozen copy of the previous arithmetic, fused
+vs eager attention, bf16 vs fp32, and ``bench perf`` (including on a machine without mlflow/optuna)."""
 from __future__ import annotations
 
 import copy

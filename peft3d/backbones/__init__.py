@@ -11,7 +11,8 @@ sha256 checked on every load, caveat).
 """
 from peft3d.core.registry import Registry
 
-BACKBONES = Registry("backbone")
+BACKBONES = Registry("backbone", group="backbone",
+                     required=("modality", "pretrain", "width", "depth", "source", "weights_check"))
 
 _B = "peft3d.backbones."
 PLAIN_BLOCKS = 85_054_464  # 12 x 7,087,872 (backbones.md "Shared facts")

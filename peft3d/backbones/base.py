@@ -1,6 +1,6 @@
 """The Backbone interface: a frozen pretrained transformer seen uniformly by every method.
 
-Contract (DESIGN.md):
+Contract:
 - ``blocks``: nn.ModuleList; each entry maps ``x (B, T, D) -> (B, T, D)``, bidirectional, no causal mask.
   Families whose own blocks need another call convention (CLIP's positional mask argument, ImageBind's
   sequence-first layout) are wrapped in a small adapter module here, so methods never special-case them.

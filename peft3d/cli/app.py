@@ -10,6 +10,7 @@ import os
 import sys
 import tempfile
 import traceback
+from pathlib import Path
 
 import typer
 
@@ -32,6 +33,8 @@ def fail(msg: str, code: int = 2) -> None:
 
 
 GridOpt = typer.Option(..., "--grid", "-g", help="grid name (bench ls grids) or path to a .yaml file")
+IncludeOpt = typer.Option(None, "--include", help="a folder of grid .yaml files: its grids become usable by "
+                          "name, beside the built-in and plugin grids (repeatable)")
 ResultsOpt = typer.Option(None, "--results", help="results folder (default ./results or $PEFT3D_RESULTS)")
 
 # One module per sub-command. They import this module (and the layers below), never each other; they are
@@ -61,6 +64,14 @@ def parse_seeds(s: str | None) -> list[int] | None:
         return None
 
 
+def open_grid(grid: str, include: list[Path] | None = None, seeds: str | None = None,
+              data_root: list[str] | None = None, device: str | None = None):
+    """The command's grid, read, checked and expanded once (:class:`peft3d.grids.loader.ExpandedGrid`)."""
+    from peft3d.grids.loader import GridCatalog, expand_grid
+
+    return expand_grid(grid, parse_seeds(seeds), parse_roots(data_root), device, GridCatalog(include or ()))
+
+
 def check_roots(specs) -> None:
     """Fail (one line) on the first dataset whose files are missing or malformed, before anything runs."""
     from peft3d.datasets import DATASETS, check_root
@@ -80,18 +91,54 @@ def check_roots(specs) -> None:
                 fail(problem)
 
 
-def write_table(grid: str, specs, root, versus: str | None = None, name: str | None = None, **opts) -> int:
-    """Write and print a grid's tables (:func:`peft3d.reporting.output.write_tables`; ``opts`` picks the layout,
-    format, reference, footer), comparing with ``versus`` (default: the grid's ``compare_to``); ``name``
-    (default: the grid's) names the files. Returns the number of runs that are not successes. The table goes to
-    stdout (it pastes into a paper draft or an issue as is, and ``--format csv > file`` stays data), the names
-    of the files written to stderr."""
-    from pathlib import Path
+def check_storage(url: str, connect: bool = True) -> None:
+    """Refuse (one line, exit 2, before anything is written) an Optuna ``--storage`` that cannot work: a URL
+    SQLAlchemy cannot parse, a scheme it has no dialect for, a missing driver, or -- with ``connect`` -- a
+    database server that does not answer (5 s timeout). sqlite files are created on first use: not connected."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-    from peft3d.grids.loader import compare_to
+    from peft3d.tuning.budget import redact
+    from peft3d.tuning.sharing import with_driver
+
+    shown, examples = redact(url), "sqlite:///path/optuna.db, postgresql://user@host/db or mysql://user@host/db"
+    try:
+        parsed = make_url(with_driver(url))
+        parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as e:
+        fail(f"--storage {shown}: not a database URL SQLAlchemy can open ({_first_line(e)}); fix: use {examples}")
+    if parsed.get_backend_name() == "sqlite" or not connect:
+        return
+    try:
+        engine = sqlalchemy.create_engine(parsed, connect_args={"connect_timeout": 5})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ImportError as e:
+        fail(f"--storage {shown}: its database driver is not installed ({_first_line(e)}); fix: pip install it "
+             "(psycopg2-binary for PostgreSQL, mysqlclient for mysql://)")
+    except SQLAlchemyError as e:
+        cause = getattr(e, "orig", None) or e
+        fail(f"--storage {shown}: cannot connect ({_first_line(cause)}); fix: start the database server or pass "
+             "a reachable URL (leave --storage out for an sqlite file under --results)")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return " ".join(text.splitlines()[0].split())[:200] if text else type(e).__name__
+
+
+def write_table(grid, root, specs=None, versus: str | None = None, name: str | None = None, **opts) -> int:
+    """Write and print the tables of ``grid`` (an ExpandedGrid) through :func:`peft3d.reporting.output.write_tables`
+    (``opts`` picks the layout, format, reference, footer), for ``specs`` (default: the grid's), comparing with
+    ``versus`` (default: the grid's ``compare_to``); ``name`` (default: the grid's) names the files. Returns the
+    number of runs that are not successes. The table goes to stdout (it pastes into a paper draft or an issue as
+    is, and ``--format csv > file`` stays data), the names of the files written to stderr."""
     from peft3d.reporting.output import write_tables
 
-    tables = write_tables(name or Path(grid).stem, specs, root, versus=versus or compare_to(grid), **opts)
+    tables = write_tables(name or grid.name, grid.specs if specs is None else specs, root,
+                          versus=versus or grid.compare_to, **opts)
     typer.echo(tables.text)
     typer.echo(f"wrote {' and '.join(str(p) for p in tables.paths)}", err=True)
     return tables.not_succeeded

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import GridOpt, ResultsOpt, app, fail, parse_roots, parse_seeds
+from peft3d.cli.app import GridOpt, IncludeOpt, ResultsOpt, app, fail, open_grid
 
 
 @app.command("report")
@@ -17,16 +17,17 @@ def report(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
                                                    "figures beside ours in the layouts"),
            tuned: bool = typer.Option(False, "--tuned", help="the tuned runs written by 'bench tune'"),
            seeds: Optional[str] = typer.Option(None, "--seeds"),
-           data_root: Optional[list[str]] = typer.Option(None, "--data-root")) -> None:
+           data_root: Optional[list[str]] = typer.Option(None, "--data-root"),
+           include: Optional[list[Path]] = IncludeOpt) -> None:
     """Write one self-contained HTML file with the grid's tables and plots (from result JSONs only)."""
     from peft3d.core.result import results_dir
-    from peft3d.grids.loader import compare_to, expand
     from peft3d.reporting.report import write_report
 
     if reference not in (None, "paper"):
         fail(f"--reference must be 'paper', got {reference!r}")
     root = results_dir(results)
-    name = Path(grid).stem
+    expanded = open_grid(grid, include, seeds, data_root)
+    name, specs = expanded.name, expanded.specs
     extra = None
     if tuned:
         from peft3d.tuning.final import read_manifest, tuned_specs
@@ -35,7 +36,5 @@ def report(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         extra = [f"Tuned runs: {m['n_trials']} Optuna trials per cell in every study ({m['counting']}); equal "
                  f"budget: {'yes' if m['equal_budget'] else 'NO'}; best configuration run on the grid's seeds."]
         name = f"{name}.tuned"
-    else:
-        specs = expand(grid, parse_seeds(seeds), parse_roots(data_root))
-    path = write_report(name, specs, root, out, reference, extra, compare_to(grid))
+    path = write_report(name, specs, root, out, reference, extra, expanded.compare_to)
     typer.echo(f"wrote {path}")

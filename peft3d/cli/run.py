@@ -7,11 +7,11 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import GridOpt, ResultsOpt, app, check_roots, parse_roots, parse_seeds, write_table
+from peft3d.cli.app import GridOpt, IncludeOpt, ResultsOpt, app, check_roots, open_grid, write_table
 
 
 @app.command("run")
-def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
+def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt, include: Optional[list[Path]] = IncludeOpt,
         jobs: int = typer.Option(0, "--jobs", "-j", help="CPU runs in parallel, each its own process (0 = "
                                  "--devices auto)"),
         devices: Optional[str] = typer.Option(None, "--devices", help="auto | cpu | cuda:0,cuda:1,...: one "
@@ -26,32 +26,32 @@ def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         dry_run: bool = typer.Option(False, "--dry-run", help="list what would run")) -> None:
     """Run every missing run of a grid (resumable), then write its table."""
     from peft3d.core.result import ensure_writable, results_dir
-    from peft3d.grids.loader import expand
+    from peft3d.schedule.devices import parse_devices
     from peft3d.schedule.runner import pending
 
-    specs = expand(grid, parse_seeds(seeds), parse_roots(data_root), device)
+    expanded = open_grid(grid, include, seeds, data_root, device)
+    specs = expanded.specs
     check_roots(specs)
     root = results_dir(results)
     todo = pending(specs, root)
-    typer.echo(f"grid {grid}: {len(specs)} runs, {len(specs) - len(todo)} already done, {len(todo)} to run "
-               f"→ {root}")
+    typer.echo(f"grid {expanded.name}: {len(specs)} runs, {len(specs) - len(todo)} already done, {len(todo)} to "
+               f"run → {root}")
     if dry_run:
         for s in todo:
             typer.echo(f"  {s.run_id}  {s.label}")
         return
-    from peft3d.schedule.devices import parse_devices
-
+    # the devices are checked before anything is written: a GPU that is not there refuses the command up front
+    slots = parse_devices(devices, per_device, jobs, want_cuda=any(s.device.startswith("cuda") for s in specs))
     ensure_writable(root)
     t0 = time.time()
-    slots = parse_devices(devices, per_device, jobs, want_cuda=any(s.device.startswith("cuda") for s in specs))
     if todo:
         typer.echo(f"slots: {', '.join(s.name for s in slots)}")
-    mirror = None if no_mlflow else _mirror(root, tracking_uri, grid)
+    mirror = None if no_mlflow else _mirror(root, tracking_uri, expanded.name)
     if todo:
         _run_with_progress(todo, root, slots, mirror)
     if mirror is not None:
         _backfill(mirror, specs, root)
-    n_bad = write_table(grid, specs, root)
+    n_bad = write_table(expanded, root)
     typer.echo(f"wall time {time.time() - t0:.0f} s")
     if n_bad:
         typer.secho(f"{n_bad} run(s) did not succeed (see 'Not in the table'); re-run to retry them", fg="yellow",
@@ -59,10 +59,10 @@ def run(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         raise typer.Exit(1)
 
 
-def _mirror(root: Path, uri: str | None, grid: str):
+def _mirror(root: Path, uri: str | None, grid_name: str):
     from peft3d.reporting.mirror import Mirror, tracking_uri
 
-    return Mirror(tracking_uri(root, uri), experiment=f"peft3d/{Path(grid).stem}", lock_dir=root)
+    return Mirror(tracking_uri(root, uri), experiment=f"peft3d/{grid_name}", lock_dir=root)
 
 
 def _backfill(mirror, specs, root: Path) -> None:

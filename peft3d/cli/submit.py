@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import GridOpt, ResultsOpt, app, check_roots, fail, parse_roots, parse_seeds
+from peft3d.cli.app import GridOpt, IncludeOpt, ResultsOpt, app, check_roots, check_storage, fail, open_grid
 
 
 def _minutes(hms: str | None) -> int | None:
@@ -50,11 +50,11 @@ def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
                                                  "workers (postgresql://… across machines)"),
            pruner: str = typer.Option("median", "--pruner", help="--tune: median | none"),
            heartbeat: int = typer.Option(60, "--heartbeat", help="--tune: seconds between trial heartbeats"),
-           dry_run: bool = typer.Option(False, "--dry-run", help="list what would be submitted")) -> None:
+           dry_run: bool = typer.Option(False, "--dry-run", help="list what would be submitted"),
+           include: Optional[list[Path]] = IncludeOpt) -> None:
     """Submit a grid's missing runs as one job array (submitit map_array) and return; see bench status.
     With --tune: submit --workers tuning workers (bench tune on one shared --storage) instead."""
     from peft3d.core.result import results_dir
-    from peft3d.grids.loader import expand
     from peft3d.schedule.claims import holder
     from peft3d.schedule.runner import pending
 
@@ -62,7 +62,8 @@ def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         fail(f"--executor must be slurm or local, got {executor!r}")
     if cpus_per_task < 1 or gpus_per_task < 0 or (max_parallel is not None and max_parallel < 1):
         fail("--cpus-per-task and --max-parallel must be >= 1, --gpus-per-task >= 0")
-    specs = expand(grid, parse_seeds(seeds), parse_roots(data_root), "cuda" if gpus_per_task else None)
+    expanded = open_grid(grid, include, seeds, data_root, "cuda" if gpus_per_task else None)
+    specs = expanded.specs
     check_roots(specs)
     root = results_dir(results)
     opts = {"partition": partition, "gpus_per_task": gpus_per_task, "cpus_per_task": cpus_per_task, "mem": mem,
@@ -71,8 +72,9 @@ def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         argv = ["--grid", grid, "--results", str(root), "--pruner", pruner, "--heartbeat", str(heartbeat)]
         argv += [x for s, opt in ((seeds, "--seeds"), (storage, "--storage")) if s for x in (opt, s)]
         argv += [x for r in data_root or [] for x in ("--data-root", r)]
+        argv += [x for f in include or [] for x in ("--include", str(Path(f).resolve()))]
         argv += ["--device", "cuda"] if gpus_per_task else []
-        _submit_tune(argv, trials, workers, storage, root, executor, opts, grid, dry_run)
+        _submit_tune(argv, trials, workers, storage, root, executor, opts, expanded.name, dry_run)
         return
     todo = [s for s in pending(specs, root) if holder(root, s.run_id) is None]
     typer.echo(f"grid {grid}: {len(specs)} runs, {len(specs) - len(todo)} done or running, {len(todo)} to submit "
@@ -84,7 +86,7 @@ def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     from peft3d.schedule.submit import submit_runs
 
     try:
-        ids = submit_runs(todo, root, executor, opts, Path(grid).stem)
+        ids = submit_runs(todo, root, executor, opts, expanded.name)
     except Exception as e:  # sbatch missing / rejected: one line, nothing recorded
         fail(f"submission failed ({executor}): {' '.join(str(e).split())[:300]}")
     typer.echo(f"submitted {len(ids)} task(s): {ids[0]}{' … ' + ids[-1] if len(ids) > 1 else ''}; "
@@ -101,6 +103,8 @@ def _submit_tune(argv: list[str], trials: int | None, workers: int, storage: str
         fail("--tune needs --trials N (N >= 1): the trial budget of every study")
     if workers < 1:
         fail(f"--workers must be >= 1, got {workers}")
+    if storage is not None:  # the scheme and driver only: the workers' nodes may reach a server this one cannot
+        check_storage(storage, connect=False)
     url = storage_url(root, storage)
     if executor == "slurm" and url.startswith("sqlite"):
         typer.secho("warning: an sqlite storage on a shared file system is unreliable across nodes; prefer "
@@ -111,7 +115,7 @@ def _submit_tune(argv: list[str], trials: int | None, workers: int, storage: str
         typer.echo("  bench tune " + " ".join(redact(a) for a in argv))
         return
     try:
-        ids = submit_tune(argv, workers, root, executor, opts, Path(grid).stem)
+        ids = submit_tune(argv, workers, root, executor, opts, grid)
     except Exception as e:  # sbatch missing / rejected: one line, nothing recorded
         fail(f"submission failed ({executor}): {' '.join(str(e).split())[:300]}")
     typer.echo(f"submitted {len(ids)} tuning worker(s): {ids[0]}{' … ' + ids[-1] if len(ids) > 1 else ''}; "
@@ -121,13 +125,13 @@ def _submit_tune(argv: list[str], trials: int | None, workers: int, storage: str
 @app.command("status")
 def status(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
            seeds: Optional[str] = typer.Option(None, "--seeds"),
-           as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+           as_json: bool = typer.Option(False, "--json", help="print JSON"),
+           include: Optional[list[Path]] = IncludeOpt) -> None:
     """done / running (epoch) / queued / failed per run of a grid, from results, claims, checkpoints, jobs."""
     from peft3d.core.result import results_dir
-    from peft3d.grids.loader import expand
     from peft3d.schedule.submit import run_states
 
-    rows = run_states(expand(grid, parse_seeds(seeds)), results_dir(results))
+    rows = run_states(open_grid(grid, include, seeds).specs, results_dir(results))
     if as_json:
         print(json.dumps(rows, indent=1))
         return

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import GridOpt, ResultsOpt, app, fail, parse_roots, parse_seeds, write_table
+from peft3d.cli.app import GridOpt, IncludeOpt, ResultsOpt, app, fail, open_grid, write_table
 
 
 @app.command("table")
@@ -23,10 +23,10 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
                                                "(default the compared-to method when it ran, else all)"),
           versus: Optional[str] = typer.Option(None, "--versus", "--compare-to", help="method the others are "
                                                "compared with (default the grid's compare_to, else its first)"),
-          tuned: bool = typer.Option(False, "--tuned", help="the tuned runs written by 'bench tune'")) -> None:
+          tuned: bool = typer.Option(False, "--tuned", help="the tuned runs written by 'bench tune'"),
+          include: Optional[list[Path]] = IncludeOpt) -> None:
     """Rebuild a grid's tables from its result JSONs only (no training); paper layouts with --layout."""
     from peft3d.core.result import results_dir
-    from peft3d.grids.loader import expand
     from peft3d.reporting.layouts import FORMATS, LAYOUTS, REFERENCES
 
     if layout not in LAYOUTS:
@@ -36,14 +36,13 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     if reference is not None and reference not in REFERENCES:
         fail(f"--reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     root = results_dir(results)
-    name, footer = Path(grid).stem, None
+    expanded = open_grid(grid, include, seeds, data_root)
+    name, specs, footer = expanded.name, expanded.specs, None
     if tuned:
         from peft3d.tuning.final import tuned_table
 
         specs, footer = tuned_table(name, root)
         name = f"{name}.tuned"
-    else:
-        specs = expand(grid, parse_seeds(seeds), parse_roots(data_root))
     # another comparison method than the grid's is a variant: it never overwrites the grid's own table
-    write_table(grid, specs, root, versus, name=name, layout=layout, fmt=fmt, reference=reference, dataset=dataset,
-                method=method, footer=footer, variant=versus is not None)
+    write_table(expanded, root, specs, versus, name=name, layout=layout, fmt=fmt, reference=reference,
+                dataset=dataset, method=method, footer=footer, variant=versus is not None)

@@ -10,7 +10,17 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import GridOpt, ResultsOpt, app, check_roots, fail, parse_roots, parse_seeds, write_table
+from peft3d.cli.app import (
+    GridOpt,
+    IncludeOpt,
+    ResultsOpt,
+    app,
+    check_roots,
+    check_storage,
+    fail,
+    open_grid,
+    write_table,
+)
 
 
 def _sigterm_as_interrupt(*_: object) -> None:
@@ -32,32 +42,34 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
          device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N"),
          tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow backend URI"),
          no_mlflow: bool = typer.Option(False, "--no-mlflow", help="no MLflow runs"),
-         dry_run: bool = typer.Option(False, "--dry-run", help="list the studies")) -> None:
+         dry_run: bool = typer.Option(False, "--dry-run", help="list the studies"),
+         include: Optional[list[Path]] = IncludeOpt) -> None:
     """Tune every backbone × dataset × method cell with the same number of Optuna trials (validation metric,
     pruning on the validation curve), then run the best configuration of each on the grid's seeds.
     Resumable: re-run the same command after an interruption. Several workers (processes, machines, SLURM
     tasks: bench submit --tune) may share one --storage: each study still gets exactly --trials trials."""
     from peft3d.core.result import ensure_writable, results_dir
-    from peft3d.grids.loader import expand
     from peft3d.reporting.mirror import tracking_uri as default_uri
     from peft3d.tuning.budget import storage_url
     from peft3d.tuning.cells import cells_of
     from peft3d.tuning.final import manifest_path, tuned_table
     from peft3d.tuning.tune import TuneOptions, Tuner
 
-    specs = expand(grid, parse_seeds(seeds), parse_roots(data_root), device)
+    expanded = open_grid(grid, include, seeds, data_root, device)
+    specs, name = expanded.specs, expanded.name
     root = results_dir(results)
-    name = Path(grid).stem
     if dry_run:  # listing the studies needs no data
         for c in cells_of(specs, name):
             typer.echo(f"  {c.study_name}  ({len(c.specs)} seeds)")
         return
     check_roots(specs)
-    ensure_writable(root)
     if pruner not in ("median", "none"):
         fail(f"--pruner must be 'median' or 'none', got {pruner!r}")
     if heartbeat < 1:
         fail(f"--heartbeat must be >= 1 second, got {heartbeat}")
+    if storage is not None:
+        check_storage(storage)
+    ensure_writable(root)
     os.environ.setdefault("PEFT3D_CACHE", str(root / "cache"))  # one evaluation FPS cache for every study
     opts = TuneOptions(n_trials=trials, storage=storage_url(root, storage), pruner=pruner, jobs=max(1, jobs),
                        mlflow_uri=None if no_mlflow else default_uri(root, tracking_uri), heartbeat_s=heartbeat)
@@ -72,7 +84,7 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
                     "to resume", fg="yellow", err=True)
         raise typer.Exit(130) from None
     tuned, footer = tuned_table(name, root)
-    n_bad = write_table(grid, tuned, root, name=f"{name}.tuned", footer=footer)
+    n_bad = write_table(expanded, root, tuned, name=f"{name}.tuned", footer=footer)
     typer.echo(f"manifest {manifest_path(root, name)}; wall time {time.time() - t0:.0f} s")
     if n_bad:
         typer.secho(f"{n_bad} tuned run(s) did not succeed; re-run to retry them", fg="yellow", err=True)

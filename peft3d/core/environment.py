@@ -8,7 +8,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("peft3d", "torch", "transformers", "timm", "peft", "numpy", "optuna", "mlflow")
+# the libraries whose version can change a result (weights are read with safetensors and onnx)
+PACKAGES = ("peft3d", "torch", "transformers", "timm", "peft", "safetensors", "onnx", "numpy", "optuna", "mlflow")
 
 
 def git_sha() -> str | None:
@@ -37,4 +38,13 @@ def environment(device: str) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         dev = f"{device} ({torch.cuda.get_device_name()})"
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
-            "git_sha": git_sha(), "device": dev, "torch_threads": torch.get_num_threads()}
+            "plugins": installed_plugins(), "git_sha": git_sha(), "device": dev,
+            "torch_threads": torch.get_num_threads()}
+
+
+def installed_plugins() -> list[str]:
+    """``"<distribution> <version>"`` of every installed peft3d plugin (docs/extending.md): a plugin's code can
+    change what a run computes, so its version is part of the provenance like a dependency's."""
+    from peft3d.core.plugins import GROUPS, entry_points
+
+    return sorted({p.dist for kind in GROUPS for p in entry_points(kind)})

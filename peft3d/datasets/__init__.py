@@ -7,7 +7,8 @@ This is the one place that states a dataset's metadata (the dataset classes read
 """
 from peft3d.core.registry import Registry
 
-DATASETS = Registry("dataset")
+DATASETS = Registry("dataset", group="dataset",
+                    required=("variants", "default_variant", "classes", "needs_root", "summary"))
 DATASETS.register("synthetic", "peft3d.datasets.synthetic:Synthetic", variants=("clean", "scan"), classes=12,
                   default_variant="scan", needs_root=False, tag="synthetic",
                   counts={"clean": {"train": 480, "test": 240}, "scan": {"train": 480, "test": 240}},

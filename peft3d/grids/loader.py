@@ -10,14 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from peft3d.core.errors import ConfigError
 from peft3d.core.spec import Budget, PipelineCfg, RunSpec, TokenizerCfg, from_mapping
+from peft3d.grids.catalog import GRID_DIR, GridCatalog
 from peft3d.grids.checks import cell_pipeline, check_combination
 from peft3d.grids.validate import check_device, check_grid
 
-GRID_DIR = Path(__file__).parent / "files"
+__all__ = ["GRID_DIR", "ExpandedGrid", "GridCatalog", "compare_to", "expand", "expand_grid", "grid_path",
+           "list_grids", "load_grid"]
+
 KEYS = {"description", "include", "backbones", "weights", "methods", "datasets", "seeds", "protocol",
         "num_points", "budget", "tokenizer", "head", "method_cfg", "data_root", "device", "compare_to",
         "checkpoint_every", "pipeline", "also"}
@@ -31,35 +32,23 @@ class MethodEntry:
     cfg: tuple[tuple[str, Any], ...] = ()
 
 
-def grid_path(name: str) -> Path:
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml") and p.exists():
-        return p
-    q = GRID_DIR / f"{name}.yaml"
-    if q.exists():
-        return q
-    import difflib
+@dataclass(frozen=True)
+class ExpandedGrid:
+    """A grid read, checked and expanded once; commands pass this down instead of the grid's name."""
 
-    names = list_grids()
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ConfigError(f"unknown grid '{name}'{hint} (known: {', '.join(names)}; or pass a path to a .yaml file)")
+    name: str  # the file's stem: results/tables/<name>.md, RunSpec.grid, the MLflow experiment
+    path: Path
+    specs: list[RunSpec]
+    compare_to: str  # the method its tables compare the others with
+    description: str = ""
 
 
-def list_grids() -> list[str]:
-    return sorted(p.stem for p in GRID_DIR.glob("*.yaml") if not p.stem.startswith("_"))
+def grid_path(name: str, catalog: GridCatalog | None = None) -> Path:
+    return (catalog or GridCatalog()).path(name)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"grid {path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"grid {path}: must be a YAML mapping, got {type(data).__name__}")
-    return data
+def list_grids(catalog: GridCatalog | None = None) -> list[str]:
+    return (catalog or GridCatalog()).names()
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -69,23 +58,32 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_grid(name: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def load_grid(name: str, catalog: GridCatalog | None = None, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a grid with its includes resolved (later files override earlier ones; mappings merge)."""
-    path = grid_path(name).resolve()
+    catalog = catalog or GridCatalog()
+    path = catalog.path(name).resolve()
     if path in _seen:
         raise ConfigError(f"grid include cycle: {' -> '.join(p.name for p in (*_seen, path))}")
-    data = _read_yaml(path)
+    data = catalog.read(path)
     unknown = sorted(set(data) - KEYS)
     if unknown:
         raise ConfigError(f"grid {path.name}: unknown key(s) {unknown}; allowed: {sorted(KEYS)}")
-    includes = data.pop("include", None) or []
     merged: dict[str, Any] = {}
-    for inc in [includes] if isinstance(includes, str) else includes:
-        target = inc if Path(inc).is_absolute() else str(path.parent / inc) if inc.endswith(".yaml") else inc
-        merged = _merge(merged, load_grid(target, (*_seen, path)))
+    for inc in _includes(data.pop("include", None), path):
+        merged = _merge(merged, load_grid(inc, catalog, (*_seen, path)))
     if "methods" in data and "compare_to" not in data:
         merged.pop("compare_to", None)  # a comparison belongs to the methods list it was written for
     return _merge(merged, data)
+
+
+def _includes(includes: Any, path: Path) -> list[str]:
+    """``include:`` entries as names or paths: a ``*.yaml`` entry is relative to the including file."""
+    out = []
+    for inc in [includes] if isinstance(includes, str) else (includes or []):
+        if not isinstance(inc, str):
+            raise ConfigError(f"grid {path.name}: include entries must be grid names or .yaml paths, got {inc!r}")
+        out.append(inc if Path(inc).is_absolute() or not inc.endswith((".yaml", ".yml")) else str(path.parent / inc))
+    return out
 
 
 def _as_list(grid: dict[str, Any], key: str, default: list | None = None) -> list:
@@ -113,13 +111,16 @@ def _method_entries(grid: dict[str, Any]) -> list[MethodEntry]:
     return out
 
 
-def compare_to(name: str) -> str:
+def compare_to(name: str, catalog: GridCatalog | None = None) -> str:
     """The method a grid's tables compare the others with: its ``compare_to``, else its first method."""
-    grid = load_grid(name)
+    return _compare_to(load_grid(name, catalog), Path(name).stem)
+
+
+def _compare_to(grid: dict[str, Any], grid_name: str) -> str:
     methods = [e.name for e in _method_entries(grid)]
     chosen = grid.get("compare_to", methods[0])
     if chosen not in methods:
-        raise ConfigError(f"grid {Path(name).stem}: compare_to {chosen!r} is not one of its methods {methods}")
+        raise ConfigError(f"grid {grid_name}: compare_to {chosen!r} is not one of its methods {methods}")
     return chosen
 
 
@@ -141,13 +142,21 @@ def _checkpoint_every(grid: dict[str, Any]) -> int:
 
 
 def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str] | None = None,
-           device: str | None = None) -> list[RunSpec]:
-    """All RunSpecs of a grid, validated (names, method configs, budget) without importing torch.
+           device: str | None = None, catalog: GridCatalog | None = None) -> list[RunSpec]:
+    """All RunSpecs of a grid, validated (names, method configs, budget) without importing torch."""
+    return expand_grid(name, seeds, data_roots, device, catalog).specs
+
+
+def expand_grid(name: str, seeds: list[int] | None = None, data_roots: dict[str, str] | None = None,
+                device: str | None = None, catalog: GridCatalog | None = None) -> ExpandedGrid:
+    """The grid read (each file once), checked (once per merged grid) and expanded into RunSpecs.
 
     ``also:`` lists variants: each is a mapping merged over the grid (it may ``include:`` preset files, merged
     first) and expanded like the grid itself; the grid's runs and every variant's runs together are the grid.
     """
-    grid = load_grid(name)
+    catalog = catalog or GridCatalog()
+    path = catalog.path(name)
+    grid = load_grid(name, catalog)
     grid_name = Path(name).stem
     if device is not None:
         check_device(device, "--device")
@@ -157,30 +166,29 @@ def expand(name: str, seeds: list[int] | None = None, data_roots: dict[str, str]
     if not isinstance(variants, list):
         raise ConfigError(f"grid {grid_name}: 'also' must be a list of mappings")
     _as_list(grid, "methods")
-    check_grid(grid, grid_name)  # types and ranges first: compare_to reads the method entries
-    compare_to(name)
+    grid = check_grid(grid, grid_name)  # types and ranges first: compare_to reads the method entries
+    chosen = _compare_to(grid, grid_name)
     specs = _expand_one(grid, grid_name, seeds, data_roots, device)
     for i, over in enumerate(variants):
-        specs += _expand_one(_variant(grid, over, name, i), grid_name, seeds, data_roots, device)
+        merged = check_grid(_variant(grid, over, path, i, catalog), grid_name)
+        specs += _expand_one(merged, grid_name, seeds, data_roots, device)
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"grid {grid_name}: two entries expand to the same run (duplicate axis values or "
                           "variants?)")
-    return specs
+    return ExpandedGrid(grid_name, path, specs, chosen, str(grid.get("description", "")))
 
 
-def _variant(grid: dict[str, Any], over: Any, name: str, i: int) -> dict[str, Any]:
+def _variant(grid: dict[str, Any], over: Any, path: Path, i: int, catalog: GridCatalog) -> dict[str, Any]:
     if not isinstance(over, dict):
-        raise ConfigError(f"grid {Path(name).stem}: also[{i}] must be a mapping, got {over!r}")
+        raise ConfigError(f"grid {path.stem}: also[{i}] must be a mapping, got {over!r}")
     over = dict(over)
     unknown = sorted(set(over) - (KEYS - {"also", "description"}))
     if unknown:
-        raise ConfigError(f"grid {Path(name).stem}: also[{i}] has unknown key(s) {unknown}")
-    includes = over.pop("include", None) or []
+        raise ConfigError(f"grid {path.stem}: also[{i}] has unknown key(s) {unknown}")
     merged = grid
-    base = grid_path(name).resolve().parent
-    for inc in [includes] if isinstance(includes, str) else includes:
-        merged = _merge(merged, load_grid(str(base / inc) if inc.endswith(".yaml") else inc))
+    for inc in _includes(over.pop("include", None), path.resolve()):
+        merged = _merge(merged, load_grid(inc, catalog))
     merged = _merge(merged, over)
     merged.pop("also", None)
     return merged
@@ -193,8 +201,7 @@ def _expand_one(grid: dict[str, Any], grid_name: str, seeds: list[int] | None, d
     from peft3d.datasets.protocols import get_protocol
     from peft3d.methods import METHODS, config_class
 
-    grid = check_grid(grid, grid_name)
-    for key in REQUIRED:
+    for key in REQUIRED:  # ``grid`` has passed check_grid
         _as_list(grid, key)
     budget = from_mapping(Budget, grid.get("budget"), "grid budget")
     tokenizer = from_mapping(TokenizerCfg, grid.get("tokenizer"), "grid tokenizer")

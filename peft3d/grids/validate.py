@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
-from peft3d.backbones.sources import check_weights
+from peft3d.backbones.sources import check_weights, parse_weights, shuffle_seed
 from peft3d.core.errors import ConfigError
 from peft3d.core.spec import as_number
 
@@ -38,10 +39,7 @@ def check_grid(grid: dict[str, Any], name: str) -> dict[str, Any]:
     for key in ("backbones", "datasets"):
         _names(grid, key, where)
     for w in _names(grid, "weights", where):
-        try:
-            check_weights(w)
-        except ValueError as e:
-            raise ConfigError(f"{where}: weights: {e}") from None
+        _check_weights(w, where)
     out["methods"] = _methods(grid.get("methods"), where)
     if "seeds" in grid:
         out["seeds"] = [_whole(s, f"{where}: seeds", 0, SEED_LIMIT - 1) for s in _listed(grid["seeds"])]
@@ -59,6 +57,20 @@ def check_grid(grid: dict[str, Any], name: str) -> dict[str, Any]:
     if "device" in grid:
         check_device(grid["device"], f"{where}: device")
     return out
+
+
+def _check_weights(weights: str, where: str) -> None:
+    """The spelling of a ``weights`` value, and for ``path:`` that the file or folder is there (a run would fail
+    on it after the grid started)."""
+    try:
+        check_weights(weights)
+    except ValueError as e:
+        raise ConfigError(f"{where}: weights: {e}") from None
+    if shuffle_seed(weights) is None and (kind_path := parse_weights(weights))[0] == "path":
+        if not Path(kind_path[1]).exists():
+            raise ConfigError(f"{where}: weights {weights}: no such file or folder; fix: point path: at the "
+                              "checkpoint file or weights folder (bench ls backbones --json shows what each "
+                              "backbone reads)")
 
 
 def _finite_everywhere(x: Any, where: str) -> None:

@@ -47,7 +47,7 @@ class MethodRegistry(Registry):
         return (isinstance(name, str) and is_peft(name)) or super().__contains__(name)
 
 
-METHODS = MethodRegistry("method")
+METHODS = MethodRegistry("method", group="method", required=("config", "summary"))
 
 
 def register(name: str, cls: str, config: str, summary: str, **meta) -> None:

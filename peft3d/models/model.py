@@ -1,4 +1,4 @@
-"""The one model every method trains (DESIGN.md): tokenizer -> positional encoding -> [cls] + tokens ->
+"""The one model every method trains: tokenizer -> positional encoding -> [cls] + tokens ->
 embed norm -> frozen backbone blocks (as modified by the method) -> final norm -> head."""
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ geometric normalisation, feature expansion, non-learnable PosE, residual bottlen
 At paper settings (1024 points, 3 stages, embed 96, lga (2,1,1), last bottleneck 32) the point network has
 exactly 276,672 parameters and yields 128 tokens x 768 channels, as in the released code.
 
-Speed (issue 12): features stay channels-last ``(B, G, K, C)`` end to end, so every 1x1 convolution is one
+Speed: features stay channels-last ``(B, G, K, C)`` end to end, so every 1x1 convolution is one
 matmul over contiguous rows and every BatchNorm reduces contiguous rows (no permutes, no strided conv
 path). The modules keep the released layout (``Conv2d``/``BatchNorm2d``, same parameter names and shapes,
 same initialisation); only the arithmetic is laid out differently. One squared-distance matrix per forward

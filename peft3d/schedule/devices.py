@@ -72,11 +72,19 @@ def parse_devices(devices: str | None, per_device: int = 1, jobs: int = 0, want_
             raise ConfigError(f"--devices expects auto, cpu, or a list like cuda:0,cuda:1; got {item!r}")
         ids.append(item[5:])
     shown = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if shown is not None:  # cuda:N names the N-th visible GPU, as in torch
+    if shown is None:  # refuse up front what every run would fail on: a GPU this machine does not have
+        n = len(visible_gpus())
+        bad = [i for i in ids if int(i) >= n]
+        if bad:
+            have = f"only cuda:0..cuda:{n - 1}" if n else "no CUDA device (torch.cuda.device_count() is 0)"
+            raise ConfigError(f"--devices cuda:{bad[0]}: this machine has {have}; fix: --devices auto or cpu, "
+                              "or run on a machine with that GPU")
+    else:  # cuda:N names the N-th visible GPU, as in torch
         vis = [d.strip() for d in shown.split(",") if d.strip()]
         bad = [i for i in ids if int(i) >= len(vis)]
         if bad:
-            raise ConfigError(f"--devices cuda:{bad[0]}: only {len(vis)} GPU(s) visible (CUDA_VISIBLE_DEVICES={shown})")
+            raise ConfigError(f"--devices cuda:{bad[0]}: only {len(vis)} GPU(s) visible (CUDA_VISIBLE_DEVICES="
+                              f"{shown}); fix: name a visible GPU, or --devices auto or cpu")
         ids = [vis[int(i)] for i in ids]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"--devices lists a GPU twice ({devices}); use --per-device K for several runs per GPU")

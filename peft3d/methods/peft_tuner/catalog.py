@@ -4,9 +4,12 @@ A tuner works when, with peft's default settings, on every tiny test backbone: i
 forward and backward, every parameter it trains receives a gradient, and its state dict reloads into a
 model built with another seed to give the same output (the checks the test battery then repeats in full).
 Token-id tuners (prompt learning, adaption prompt, trainable tokens) are not tried:
-point tokens have no ids. The answer is cached per peft version, torch version and source of the code that
-decides it (this package and the backbones), in ``$PEFT3D_CACHE`` (default ``~/.cache/peft3d``), so
-``bench ls methods`` pays the ~half-minute probe once per installation.
+point tokens have no ids. ``bench ls methods --probe`` runs the probe (~half a minute); the answer is cached in
+``$PEFT3D_CACHE/peft_tuners.json`` (default ``$XDG_CACHE_HOME/peft3d``, else ``~/.cache/peft3d``) under a key
+made of the installed peft and torch versions, the source of the code that decides it (this package and the
+backbones) and the tiny backbones it ran on. Installing another peft or torch, or editing that code, changes the
+key: the cached answer is then ignored (never shown) until the next ``--probe``. The key is computed from
+package metadata and file bytes, so reading the cache imports neither peft nor torch.
 """
 from __future__ import annotations
 
@@ -26,21 +29,35 @@ TINY_POINTS = 64
 
 
 def cache_path() -> Path:
-    root = Path(os.environ.get("PEFT3D_CACHE", Path.home() / ".cache" / "peft3d"))
-    return root / "peft_tuners.json"
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "peft3d"
+    return Path(os.environ.get("PEFT3D_CACHE") or default) / "peft_tuners.json"
 
 
 def cache_key() -> str:
-    import torch
+    """What the probe's answer depends on, computed without importing torch or peft."""
+    from importlib.metadata import version
 
     import peft3d.backbones
     import peft3d.methods.peft_tuner
+    from peft3d.backbones import BACKBONES
 
-    h = hashlib.sha256(f"peft {peft_version()} torch {torch.__version__}".encode())
+    h = hashlib.sha256(f"peft {peft_version()} torch {version('torch')}".encode())
     for pkg in (peft3d.methods.peft_tuner, peft3d.backbones):
         for f in sorted(Path(pkg.__file__).parent.glob("*.py")):
             h.update(f.name.encode() + f.read_bytes())
+    for name in tiny_backbones():  # plugins may add tiny backbones: the probe runs on them too
+        h.update(f"{name}={BACKBONES.origin(name)}".encode())
     return h.hexdigest()[:16]
+
+
+def cached() -> list[dict[str, Any]] | None:
+    """The cached probe answer for this installation, or None when there is none (or it is stale)."""
+    path = cache_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # none yet, or unreadable: the next --probe rewrites it
+    return data.get("tuners") if isinstance(data, dict) and data.get("key") == cache_key() else None
 
 
 def tiny_backbones() -> list[str]:
@@ -108,13 +125,8 @@ def status(refresh: bool = False) -> list[dict[str, Any]]:
     from peft3d.core.atomic import atomic_write
 
     path, key = cache_path(), cache_key()
-    if not refresh and path.exists():
-        try:
-            cached = json.loads(path.read_text())
-            if cached.get("key") == key:
-                return cached["tuners"]
-        except (OSError, ValueError):
-            pass  # unreadable cache: probe again
+    if not refresh and (found := cached()) is not None:
+        return found
     import torch
 
     with torch.random.fork_rng():

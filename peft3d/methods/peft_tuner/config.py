@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -155,7 +156,11 @@ class PeftTunerConfig(MethodConfig):
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {['targets', *allowed]}")
         out = cls(targets=targets, options=_plain(data))
-        out.peft_config({"attention": ["0.q"], "ffn": ["0.fc"], "norms": ["0.norm"]}, where)  # peft validates
+        out.peft_config(TOY_TARGETS, where)  # peft's config class validates what it checks itself
+        problem = _layers_reject(cls.tuner, targets, json.dumps(out.options, sort_keys=True, default=str))
+        if problem:
+            raise ConfigError(f"{where}: peft {peft_version()} rejects this configuration ({problem}); fix the "
+                              "value it names")
         return out
 
     def peft_config(self, declared: Mapping[str, list[str]], where: str = "method config") -> Any:
@@ -188,6 +193,43 @@ class PeftTunerConfig(MethodConfig):
         if dropout:
             out[dropout] = trial.suggest_categorical(dropout, DROPOUTS)
         return out
+
+
+# The module names of :func:`_toy` by target set: what resolve() builds peft's config and layers against.
+TOY_TARGETS = {"attention": ["0.q"], "ffn": ["0.fc"], "norms": ["0.norm"]}
+
+
+def _toy() -> Any:
+    """A one-block stand-in with one module of each target kind (8 wide)."""
+    from torch import nn
+
+    block = nn.Module()
+    block.q, block.fc, block.norm = nn.Linear(8, 8), nn.Linear(8, 8), nn.LayerNorm(8)
+    return nn.ModuleDict({"0": block})
+
+
+@functools.lru_cache(maxsize=256)
+def _layers_reject(tuner: str, targets: str, options_json: str) -> str | None:
+    """Why the tuner refuses to build its layers with these options, or None. Peft checks some values only
+    there (a rank <= 0, ...), so a config it accepts could still fail every run; building the tuner on a toy
+    module finds that at validate time. A toy the tuner cannot take even with its defaults says nothing about
+    the options: no verdict then. The global torch RNG is left as it was (a run's init must not depend on it)."""
+    import torch
+
+    from peft3d.methods.peft_tuner.inject import inject
+
+    cls = config_class(PREFIX + tuner)
+
+    def attempt(options: dict[str, Any]) -> str | None:
+        try:
+            with torch.random.fork_rng(devices=[]):
+                inject(_toy(), cls(targets=targets, options=options).peft_config(TOY_TARGETS))
+        except Exception as e:  # noqa: BLE001 -- any refusal is the answer, reported in one line
+            return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        return None
+
+    problem = attempt(json.loads(options_json))
+    return problem if problem and attempt({}) is None else None
 
 
 @functools.cache

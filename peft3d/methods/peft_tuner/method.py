@@ -7,13 +7,13 @@ parameters trainable there.
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any
 
 from torch import nn
 
 from peft3d.methods.base import Method
 from peft3d.methods.peft_tuner.config import PeftTunerConfig, config_class
+from peft3d.methods.peft_tuner.inject import inject
 from peft3d.methods.peft_tuner.mha import unfuse
 
 # peft wraps a whole fused ``nn.MultiheadAttention`` only in LoRA. For every other tuner a declared
@@ -43,18 +43,6 @@ def declared_targets(backbone: Any, tuner: str) -> dict[str, list[str]]:
 def peft_config_for(backbone: Any, cfg: PeftTunerConfig, where: str = "method config") -> Any:
     """Peft's config object for ``cfg`` on this backbone (full names inside ``backbone.blocks``)."""
     return cfg.peft_config(declared_targets(backbone, cfg.tuner), where)
-
-
-def inject(blocks: nn.Module, peft_cfg: Any) -> Any:
-    """Build the tuner on ``blocks`` (in place), as ``peft.inject_adapter_in_model`` does. That function
-    refuses tuners with state shared between layers (VeRA's projections, ...) because the state lives on the
-    tuner object it discards; calling the tuner class directly keeps the object, whose extra state the caller
-    then keeps in the module tree (:meth:`PeftTuner.attach`)."""
-    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # peft warns that a plain nn.Module has no transformers config
-        return PEFT_TYPE_TO_TUNER_MAPPING[peft_cfg.peft_type](blocks, peft_cfg, adapter_name="default")
 
 
 class PeftTuner(Method):
