@@ -112,7 +112,7 @@ def _in_range(name: str, value: float, low: float, high: float) -> None:
 
 MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
-SCHEDULES = ("cosine", "onecycle")
+SCHEDULES = ("cosine", "onecycle", "constant")
 TOKEN_NORMS = ("batchnorm", "layernorm", "none")
 POS_ENCODINGS = ("mlp", "table", "none")
 HEADS = ("paper", "mean_ln_linear")
@@ -132,8 +132,12 @@ class Budget:
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off (the paper's pipeline clips at 10)
     label_smoothing: float = 0.0
     # "onecycle": torch's OneCycleLR (warmup unused; the default, chosen on validation: docs/protocol.md);
-    # "cosine": linear warm-up then cosine (the paper's pipeline)
+    # "cosine": linear warm-up then cosine (the paper's pipeline); "constant": linear warm-up then the lr
+    # unchanged, so a run's schedule does not depend on when early stopping ends it
     schedule: str = "onecycle"
+    # Early stopping: end the run once validation accuracy has not improved for ``patience`` epochs (0: off;
+    # ``epochs`` is then the cap). The result records whether it stopped early (protocol.md "Convergence").
+    patience: int = 0
 
     def __post_init__(self) -> None:
         # Bounds far beyond any real run: a value outside them is a typo, and failing beats clipping.
@@ -150,6 +154,7 @@ class Budget:
         _in_range("label_smoothing", self.label_smoothing, 0, 0.999)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        _in_range("patience", self.patience, 0, MAX_EPOCHS)
 
 
 @dataclass(frozen=True)
@@ -279,6 +284,8 @@ class RunSpec:
             d.pop("pipeline")
         if d["budget"]["schedule"] == "cosine":
             d["budget"].pop("schedule")
+        if d["budget"]["patience"] == 0:
+            d["budget"].pop("patience")
         return d
 
     @property

@@ -25,12 +25,18 @@ DATASETS.register("modelnet40", "peft3d.datasets.modelnet40:ModelNet40",
                   counts={"fps_cache": {"train": 9843, "test": 2468}, "normal_resampled": {"train": 9843, "test": 2468},
                           "ply_hdf5_2048": {"train": 9840, "test": 2468}},
                   summary="ModelNet40 CAD; Point-BERT .dat cache, PointNet HDF5 or PointNet++ txt (auto-detected)")
+# Sweet Home 3D: s<i> hold-out splits, f<i> the folds of a 5-fold partition, f<i>_n<k> fold i with at most k training
+# models per class (data-efficiency curves). Counts: package 1.8-1, class table v2 (451 models; test sizes per fold
+# differ by at most one model).
+_SH3D_FEW = tuple(f"f{i}_n{k}" for i in range(5) for k in (5, 10, 20))
 DATASETS.register("sweethome3d", "peft3d.datasets.sweethome3d:SweetHome3D",
-                  variants=("s0", "s1", "s2", "s3", "s4"), classes=13, default_variant="s0", needs_root=False,
+                  variants=(*(f"s{i}" for i in range(5)), *(f"f{i}" for i in range(5)), *_SH3D_FEW), classes=19,
+                  default_variant="s0", needs_root=False,
                   tag="mn40",  # clean CAD-like meshes in the unit sphere: the ModelNet40 presets apply
-                  counts={f"s{i}": {"train": 275, "test": 92} for i in range(5)},  # package 1.8-1, class table v1
+                  counts={**{f"s{i}": {"train": 339, "test": 112} for i in range(5)},
+                          **{f"f{i}": {"train": 451 - n, "test": n} for i, n in enumerate((91, 90, 90, 90, 90))}},
                   summary="Sweet Home 3D furniture meshes (Debian sweethome3d-furniture; CC0 / CC-BY 3.0), "
-                          "13 ModelNet-like classes; s0..s4 = seeded stratified splits")
+                          "19 ModelNet-like classes; s0..s4 = seeded stratified splits, f0..f4 = 5-fold CV")
 
 
 def split_name(name: str) -> tuple[str, str | None]:

@@ -5,6 +5,7 @@ training set, class-stratified and seeded (protocol.md); its member indices are 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -115,15 +116,38 @@ class DatasetFamily:
 
     def load(self, variant: str | None, root: str | None, val_fraction: float = 0.1,
              split_seed: int = 0) -> PointCloudData:
+        """Train / val / test of ``variant``. A variant ``<v>_n<k>`` (listed in the registry like any other) is
+        ``<v>`` with at most ``k`` labelled training samples per class: the same validation split and test set
+        as ``<v>``, carved first, then a seeded per-class subset of what remains for training (a data-efficiency
+        curve then varies only the training labels)."""
         variant = variant or self.default_variant
         if variant not in self.variants:
             raise DataError(f"{self.name}: unknown variant {variant!r}; choose one of {list(self.variants)}")
-        train_full, test, names, source = self.load_raw(variant, root)
+        base, per_class = few_label_parts(variant)
+        train_full, test, names, source = self.load_raw(base, root)
         for split, which in ((train_full, "train"), (test, "test")):
             validate_split(split, len(names), f"{self.name}/{variant} {which}")
         tr, va = stratified_val_split(train_full.labels, val_fraction, split_seed)
+        extra: dict[str, Any] = {}
+        if per_class is not None:
+            tr = per_class_subset(train_full.labels, tr, per_class, split_seed)
+            extra = {"train_per_class": per_class, "train_indices_sha256": array_sha256(tr)[:16]}
         identity = dict(source, name=self.name, variant=variant, val_fraction=val_fraction,
-                        split_seed=split_seed, val_indices_sha256=array_sha256(va)[:16],
+                        split_seed=split_seed, val_indices_sha256=array_sha256(va)[:16], **extra,
                         counts={"train": len(tr), "val": len(va), "test": len(test)})
         return PointCloudData(self.name, variant, names, train_full.subset(tr), train_full.subset(va), test,
                               identity)
+
+
+def few_label_parts(variant: str) -> tuple[str, int | None]:
+    """``"f0_n5"`` -> ``("f0", 5)``; any other variant -> ``(variant, None)``."""
+    m = re.fullmatch(r"(.+)_n(\d+)", variant)
+    return (m[1], int(m[2])) if m else (variant, None)
+
+
+def per_class_subset(labels: np.ndarray, idx: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """At most ``k`` of ``idx`` per class (all of a smaller class), by a seeded permutation; sorted. Nested:
+    the subset for ``k`` contains the subset for every smaller ``k`` (the same permutation is cut shorter)."""
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(idx[labels[idx] == c])[:k] for c in np.unique(labels[idx])]
+    return np.sort(np.concatenate(keep)) if keep else idx[:0]

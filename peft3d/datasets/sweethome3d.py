@@ -28,7 +28,9 @@ from peft3d.datasets.base import DatasetFamily, Split
 POINTS = 2048
 SEED = 20261129
 TEST_FRACTION = 0.25
-SPLITS = 5
+SPLITS = 5  # hold-out variants s0..s4
+FOLDS = 5  # cross-validation variants f0..f4 (one partition; every model is tested once over the folds)
+FOLD_SEED = SEED + 100
 FORMAT = "sweethome3d-v1"  # bump when sampling or normalisation changes (old cache entries are then ignored)
 
 
@@ -157,6 +159,35 @@ def read_cached(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | No
     return arrays, meta
 
 
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold number ``(N,)`` of every sample for a class-stratified ``k``-fold partition: each class's samples in a
+    seeded order are dealt round-robin, each class starting where the previous one stopped, so every class
+    spreads over the folds as evenly as its size allows and the fold sizes differ by at most one. (Hand-written:
+    scikit-learn's StratifiedKFold does the same but is not otherwise a dependency.)"""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=np.int64)
+    start = 0
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        fold[idx] = (start + np.arange(len(idx))) % k
+        start += len(idx)
+    return fold
+
+
+def split_of(variant: str, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(train_idx, test_idx, split record) of a variant: ``s<i>`` a seeded stratified hold-out of
+    ``TEST_FRACTION``; ``f<i>`` fold ``i`` of the one seeded stratified ``FOLDS``-fold partition (test = fold i,
+    train = the other folds: over ``f0``..``f4`` every model is tested exactly once)."""
+    i = int(variant[1:])
+    if variant.startswith("f"):
+        fold = stratified_folds(labels, FOLDS, FOLD_SEED)
+        return (np.flatnonzero(fold != i), np.flatnonzero(fold == i),
+                {"folds": FOLDS, "fold": i, "seed": FOLD_SEED})
+    seed = SEED + i
+    tr, te = stratified_split(labels, TEST_FRACTION, seed)
+    return tr, te, {"test_fraction": TEST_FRACTION, "seed": seed}
+
+
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train_idx, test_idx): per class ``max(1, round(fraction * n_c))`` test samples (classes of one sample
     stay in train), by a seeded permutation."""
@@ -187,14 +218,13 @@ class SweetHome3D(DatasetFamily):
 
     def load_raw(self, variant: str, root: str | None) -> tuple[Split, Split, list[str], dict[str, Any]]:
         arrays, meta, path = self.prepared(root)
-        seed = SEED + self.variants.index(variant)
-        tr, te = stratified_split(arrays["labels"], TEST_FRACTION, seed)
+        tr, te, split = split_of(variant, arrays["labels"])
         pts, y = arrays["points"], arrays["labels"]
         source = {"source": f"sweethome3d ({meta['origin']})", "format": "sh3f catalogues",
                   "files": {c["file"]: c["file"] for c in meta["catalogues"]}, "cache": str(path),
                   "catalogues": [{k: c[k] for k in ("file", "version", "sha256")} for c in meta["catalogues"]],
                   "class_table_sha256": meta["class_table_sha256"], "sha256": meta["sha256"],
-                  "split": {"test_fraction": TEST_FRACTION, "seed": seed},
+                  "split": split,
                   "skipped_count": meta["skipped_count"], "unmatched_count": len(meta["unmatched"])}
         return Split(pts[tr], y[tr]), Split(pts[te], y[te]), list(meta["classes"]), source
 
@@ -234,7 +264,10 @@ class SweetHome3D(DatasetFamily):
             "downloads the .deb without root; or --root DIR with the .sh3f files)",
             "  prepare:  bench data prepare sweethome3d [--root DIR] [--skip-broken]",
             f"  variants s0..s{SPLITS - 1}: seeded class-stratified splits, {TEST_FRACTION:.0%} of each class "
-            "in test. Models whose names match no rule are left out (listed by prepare).",
+            f"in test; f0..f{FOLDS - 1}: the folds of one seeded class-stratified {FOLDS}-fold partition (test = "
+            "fold i; over the folds every model is tested once); f<i>_n<k>: fold i with at most k training models "
+            "per class (same validation and test). Models whose names match no rule are left out (listed by "
+            "prepare).",
             "  class table (first matching rule wins):", *("    " + ln for ln in sh3f.class_table_text().splitlines()),
         ]
         lines += self._attributions()

@@ -57,11 +57,12 @@ def control_of(backbone: str, weights: str) -> str:
     return "random init" if weights == "random" else "shuffled" if weights.startswith("shuffled") else ""
 
 
-def late_selection(selected: Any, epochs: Any) -> bool | None:
-    """True when the selected epoch lies in the last 10% of the run's epochs (possibly under-trained)."""
+def late_selection(selected: Any, epochs: Any, stopped_early: bool = False) -> bool | None:
+    """True when the selected epoch lies in the last 10% of the run's epochs (possibly under-trained). A run
+    that early stopping ended (``Budget.patience``) stopped on a validation plateau: never flagged."""
     if selected is None or not epochs:
         return None
-    return bool(selected > (1 - LATE_FRACTION) * epochs)
+    return bool(not stopped_early and selected > (1 - LATE_FRACTION) * epochs)
 
 
 def method_labels(specs: list[RunSpec]) -> dict[str, str]:
@@ -108,7 +109,8 @@ def _run_row(s: RunSpec, label: str, r: RunResult | None) -> dict[str, Any]:
         "control": control_of(s.backbone, s.weights),
         "train_acc": train[sel - 1] if sel and len(train) >= sel else None,
         "epochs": n_epochs or None,
-        "late_selection": late_selection(sel, n_epochs) if r else None,
+        "late_selection": late_selection(sel, n_epochs, bool(r.section("stopping").get("stopped_early")))
+        if r else None,
     }
 
 

@@ -10,13 +10,16 @@ from torch import nn
 from peft3d.core.spec import Budget
 
 
-def lr_lambda(total: int, warmup: int, lr: float, min_lr: float) -> Callable[[int], float]:
-    """Linear warm-up then cosine decay to ``min_lr``, per optimizer step (factor of the base lr)."""
+def lr_lambda(total: int, warmup: int, lr: float, min_lr: float, decay: bool = True) -> Callable[[int], float]:
+    """Linear warm-up then cosine decay to ``min_lr`` (or, ``decay=False``, the lr held), per optimizer step
+    (factor of the base lr)."""
     floor = min(min_lr / lr, 1.0)
 
     def f(step: int) -> float:
         if step < warmup:
             return max(floor, (step + 1) / warmup)
+        if not decay:
+            return 1.0
         t = (step - warmup) / max(1, total - warmup)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
@@ -35,7 +38,8 @@ def make_scheduler(opt: torch.optim.Optimizer, budget: Budget, steps_per_epoch: 
                                                     total_steps=total)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lr_lambda(total, budget.warmup_epochs * steps_per_epoch, budget.lr, budget.min_lr))
+            opt, lr_lambda(total, budget.warmup_epochs * steps_per_epoch, budget.lr, budget.min_lr,
+                           decay=budget.schedule == "cosine"))
 
     def current() -> float:
         return budget.lr * opt.param_groups[0]["lr"] / base0 if opt.param_groups else budget.lr
@@ -47,3 +51,12 @@ def clip_gradients(opt: torch.optim.Optimizer, max_norm: float) -> None:
     """Clip the global gradient norm to ``max_norm``; 0 means no clipping."""
     if max_norm > 0:
         nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], max_norm)
+
+
+def plateaued(val_acc: list[float], patience: int) -> bool:
+    """Early stopping (``Budget.patience``): True once the best validation accuracy is ``patience`` or more epochs
+    old (the earliest best counts, as in epoch selection); never with ``patience`` 0."""
+    if patience <= 0 or not val_acc:
+        return False
+    best = max(range(len(val_acc)), key=lambda i: (val_acc[i], -i))
+    return len(val_acc) - 1 - best >= patience

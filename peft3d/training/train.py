@@ -23,7 +23,7 @@ from peft3d.datasets.sampling import TrainSampler
 from peft3d.methods.build import build_model
 from peft3d.models.model import PointModel, param_groups
 from peft3d.training import checkpoint as ckpt
-from peft3d.training.schedules import clip_gradients, make_scheduler
+from peft3d.training.schedules import clip_gradients, make_scheduler, plateaued
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -265,6 +265,8 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
                           "val_acc": va["acc"], "test_acc": tst["acc"]})
             if ckpt.STOP.requested and epoch < b.epochs:
                 raise ckpt.Preempted(f"stopped after epoch {epoch}")
+            if plateaued(curves.val_acc, b.patience):
+                break
     finally:
         ckpt.STOP.armed = False
     curves, train_s, eval_s, steps = loop.curves, loop.train_s, loop.eval_s, loop.steps
@@ -293,5 +295,7 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
             "environment": dict(environment(device), precision=precision,
                                 attention="sdpa" if cuda else "backbone default"),
             "resumed_from": loop.resumed_from,
+            "stopping": {"cap": b.epochs, "patience": b.patience, "epochs_run": loop.epochs_done,
+                         "stopped_early": loop.epochs_done < b.epochs},
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
