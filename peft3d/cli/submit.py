@@ -74,7 +74,8 @@ def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         argv += [x for r in data_root or [] for x in ("--data-root", r)]
         argv += [x for f in include or [] for x in ("--include", str(Path(f).resolve()))]
         argv += ["--device", "cuda"] if gpus_per_task else []
-        _submit_tune(argv, trials, workers, storage, root, executor, opts, expanded.name, dry_run)
+        budget = trials if trials is not None else expanded.tuning.trials
+        _submit_tune(argv, budget, workers, storage, root, executor, opts, expanded.name, dry_run)
         return
     todo = [s for s in pending(specs, root) if holder(root, s.run_id) is None]
     typer.echo(f"grid {grid}: {len(specs)} runs, {len(specs) - len(todo)} done or running, {len(todo)} to submit "
@@ -100,7 +101,7 @@ def _submit_tune(argv: list[str], trials: int | None, workers: int, storage: str
     from peft3d.tuning.budget import redact, storage_url
 
     if trials is None or trials < 1:
-        fail("--tune needs --trials N (N >= 1): the trial budget of every study")
+        fail("--tune needs --trials N (N >= 1; or the grid's tuning.trials): the trial budget of every study")
     if workers < 1:
         fail(f"--workers must be >= 1, got {workers}")
     if storage is not None:  # the scheme and driver only: the workers' nodes may reach a server this one cannot

@@ -28,8 +28,9 @@ def _sigterm_as_interrupt(*_: object) -> None:
 
 
 @app.command("tune")
-def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", help="Optuna trials per cell: the "
-                                                        "same for every method (equal budgets)"),
+def tune(grid: str = GridOpt, trials: Optional[int] = typer.Option(None, "--trials", "-n", help="Optuna trials per "
+                                                                  "cell, the same for every cell (equal budgets); "
+                                                                  "default: the grid's tuning.trials"),
          results: Optional[Path] = ResultsOpt,
          storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL "
                                                "(default sqlite:///<results>/optuna.db)"),
@@ -43,6 +44,8 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
          tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow backend URI"),
          no_mlflow: bool = typer.Option(False, "--no-mlflow", help="no MLflow runs"),
          dry_run: bool = typer.Option(False, "--dry-run", help="list the studies"),
+         finish_cells: bool = typer.Option(False, "--finish-cells", help="run each cell's tuned runs as soon as "
+                                           "its study is full (results land cell by cell)"),
          include: Optional[list[Path]] = IncludeOpt) -> None:
     """Tune every backbone × dataset × method cell with the same number of Optuna trials (validation metric,
     pruning on the validation curve), then run the best configuration of each on the grid's seeds.
@@ -58,9 +61,13 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     expanded = open_grid(grid, include, seeds, data_root, device)
     specs, name = expanded.specs, expanded.name
     root = results_dir(results)
+    plan = expanded.tuning
+    trials = trials if trials is not None else plan.trials
+    if trials is None:
+        fail(f"grid {name} sets no tuning.trials; fix: pass --trials N")
     if dry_run:  # listing the studies needs no data
-        for c in cells_of(specs, name):
-            typer.echo(f"  {c.study_name}  ({len(c.specs)} seeds)")
+        for c in cells_of(specs, name, plan.objective_variants, plan.seed):
+            typer.echo(f"  {c.study_name}  ({len(c.specs)} runs, trials at seed {c.base.seed})")
         return
     check_roots(specs)
     if pruner not in ("median", "none"):
@@ -72,7 +79,8 @@ def tune(grid: str = GridOpt, trials: int = typer.Option(..., "--trials", "-n", 
     ensure_writable(root)
     os.environ.setdefault("PEFT3D_CACHE", str(root / "cache"))  # one evaluation FPS cache for every study
     opts = TuneOptions(n_trials=trials, storage=storage_url(root, storage), pruner=pruner, jobs=max(1, jobs),
-                       mlflow_uri=None if no_mlflow else default_uri(root, tracking_uri), heartbeat_s=heartbeat)
+                       mlflow_uri=None if no_mlflow else default_uri(root, tracking_uri), heartbeat_s=heartbeat,
+                       plan=plan, finish_cells=finish_cells)
     t0 = time.time()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     tuner = Tuner(name, specs, root, opts, echo=typer.echo)

@@ -14,6 +14,7 @@ from peft3d.core.errors import ConfigError
 from peft3d.core.spec import Budget, PipelineCfg, RunSpec, TokenizerCfg, from_mapping
 from peft3d.grids.catalog import GRID_DIR, GridCatalog
 from peft3d.grids.checks import cell_pipeline, check_combination
+from peft3d.grids.plan import TuningPlan, check_plan_against, parse_plan
 from peft3d.grids.validate import check_device, check_grid
 
 __all__ = ["GRID_DIR", "ExpandedGrid", "GridCatalog", "compare_to", "expand", "expand_grid", "grid_path",
@@ -21,7 +22,7 @@ __all__ = ["GRID_DIR", "ExpandedGrid", "GridCatalog", "compare_to", "expand", "e
 
 KEYS = {"description", "include", "backbones", "weights", "methods", "datasets", "seeds", "protocol",
         "num_points", "budget", "tokenizer", "head", "method_cfg", "data_root", "device", "compare_to",
-        "checkpoint_every", "pipeline", "also"}
+        "checkpoint_every", "pipeline", "also", "tuning"}
 REQUIRED = ("backbones", "methods", "datasets")
 
 
@@ -41,6 +42,7 @@ class ExpandedGrid:
     specs: list[RunSpec]
     compare_to: str  # the method its tables compare the others with
     description: str = ""
+    tuning: TuningPlan = TuningPlan()  # how ``bench tune`` searches its cells (the grid's ``tuning:`` block)
 
 
 def grid_path(name: str, catalog: GridCatalog | None = None) -> Path:
@@ -176,14 +178,20 @@ def expand_grid(name: str, seeds: list[int] | None = None, data_roots: dict[str,
     if len(set(ids)) != len(ids):
         raise ConfigError(f"grid {grid_name}: two entries expand to the same run (duplicate axis values or "
                           "variants?)")
-    return ExpandedGrid(grid_name, path, specs, chosen, str(grid.get("description", "")))
+    plan = parse_plan(grid.get("tuning"), f"grid {grid_name}")
+    if plan.pooled:
+        have: dict[str, set[str]] = {}
+        for s in specs:
+            have.setdefault(s.dataset, set()).add(s.variant)
+        check_plan_against(plan, have, f"grid {grid_name}")
+    return ExpandedGrid(grid_name, path, specs, chosen, str(grid.get("description", "")), plan)
 
 
 def _variant(grid: dict[str, Any], over: Any, path: Path, i: int, catalog: GridCatalog) -> dict[str, Any]:
     if not isinstance(over, dict):
         raise ConfigError(f"grid {path.stem}: also[{i}] must be a mapping, got {over!r}")
     over = dict(over)
-    unknown = sorted(set(over) - (KEYS - {"also", "description"}))
+    unknown = sorted(set(over) - (KEYS - {"also", "description", "tuning"}))  # one plan per grid
     if unknown:
         raise ConfigError(f"grid {path.stem}: also[{i}] has unknown key(s) {unknown}")
     merged = grid

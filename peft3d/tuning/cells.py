@@ -21,56 +21,83 @@ LR_FACTOR = 10.0
 
 @dataclass
 class Cell:
-    """One backbone × weights × dataset × method cell: its grid specs (one per seed) and its study."""
+    """One backbone × weights × dataset × method cell: its grid specs (one per seed, and with a pooled plan one
+    per variant too) and its study. ``objective_variants``: the variants a trial runs at (empty: the base's
+    alone)."""
 
     specs: list[RunSpec]
     grid: str
+    objective_variants: tuple[str, ...] = ()
+    tuning_seed: int | None = None  # None: the grid's first seed
 
     @property
     def base(self) -> RunSpec:
-        return self.specs[0]  # tuning runs at the grid's first seed
+        """What trials vary: the first spec (the grid's first seed; pooled, the first objective variant), at the
+        tuning seed when the plan names one."""
+        first = self.specs[0]
+        return first if self.tuning_seed is None else first.replace(seed=self.tuning_seed)
 
     @property
     def study_name(self) -> str:
         b = self.base
-        digest = text_sha256(_identity_without_seed(b))[:8]  # (spaced JSON: kept, names existing studies)
+        if self.objective_variants:
+            digest = text_sha256(_identity_without(b, "seed", "variant"))[:8]
+            where = f"{b.dataset}:{'+'.join(self.objective_variants)}"
+        else:
+            digest = text_sha256(_identity_without(b, "seed"))[:8]  # (spaced JSON: kept, names existing studies)
+            where = f"{b.dataset}:{b.variant}"
         preset = f"/{b.preset}" if b.preset else ""
-        return f"{self.grid}/{b.backbone}[{b.weights}]/{b.dataset}:{b.variant}/{b.method}{preset}/{digest}"
+        return f"{self.grid}/{b.backbone}[{b.weights}]/{where}/{b.method}{preset}/{digest}"
 
     @property
     def slug(self) -> str:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", self.study_name)
 
+    def trial_specs(self, tried: RunSpec) -> list[RunSpec]:
+        """The runs of one trial: ``tried`` (the base with the trial's settings) at every objective variant."""
+        return [tried.replace(variant=v) for v in self.objective_variants] or [tried]
 
-def _identity_without_seed(spec: RunSpec) -> str:
+
+def _identity_without(spec: RunSpec, *keys: str) -> str:
     ident = spec.identity()
-    ident.pop("seed")
+    for k in keys:
+        ident.pop(k)
     return json.dumps(ident, sort_keys=True)
 
 
-def cells_of(specs: list[RunSpec], grid: str) -> list[Cell]:
-    """The grid's specs grouped into cells (specs that differ only by seed), in the grid's order."""
+def cells_of(specs: list[RunSpec], grid: str, objective_variants: tuple[str, ...] = (),
+             tuning_seed: int | None = None) -> list[Cell]:
+    """The grid's specs grouped into cells (specs that differ only by seed; with ``objective_variants``, by seed
+    or dataset variant: one study tunes the cell for all its folds), in the grid's order."""
+    pooled = ("seed", "variant") if objective_variants else ("seed",)
     groups: dict[str, list[RunSpec]] = {}
     for s in specs:
-        groups.setdefault(_identity_without_seed(s), []).append(s)
-    return [Cell(sorted(g, key=lambda s: s.seed), grid) for g in groups.values()]
+        groups.setdefault(_identity_without(s, *pooled), []).append(s)
+    order = {v: i for i, v in enumerate(objective_variants)}
+
+    def key(s: RunSpec) -> tuple:  # the base first: the first seed at the first objective variant
+        return (s.seed, order.get(s.variant, len(order)), s.variant)
+
+    return [Cell(sorted(g, key=key), grid, tuple(objective_variants), tuning_seed) for g in groups.values()]
 
 
-def space_description(base: RunSpec) -> dict[str, Any]:
+def space_description(base: RunSpec, shared_space: bool = False) -> dict[str, Any]:
     b = base.budget
     return {"lr": f"log-uniform [{b.lr / LR_FACTOR:.3g}, {b.lr * LR_FACTOR:.3g}]",
             "weight_decay": f"log-uniform [{WD_RANGE[0]:g}, {WD_RANGE[1]:g}]",
-            "method": f"{base.method} config search_space()"}
+            "method": "its configured settings (shared space)" if shared_space
+            else f"{base.method} config search_space()"}
 
 
-def suggest(trial: Any, base: RunSpec) -> RunSpec:
-    """The trial's RunSpec: the cell's spec with the sampled lr, weight decay and method knobs."""
+def suggest(trial: Any, base: RunSpec, shared_space: bool = False) -> RunSpec:
+    """The trial's RunSpec: the cell's spec with the sampled lr, weight decay and (unless ``shared_space``: the
+    same two-dimensional space for every method) the method's knobs."""
     from peft3d.methods import config_class
 
     lr = trial.suggest_float("lr", base.budget.lr / LR_FACTOR, base.budget.lr * LR_FACTOR, log=True)
     wd = trial.suggest_float("weight_decay", *WD_RANGE, log=True)
     cls = config_class(base.method)
-    knobs = cls.search_space(trial)
+    knobs = {} if shared_space else cls.search_space(trial)
     cfg = cls.resolve({**dict(base.method_cfg), **knobs}, where=f"tune {base.method}").to_dict()
     return base.replace(method_cfg=cfg, budget=replace(base.budget, lr=lr, weight_decay=wd))
 

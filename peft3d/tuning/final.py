@@ -55,10 +55,11 @@ class FinalRuns:
                 "tuning_seed": cell.base.seed, "best_trial": best.number if best else None,
                 "best_value": best.value if best else None, "best_params": dict(best.params) if best else None}
 
-    def specs(self) -> tuple[list[RunSpec], Blocks, list[str]]:
-        """The grid's specs with each cell's best configuration; the tuning block per run_id; cells without one."""
+    def specs(self, cells: list[Cell] | None = None) -> tuple[list[RunSpec], Blocks, list[str]]:
+        """The grid's specs with each cell's best configuration (of ``cells``, default all); the tuning block
+        per run_id; the cells without one."""
         specs, blocks, missing = [], {}, []
-        for cell in self.cells:
+        for cell in self.cells if cells is None else cells:
             best, _ = best_spec(self.studies[cell.study_name])
             if best is None:
                 missing.append(cell.study_name)
@@ -105,7 +106,8 @@ class FinalRuns:
         run_specs(todo, self.root, self.opts.jobs, on_done=on_done)
 
     def write_manifest(self, specs: list[RunSpec], missing: list[str]) -> Path:
-        studies = {c.study_name: self.summary(c) for c in self.cells}
+        studies = {c.study_name: {**self.summary(c), "cell": cell_record(c),
+                                  "trials": trial_records(self.studies[c.study_name])} for c in self.cells}
         manifest = {"grid": self.grid, "n_trials": self.opts.n_trials, "counting": COUNTING_RULE,
                     "equal_budget": equal_budget([v["counted"] for v in studies.values()], self.opts.n_trials),
                     "storage": redact(self.opts.storage), "studies": studies,
@@ -113,6 +115,24 @@ class FinalRuns:
         path = manifest_path(self.root, self.grid)
         atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False))
         return path
+
+
+def cell_record(cell: Cell) -> dict[str, Any]:
+    b = cell.base
+    return {"backbone": b.backbone, "weights": b.weights, "method": b.method, "dataset": b.dataset,
+            "variants": list(cell.objective_variants) or [b.variant]}
+
+
+def trial_records(study: Any) -> list[dict[str, Any]]:
+    """Every trial of a study: its number, state, parameters, objective (None unless COMPLETE) and the last
+    intermediate value it reported (a pruned trial's running mean) — what the learning-rate sensitivity plot of
+    the report draws."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        last = max(t.intermediate_values) if t.intermediate_values else None
+        out.append({"number": t.number, "state": t.state.name, "params": dict(t.params), "value": t.value,
+                    "last_step": last, "last_value": t.intermediate_values.get(last) if last is not None else None})
+    return out
 
 
 def manifest_path(root: Path, grid: str) -> Path:

@@ -68,6 +68,43 @@ class Outcome:
     error: str | None = None
 
 
+def _execute_or_reuse(spec: RunSpec, trial_root: Path, execute: Execute, report: Report
+                      ) -> tuple[RunResult | None, bool]:
+    """Run ``spec`` unless the same configuration already ran (a retried trial, or a study rebuilt from the
+    committed trial results): then its stored curve is replayed to ``report``."""
+    prior = read_result(trial_root, spec.run_id)
+    if prior and prior.ok and prior.metrics:
+        c = prior.metrics.curves
+        for ep, v in zip(c["epoch"], c["val_acc"], strict=True):
+            report({"epoch": ep, "val_acc": v})
+        return prior, False
+    return execute(spec, trial_root, report)
+
+
+def run_trial(trial: Any, specs: list[RunSpec], trial_root: Path, execute: Execute) -> Outcome:
+    """One trial: a single run, pruned live epoch by epoch, or (a pooled cell) one run per objective variant."""
+    return run_one(trial, specs[0], trial_root, execute) if len(specs) == 1 else \
+        run_pooled(trial, specs, trial_root, execute)
+
+
+def run_pooled(trial: Any, specs: list[RunSpec], trial_root: Path, execute: Execute) -> Outcome:
+    """The runs of a pooled trial in order; after each, the running mean of their validation accuracy (at each
+    run's selected epoch) is reported as step i, and the trial is pruned there if the pruner says so."""
+    values: list[float] = []
+    curve: list[dict[str, Any]] = []
+    for i, spec in enumerate(specs, 1):
+        result, _ = _execute_or_reuse(spec, trial_root, execute, lambda ev: False)
+        if not (result and result.ok and result.metrics):
+            return Outcome("FAIL", None, curve, f"{spec.variant}: {(result and result.error) or 'no result'}")
+        values.append(result.metrics.val_acc)
+        mean = sum(values) / len(values)
+        curve.append({"epoch": i, "val_acc": mean, "variant": spec.variant, "run_val_acc": values[-1]})
+        trial.report(mean, i)
+        if i < len(specs) and trial.should_prune():
+            return Outcome("PRUNED", None, curve)
+    return Outcome("COMPLETE", sum(values) / len(values), curve)
+
+
 def run_one(trial: Any, spec: RunSpec, trial_root: Path, execute: Execute) -> Outcome:
     curve: list[dict[str, Any]] = []
     lock = threading.Lock()
@@ -78,14 +115,7 @@ def run_one(trial: Any, spec: RunSpec, trial_root: Path, execute: Execute) -> Ou
             trial.report(float(ev["val_acc"]), int(ev["epoch"]))
             return bool(trial.should_prune())
 
-    prior = read_result(trial_root, spec.run_id)
-    if prior and prior.ok and prior.metrics:  # the same configuration already ran (e.g. a retried trial)
-        c = prior.metrics.curves
-        for ep, v in zip(c["epoch"], c["val_acc"], strict=True):
-            report({"epoch": ep, "val_acc": v})
-        result, stopped = prior, False
-    else:
-        result, stopped = execute(spec, trial_root, report)
+    result, stopped = _execute_or_reuse(spec, trial_root, execute, report)
     if result and result.ok and result.metrics:  # finished, even if a prune decision raced with its last epoch
         return Outcome("COMPLETE", result.metrics.val_acc, curve)
     if stopped:
@@ -109,6 +139,7 @@ class TrialLoop:
     execute: Execute
     echo: Echo
     n_cells: int  # for the "[i/n]" of the log lines
+    shared_space: bool = False  # lr and weight decay only (TuningPlan.space == "shared")
 
     def tune_cell(self, cell: Cell, study: Any, index: int) -> None:
         """Run trials of this cell's study until N are counted — by this worker or by others sharing the study."""
@@ -136,14 +167,14 @@ class TrialLoop:
                     trial = study.ask()
                 trial.set_user_attr("peft3d.owner", owner_token())  # first: a trial with an owner is reapable
                 with Heartbeat(self.storage, trial, self.heartbeat_s):
-                    spec = suggest(trial, cell.base)
+                    spec = suggest(trial, cell.base, self.shared_space)
                     place, frozen = place_of(study, trial.number)
                     if place > n:  # another worker took the last place between our count and our ask
                         give_back(study, trial, frozen)
                         trial = None
                         continue
                     mrid = self._start_trial(parent, cell, trial, spec)
-                    out = run_one(trial, spec, self.root / "tune" / cell.slug, self.execute)
+                    out = run_trial(trial, cell.trial_specs(spec), self.root / "tune" / cell.slug, self.execute)
                     told = self._tell(study, trial, out)
                 trial = None
                 if self.tracker:
@@ -212,8 +243,10 @@ class TrialLoop:
 
     def _echo_trial(self, cell: Cell, index: int, study: Any, out: Outcome) -> None:
         c = counts(study)
+        where = (f"after {out.curve[-1]['variant']}" if out.curve and "variant" in out.curve[-1]
+                 else f"at epoch {out.curve[-1]['epoch']}" if out.curve else "")
         what = f"val {100 * out.value:.1f}" if out.value is not None else (
-            f"pruned at epoch {out.curve[-1]['epoch']}" if out.state == "PRUNED" and out.curve else out.state.lower())
+            f"pruned {where}" if out.state == "PRUNED" else out.state.lower())
         if out.state == "FAIL":
             what += f": {(out.error or '')[:100]}"
         self.echo(f"[{index}/{self.n_cells}] {cell.base.backbone}[{cell.base.weights}]/{cell.base.method}/"

@@ -40,7 +40,7 @@ class Tuner:
         if opts.n_trials < 1:
             raise ConfigError(f"--trials must be >= 1, got {opts.n_trials}")
         self.grid, self.root, self.opts, self.execute, self.echo = grid, root, opts, execute, echo
-        self.cells = cells_of(specs, grid)
+        self.cells = cells_of(specs, grid, opts.plan.objective_variants, opts.plan.seed)
         self.retry = StaleRetry()
         self.storage = open_storage(opts.storage, opts.heartbeat_s, self.retry)
         self.tracker = TuneTracker(opts.mlflow_uri, f"peft3d/{grid}/tune") if opts.mlflow_uri else None
@@ -58,7 +58,7 @@ class Tuner:
     def tune_cell(self, cell: Cell, index: int) -> None:
         """Run trials of this cell's study until N are counted — by this worker or by others sharing the study."""
         loop = TrialLoop(self.storage, self.retry, self.tracker, self.opts.n_trials, self.opts.heartbeat_s,
-                         self.root, self.execute, self.echo, len(self.cells))
+                         self.root, self.execute, self.echo, len(self.cells), self.opts.plan.space == "shared")
         loop.tune_cell(cell, self.studies[cell.study_name], index)
 
     def final(self) -> FinalRuns:
@@ -67,21 +67,29 @@ class Tuner:
     def run(self, run_final: Callable[[list[RunSpec], Blocks], None] | None = None) -> dict:
         """Tune every cell to N trials, then run the best configurations on the grid's seeds; returns the
         manifest. ``run_final(todo, blocks)`` replaces the worker processes of the final runs (tests)."""
-        from peft3d.schedule.runner import pending
 
         self.prepare()
         for i, cell in enumerate(self.cells, 1):
             self.tune_cell(cell, i)
+            if self.opts.finish_cells:  # this cell's results land before the next cell is tuned
+                self.finish([cell], run_final)
+        self.finish(self.cells, run_final)
+        return read_manifest(self.root, self.grid)
+
+    def finish(self, cells: list[Cell], run_final: Callable[[list[RunSpec], Blocks], None] | None) -> None:
+        """Run the best configurations of ``cells`` on the grid's seeds (what is not done yet), then write the
+        manifest of every cell tuned so far."""
+        from peft3d.schedule.runner import pending
+
         final = self.final()
-        specs, blocks, missing = final.specs()
+        specs, blocks, missing = final.specs(cells)
         for m in missing:
             self.echo(f"{m}: no complete trial (all pruned or failed): no tuned runs for this cell")
-        final.write_manifest(specs, missing)
         todo = pending(specs, self.root)
         self.echo(f"tuned runs: {len(specs)}, {len(specs) - len(todo)} already done, {len(todo)} to run")
         if todo:
             (run_final or final.run)(todo, blocks)
         for s in specs:
             final.annotate(s.run_id, blocks[s.run_id])
-        final.write_manifest(specs, missing)
-        return read_manifest(self.root, self.grid)
+        every, _, without = final.specs()
+        final.write_manifest(every, without)

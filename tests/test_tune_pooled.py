@@ -1,0 +1,149 @@
+"""``bench tune`` with a grid's ``tuning:`` block: a cell pooled over the folds of a k-fold split (one study, a
+trial = one run per objective variant at the tuning seed, the objective their mean validation accuracy, pruned
+between runs), the shared lr / weight-decay space, the seeded Sobol sampler (the same points for every arm) and
+the manifest's trial records. Driven with a fake executor: no training."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from peft3d.core.errors import ConfigError
+from peft3d.core.result import RunResult, write_result
+from peft3d.core.spec import Budget, RunSpec
+from peft3d.grids.plan import TuningPlan, parse_plan
+from peft3d.tuning.budget import TuneOptions
+from peft3d.tuning.cells import cells_of
+from peft3d.tuning.tune import Tuner
+
+from test_tune import result_for
+
+FOLDS = ("f0", "f1", "f2")
+PLAN = TuningPlan(trials=4, sampler="qmc", space="shared", objective_variants=FOLDS, seed=100)
+
+
+def study_specs() -> list[RunSpec]:
+    budget = Budget(epochs=3, lr=3e-3, schedule="constant", patience=2)
+    return [RunSpec(backbone=b, method=m, dataset="sweethome3d", variant=v, seed=s, num_points=64, budget=budget)
+            for b in ("test_bert", "test_dinov2") for m in ("linear", "adapter") for v in (*FOLDS, "f3", "f4")
+            for s in (0, 1, 2)]
+
+
+class FoldExecutor:
+    """A fake worker: validation accuracy depends on the fold (f0 high, f2 low) and the lr (best near 3e-3);
+    above ``bad_lr_above`` it collapses (as a diverging run would)."""
+
+    def __init__(self, bad_lr_above: float | None = None):
+        self.calls: list[RunSpec] = []
+        self.bad_lr_above = bad_lr_above
+
+    def value(self, spec: RunSpec) -> float:
+        import math
+
+        base = {"f0": 0.8, "f1": 0.7, "f2": 0.6}[spec.variant]
+        if self.bad_lr_above is not None and spec.budget.lr > self.bad_lr_above:
+            return 0.05  # far below every other trial: pruned after its first run
+        return base - abs(math.log10(spec.budget.lr / 3e-3)) / 10
+
+    def __call__(self, spec, root, report):
+        self.calls.append(spec)
+        v = self.value(spec)
+        for e in range(1, 4):
+            report({"epoch": e, "val_acc": v})
+        r = RunResult.from_dict(result_for(spec, [v - 0.02, v, v - 0.01]))
+        write_result(root, r)
+        return r, False
+
+
+def tuner(tmp_path, executor, plan=PLAN, specs=None) -> Tuner:
+    o = TuneOptions(n_trials=plan.trials, storage=f"sqlite:///{tmp_path / 'optuna.db'}", plan=plan)
+    return Tuner("study", specs or study_specs(), tmp_path, o, execute=executor, echo=lambda s: None)
+
+
+def test_pooled_cells_span_folds_and_seeds_and_trials_run_at_the_tuning_seed():
+    cells = cells_of(study_specs(), "study", FOLDS, 100)
+    assert len(cells) == 4  # backbone × method: the folds and seeds of a cell share one study
+    c = cells[0]
+    assert len(c.specs) == 15 and (c.base.variant, c.base.seed) == ("f0", 100)
+    assert "sweethome3d:f0+f1+f2" in c.study_name
+    tried = c.base.replace(budget=Budget(epochs=3, lr=1e-3))
+    assert [(s.variant, s.seed, s.budget.lr) for s in c.trial_specs(tried)] == [
+        ("f0", 100, 1e-3), ("f1", 100, 1e-3), ("f2", 100, 1e-3)]
+
+
+def test_pooled_objective_is_the_mean_over_folds_and_finals_cover_every_fold_and_seed(tmp_path):
+    ex = FoldExecutor()
+    t = tuner(tmp_path, ex)
+    finals: list[RunSpec] = []
+
+    def run_final(todo, blocks):
+        finals.extend(todo)
+        for s in todo:
+            write_result(tmp_path, RunResult.from_dict(result_for(s, [0.5])))
+
+    manifest = t.run(run_final=run_final)
+    assert {s.seed for s in ex.calls} == {100} and {s.variant for s in ex.calls} == set(FOLDS)
+    for study in t.studies.values():
+        done = [tr for tr in study.trials if tr.state.name == "COMPLETE"]
+        for tr in done:
+            lr = tr.params["lr"]
+            want = sum(FoldExecutor().value(RunSpec(backbone="x", method="linear", variant=v,
+                                                    budget=Budget(lr=lr))) for v in FOLDS) / 3
+            assert tr.value == pytest.approx(want)
+        assert {k for tr in study.trials for k in tr.params} == {"lr", "weight_decay"}  # shared: no adapter knobs
+    assert len(finals) == 4 * 15 and {s.seed for s in finals} == {0, 1, 2}  # never the tuning seed
+    assert {s.variant for s in finals} == {*FOLDS, "f3", "f4"}
+    studies = manifest["studies"].values()
+    assert all(len(s["trials"]) == 4 and s["cell"]["variants"] == list(FOLDS) for s in studies)
+    assert all("mean over the variants" in s["objective"] and s["tuning_seed"] == 100 for s in studies)
+
+
+def test_sobol_points_are_the_same_in_every_study(tmp_path):
+    t = tuner(tmp_path, FoldExecutor())
+    t.run(run_final=lambda todo, blocks: None)
+    sequences = {tuple(round(tr.params["lr"], 12) for tr in sorted(s.trials, key=lambda tr: tr.number))
+                 for s in t.studies.values()}
+    assert len(sequences) == 1  # every arm tried the same learning rates in the same order
+
+
+def test_a_bad_trial_is_pruned_between_folds(tmp_path):
+    ex = FoldExecutor(bad_lr_above=5e-3)
+    plan = TuningPlan(trials=8, sampler="qmc", space="shared", objective_variants=FOLDS, seed=100)
+    specs = [s for s in study_specs() if s.backbone == "test_bert" and s.method == "linear"]
+    t = tuner(tmp_path, ex, plan, specs)
+    t.run(run_final=lambda todo, blocks: None)
+    (study,) = t.studies.values()
+    trials = sorted(study.trials, key=lambda tr: tr.number)
+    pruned = [tr for tr in trials if tr.state.name == "PRUNED"]
+    bad = [tr for tr in trials if tr.number >= 3 and tr.params["lr"] > 5e-3]
+    assert bad and all(tr in pruned for tr in bad), "a collapsed trial is pruned after its first fold"
+    for tr in pruned:
+        assert list(tr.intermediate_values) == [1] and tr.number >= 3  # after the 3 trials that set the reference
+        assert sum(1 for s in ex.calls if s.budget.lr == tr.params["lr"]) == 1  # no further fold ran
+        done = [t.intermediate_values[1] for t in trials[:tr.number] if t.state.name == "COMPLETE"]
+        assert tr.intermediate_values[1] < np.percentile(done, 25)  # in the bottom quarter: kept are the top 75%
+    assert sum(tr.state.name == "COMPLETE" for tr in trials) >= 5  # most trials reach the pooled objective
+
+
+def test_plan_errors_are_one_line():
+    with pytest.raises(ConfigError, match=r"tuning has unknown key\(s\) \['folds'\]"):
+        parse_plan({"folds": 5}, "grid g")
+    with pytest.raises(ConfigError, match="tuning.sampler must be one of"):
+        parse_plan({"sampler": "grid"}, "grid g")
+    with pytest.raises(ConfigError, match="tuning.trials must be a whole number"):
+        parse_plan({"trials": 0}, "grid g")
+    assert parse_plan(None, "g") == TuningPlan() and not TuningPlan().pooled
+
+
+def test_a_grid_s_tuning_block_is_checked_against_its_datasets(tmp_path):
+    from peft3d.grids.loader import expand_grid
+
+    base = ("backbones: [test_bert]\nmethods: [linear]\nweights: [random]\nnum_points: 64\n"
+            "datasets: [sweethome3d/f0, sweethome3d/f1]\n")
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(base + "tuning: {trials: 3, sampler: qmc, objective_variants: [f0, f1], seed: 7}\n")
+    plan = expand_grid(str(ok)).tuning
+    assert plan == TuningPlan(3, "qmc", "full", ("f0", "f1"), 7)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(base + "tuning: {objective_variants: [f0, f2]}\n")
+    with pytest.raises(ConfigError, match=r"objective_variants \['f2'\] are not among the grid's sweethome3d"):
+        expand_grid(str(bad))
