@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_tune import result_for
 
 from peft3d.core.errors import ConfigError
 from peft3d.core.result import RunResult, write_result
@@ -14,8 +15,6 @@ from peft3d.grids.plan import TuningPlan, parse_plan
 from peft3d.tuning.budget import TuneOptions
 from peft3d.tuning.cells import cells_of
 from peft3d.tuning.tune import Tuner
-
-from test_tune import result_for
 
 FOLDS = ("f0", "f1", "f2")
 PLAN = TuningPlan(trials=4, sampler="qmc", space="shared", objective_variants=FOLDS, seed=100)
