@@ -42,10 +42,14 @@ def test_method_trains_only_its_parameters(backbone, method):
     groups = param_groups(model, m.prefix)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     buffers = {n: b.clone() for n, b in model.backbone.named_buffers()}
-    inside = {n: p.detach().clone() for n, p in model.backbone.named_parameters()
-              if p.requires_grad and not n.startswith("final_norm.")}
+    # the method's own parameters: trainable inside the backbone (but the shared final norm), or carrying its
+    # prefix anywhere in the model (modules a method keeps at model level, e.g. ones with BatchNorm statistics)
+    own = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and (
+        (n.startswith("backbone.") and not n.startswith("backbone.final_norm."))
+        or (m.prefix and any(part.startswith(m.prefix) for part in n.split("."))))}
     assert (groups["method"] > 0) == (method != "linear"), groups
-    assert bool(inside) == (method != "linear")
+    assert bool(own) == (method != "linear")
+    assert sum(p.numel() for p in own.values()) == groups["method"]
 
     torch.manual_seed(1)
     model.train()
@@ -62,9 +66,8 @@ def test_method_trains_only_its_parameters(backbone, method):
             assert torch.equal(p, frozen[n]), f"frozen {n} changed"
     for n, b in model.backbone.named_buffers():  # positional tables are never trained, not even by full
         assert torch.equal(b, buffers[n]), f"buffer {n} changed"
-    changed = [n for n, p in model.backbone.named_parameters()
-               if n in inside and not torch.equal(p, inside[n])]
-    assert bool(changed) == (method != "linear"), "the method's parameters inside the backbone did not train"
+    changed = [n for n, p in model.named_parameters() if n in own and not torch.equal(p, own[n])]
+    assert bool(changed) == (method != "linear"), "the method's own parameters did not train"
     model.eval()
     with torch.no_grad():
         assert torch.isfinite(model(xyz)).all()

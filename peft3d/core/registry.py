@@ -53,6 +53,15 @@ class Registry:
         self._meta[name] = dict(meta)
         self._origin[name] = _origin
 
+    def add(self, name: str, record: plugins.Registration, _origin: str = plugins.BUILT_IN) -> None:
+        """Register ``name`` from a :class:`~peft3d.core.plugins.Registration`: the one path for a plugin's entry
+        point and for a built-in that is declared the way a plugin would declare it (its folder could be shipped
+        as a plugin unchanged)."""
+        if not isinstance(record, plugins.Registration):
+            raise RegistryError(f"{self.kind} '{name}' (from {_origin}): expected a peft3d.core.plugins.Registration, "
+                                f"got {type(record).__name__}; see docs/extending.md")
+        self.register(name, record.target, _origin=_origin, **record.meta)
+
     def _read_plugins(self) -> None:
         """Register the names of installed plugins once, after the built-ins (lazily: ``bench ls`` pays for it
         only when it lists this kind)."""
@@ -60,8 +69,7 @@ class Registry:
             return
         self._plugins_read = True
         for plugin in plugins.entry_points(self.group):
-            rec = plugins.registration(plugin, self.group)
-            self.register(plugin.name, rec.target, _origin=plugin.origin, **rec.meta)
+            self.add(plugin.name, plugins.registration(plugin, self.group), _origin=plugin.origin)
 
     def origin(self, name: str) -> str:
         """Who registered ``name``: ``peft3d (built-in)`` or the plugin distribution and entry point."""

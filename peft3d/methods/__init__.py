@@ -11,6 +11,7 @@ peft (and torch) when it is validated, because peft's config classes live in its
 from typing import Any
 
 from peft3d.core.registry import Registry
+from peft3d.methods import dapt, idpt, pointgst
 
 PEFT_PREFIX = "peft:"
 
@@ -68,6 +69,13 @@ register("adapter", "Adapter", "AdapterConfig", "AdaptFormer: bottleneck adapter
 register("lora", "LoRA", "LoRAConfig", "Hugging Face peft LoRA on attention projections")
 register("any2point", "Any2Point", "Any2PointConfig",
          "Any2Point: virtual-projection positional encoding + any-to-3D guided adapter in every block")
+
+# The point-cloud PEFT baselines are declared the way a plugin declares a method: each folder's __init__ holds a
+# Registration (torch-free), and the record enters the registry through the same call as a plugin's entry point
+# (docs/extending.md uses them as worked examples; any of the folders could ship as a plugin unchanged).
+for _name, _record in (("dapt", dapt.registration), ("pointgst", pointgst.registration),
+                       ("idpt", idpt.registration)):
+    METHODS.add(_name, _record)
 
 
 def config_class(name: str):
