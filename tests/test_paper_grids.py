@@ -6,13 +6,14 @@ from peft3d.grids.loader import expand, load_grid
 
 PAPER_BACKBONES = {"clip_text", "roberta", "dinov2", "deit", "imagebind_audio", "ssast"}
 PAPER_DATASETS = {("scanobjectnn", "pb_t50_rs"), ("modelnet40", "auto")}
+POINT_PEFT = {"dapt", "pointgst", "idpt"}  # the point-cloud PEFT baselines, so a GPU sweep includes them
 
 
 def test_modality_sweep_expands_to_the_paper_design():
     specs = expand("modality_sweep")
-    assert len(specs) == 6 * 6 * 2 * 3
+    assert len(specs) == 6 * 9 * 2 * 3
     assert {s.backbone for s in specs} == PAPER_BACKBONES
-    assert {s.method for s in specs} == {"linear", "full", "prompt", "adapter", "lora", "any2point"}
+    assert {s.method for s in specs} == {"linear", "full", "prompt", "adapter", "lora", "any2point"} | POINT_PEFT
     assert {(s.dataset, s.variant) for s in specs} == PAPER_DATASETS
     assert {s.seed for s in specs} == {0, 1, 2} and {s.weights for s in specs} == {"pretrained"}
     b = specs[0].budget  # any2point.md §5
@@ -31,8 +32,8 @@ def test_modality_sweep_expands_to_the_paper_design():
 def test_peft_comparison_expands():
     specs = expand("peft_comparison")
     assert {s.backbone for s in specs} == {"clip_text", "dinov2", "imagebind_audio"}
-    assert {s.method for s in specs} == {"prompt", "adapter", "lora", "any2point"}
-    assert len(specs) == 3 * 4 * 2 * 3
+    assert {s.method for s in specs} == {"prompt", "adapter", "lora", "any2point"} | POINT_PEFT
+    assert len(specs) == 3 * 7 * 2 * 3
     assert {s.budget for s in specs} == {expand("modality_sweep")[0].budget}  # inherited paper budget
     assert "bench tune" in load_grid("peft_comparison")["description"]
 
