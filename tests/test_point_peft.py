@@ -120,12 +120,13 @@ def test_dapt_adds_one_prompt_per_block_after_the_prefix_and_removes_them_at_the
 @pytest.mark.parametrize("backbone", ["test_bert", "test_imagebind_audio", "test_ssast"])
 def test_dapt_every_scale_shift_reaches_the_output(backbone):
     """Six points per block (attention input, each q/k/v or fused qkv output, attention output, FFN input,
-    both FFN projections) are wired: shifting any one moves the output. Post-LN, nn.MultiheadAttention
-    (unfused first) and a fused qkv."""
+    both FFN projections), and the one after the final norm, are wired: scaling any one moves the output.
+    Post-LN, nn.MultiheadAttention (unfused first) and a fused qkv."""
     model, _ = build(backbone, "dapt")
     blk = model.backbone.blocks[0]
-    shifts = [blk.dapt_attn_in, *blk.dapt_qkv, blk.dapt_attn_out, blk.dapt_ffn_in, blk.dapt_fc1, blk.dapt_fc2]
-    assert len(shifts) >= 6 and all(isinstance(s, ScaleShift) for s in shifts)
+    shifts = [blk.dapt_attn_in, *blk.dapt_qkv, blk.dapt_attn_out, blk.dapt_ffn_in, blk.dapt_fc1, blk.dapt_fc2,
+              model.backbone.final_norm.dapt_out]
+    assert len(shifts) >= 7 and all(isinstance(s, ScaleShift) for s in shifts)
     xyz = clouds()
     base = backbone_output(model, xyz)
     for s in shifts:  # the scale, not the shift: softmax ignores a shift of every key by the same vector

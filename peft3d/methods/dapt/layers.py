@@ -113,3 +113,17 @@ class DAPTBlock(nn.Module):
             return torch.cat([y[:, :n], y[:, n + self.prompts_in:]], dim=1)
         prompt = self.dapt_prompt(F.gelu(activations).mean(dim=1, keepdim=True))  # (B, 1, D)
         return torch.cat([y[:, :n], prompt, y[:, n:]], dim=1)
+
+
+class ScaledFinalNorm(nn.Module):
+    """The backbone's final norm followed by DAPT's output scale-shift (the released one after the encoder's
+    norm). The norm keeps its place in the shared group (``backbone.final_norm.norm``); ``dapt_out`` counts as
+    the method's."""
+
+    def __init__(self, norm: nn.Module, width: int) -> None:
+        super().__init__()
+        self.norm = norm
+        self.dapt_out = ScaleShift(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dapt_out(self.norm(x))

@@ -4,7 +4,8 @@ Per block ``i``: scale-shifts on what the attention's input projections read (th
 norm1": the normalised input in pre-LN blocks, the block input in post-LN ones), on each input projection's
 output (q, k, v or the fused qkv), on the attention output projection, on what the FFN reads (its first
 projection and the adapter), on the FFN's two projections; the dynamic adapter at the block's FFN site; and
-the internal prompt after the block (:class:`~.layers.DAPTBlock`). The projections are found through what the
+the internal prompt after the block (:class:`~.layers.DAPTBlock`). After the final norm, one more
+scale-shift (:class:`~.layers.ScaledFinalNorm`). The projections are found through what the
 backbone declares (``lora_targets``: input projections, then the output projection; ``ffn_targets``: up, then
 down), never by name, and a fused ``nn.MultiheadAttention`` is first unfused into its four Linears (same
 function) so its q, k, v outputs can be scaled.
@@ -18,7 +19,7 @@ from peft3d.methods.base import Method
 from peft3d.methods.peft_tuner.mha import unfuse
 
 from .config import DAPTConfig
-from .layers import AdapterTap, DAPTBlock
+from .layers import AdapterTap, DAPTBlock, ScaledFinalNorm
 
 
 def attention_projections(backbone, i: int) -> tuple[list[nn.Linear], nn.Linear]:
@@ -63,3 +64,4 @@ class DAPT(Method):
             wrapped.append(blk)
         for i, blk in enumerate(wrapped):
             bb.blocks[i] = blk
+        bb.final_norm = ScaledFinalNorm(bb.final_norm, bb.spec.width)
