@@ -183,6 +183,19 @@ def test_pointgst_spectral_transform_is_the_identity_at_initialisation(as_releas
         assert not torch.allclose(adapter.spectral_step(adapter.gst_norm_global, b.glob, z), z, atol=1e-3)
 
 
+def test_pointgst_stays_in_fp32_under_autocast():
+    """Under bf16 autocast (the CUDA default) the bases are still fp32 and the spectral round trip still returns
+    its input (to fp32 rounding), in the input's dtype."""
+    adapter = SpectralAdapter(24, PointGSTConfig(rank=8, local_size=16), ForwardContext())
+    centres = torch.rand(2, 40, 3, generator=torch.Generator().manual_seed(7))
+    z = torch.randn(2, 40, 8, generator=torch.Generator().manual_seed(8)).bfloat16()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        b = spectral.build(centres, 16)
+        out = adapter.spectral_step(adapter.gst_norm_global, b.glob, z)
+    assert b.glob.dtype == b.local_full.dtype == b.local_rest.dtype == torch.float32
+    assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), z.float(), atol=1e-5, rtol=0)
+
+
 def test_pointgst_as_released_changes_the_trained_transform():
     """The released ``U x`` is not the graph Fourier transform ``U^T x``: once the spectral weights are
     non-zero the two conventions compute different functions (hence the switch)."""

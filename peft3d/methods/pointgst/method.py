@@ -36,10 +36,12 @@ class SpectralAdapter(nn.Module):
         self._context = [context]
 
     def spectral_step(self, norm: nn.LayerNorm, U: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """To the spectral domain of ``U``, ``s + SiLU(W norm(s))``, and back: the identity while W is zero."""
-        s = spectral.forward_transform(U, z, self.as_released)
-        s = s + F.silu(self.gst_transform(norm(s)))
-        return spectral.inverse_transform(U, s, self.as_released)
+        """To the spectral domain of ``U``, ``s + SiLU(W norm(s))``, and back: the identity while W is zero.
+        In fp32 under autocast too (a bf16 round trip through ``U`` would be off by ~1%, not the identity)."""
+        with torch.autocast(z.device.type, enabled=False):
+            s = spectral.forward_transform(U, z.float(), self.as_released)
+            s = s + F.silu(self.gst_transform(norm(s)))
+            return spectral.inverse_transform(U, s, self.as_released).to(z.dtype)
 
     def bases(self) -> spectral.Bases:
         ctx = self._context[0]

@@ -67,12 +67,10 @@ def build(centres: torch.Tensor, local_size: int) -> Bases:
 
 def forward_transform(U: torch.Tensor, x: torch.Tensor, as_released: bool) -> torch.Tensor:
     """Graph Fourier transform ``U^T x``; ``as_released``: ``U x``, what the released code computes."""
-    U = U.to(x.dtype)
     return U @ x if as_released else U.transpose(-1, -2) @ x
 
 
 def inverse_transform(U: torch.Tensor, x: torch.Tensor, as_released: bool) -> torch.Tensor:
-    U = U.to(x.dtype)
     return U.transpose(-1, -2) @ x if as_released else U @ x
 
 
