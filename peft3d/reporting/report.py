@@ -23,7 +23,7 @@ from peft3d.analysis import formatting as fm
 from peft3d.core.result import RunResult, atomic_write_text, load_results
 from peft3d.reporting import layouts
 from peft3d.reporting.tables import friedman_of, method_table, paired_frame, stats_table, summarize
-from peft3d.reporting.transfer import NOTE, TITLE, has_controls, transfer_table
+from peft3d.reporting.transfer import TITLE, has_controls, note, transfer_table
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
@@ -301,7 +301,7 @@ def render_report(grid: str, df: pd.DataFrame, results: dict[str, RunResult | No
 
 def _transfer_html(df: pd.DataFrame) -> list[str]:
     shown = transfer_table(df)
-    return [] if shown.empty else [f"<h2>{html.escape(TITLE)}</h2>", _table(shown), _notes([NOTE])]
+    return [] if shown.empty else [f"<h2>{html.escape(TITLE)}</h2>", _table(shown), _notes([note(df)])]
 
 
 def _paired_html(df: pd.DataFrame, versus: str | None) -> str:

@@ -17,6 +17,7 @@ from peft3d.reporting.layouts.common import (
     binomial_note,
     datasets_of,
     interleave,
+    method_params,
     selection_note,
 )
 from peft3d.reporting.tables import default_versus, paired_frame, summarize
@@ -37,8 +38,10 @@ def peft_layout(df: pd.DataFrame, dataset: str | None = None, versus: str | None
     rows, nums = [], []
     for m in methods:
         g = summary[summary["method"] == m]
-        r: dict[str, Any] = {"Method": m, "source": OURS, "PEFT params": fm.params(g["params_method"].max())}
-        n: dict[str, Any] = {"method": m, "source": OURS, "dataset": ds, "params_method": g["params_method"].max()}
+        own, share = method_params(g)
+        r: dict[str, Any] = {"Method": m, "source": OURS, "PEFT params": own, "% of backbone": share}
+        n: dict[str, Any] = {"method": m, "source": OURS, "dataset": ds, "params_method": g["params_method"].max(),
+                             "params_share_min": _share(g, min), "params_share_max": _share(g, max)}
         deltas, means = [], []
         for (b, w), name in col.items():
             c = g[(g["backbone"] == b) & (g["weights"] == w)]
@@ -74,6 +77,13 @@ def peft_layout(df: pd.DataFrame, dataset: str | None = None, versus: str | None
         notes += [pnote, selection_note()]
     return Layout("peft", f"PEFT methods × backbones on {ds}: test accuracy (%)", pd.DataFrame(rows),
                   pd.DataFrame(nums), [n for n in notes if n])
+
+
+def _share(cells: pd.DataFrame, pick: Any) -> float:
+    """The method's own parameters as a fraction of the backbone's, the smallest or largest over backbones."""
+    ok = cells[(cells["n"] > 0) & (cells["params_backbone"].astype(float) > 0)]
+    fractions = (ok["params_method"].astype(float) / ok["params_backbone"].astype(float)).dropna()
+    return pick(fractions) if len(fractions) else math.nan
 
 
 def _peft_paper_rows(ds: str, col: dict, versus: str) -> tuple[list[dict], list[dict], str]:
