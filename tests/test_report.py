@@ -12,7 +12,8 @@ import subprocess
 import pytest
 from test_layouts import fake_smoke_results, golden_module
 
-from peft3d.reporting.report import cliques, pareto_front, write_report
+from peft3d.reporting.figures import cliques, pareto_front
+from peft3d.reporting.report import write_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
