@@ -318,7 +318,7 @@ def method_table(summary: pd.DataFrame) -> pd.DataFrame:
     wide = s.pivot_table(index=["backbone", "weights", "dataset"], columns="method", values="cell",
                          aggfunc="first", sort=False)
     methods = list(dict.fromkeys(summary["method"]))
-    out = wide.reindex(columns=methods).reset_index()
+    out = wide.reindex(columns=methods).fillna(fm.MISSING).reset_index()  # a method the row never ran: a dash
     controls = summary.drop_duplicates(["backbone", "weights"]).set_index(["backbone", "weights"])["control"]
     if controls.astype(bool).any():  # label the controls (protocol.md: a modality claim must beat them)
         out.insert(2, "control", [controls.get((b, w), "") for b, w in zip(out["backbone"], out["weights"],
@@ -339,7 +339,7 @@ def params_table(summary: pd.DataFrame) -> pd.DataFrame:
         for m in methods:
             own = g.loc[g["method"] == m, "params_method"].max() if (g["method"] == m).any() else math.nan
             row[m] = fm.MISSING if fm.is_missing(own) else fm.params(own) + (
-                "" if fm.is_missing(backbone) else f" ({fm.share(own, backbone)})")
+                "" if fm.is_missing(backbone) or not backbone else f" ({fm.share(own, backbone)})")
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -92,8 +92,10 @@ def transfer_frame(df: pd.DataFrame) -> pd.DataFrame:
     real = out["control"] == ""
     out["rank"] = math.nan
     out.loc[real, "rank"] = out[real].groupby(["dataset", "method"])["mean"].rank(ascending=False, method="min")
+    order = {d: i for i, d in enumerate(dict.fromkeys(df["dataset"]))}  # the grid's order (n5 before n10)
     return out.sort_values(["dataset", "method", "control", "rank", "mean"],
-                           ascending=[True, True, True, True, False], kind="stable").reset_index(drop=True)
+                           ascending=[True, True, True, True, False], kind="stable",
+                           key=lambda c: c.map(order) if c.name == "dataset" else c).reset_index(drop=True)
 
 
 def _vs_cell(r: pd.Series, key: str) -> str:
