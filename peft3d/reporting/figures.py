@@ -49,7 +49,7 @@ def line_style(weights: str) -> str:
 
 
 def wrap(text: Any, width: int) -> str:
-    return textwrap.fill(str(text), width, break_long_words=True, break_on_hyphens=False)
+    return textwrap.fill(str(text), width, break_long_words=True, break_on_hyphens=True)
 
 
 def panels(n: int, panel_w: float, panel_h: float) -> tuple[Any, int]:
@@ -73,7 +73,7 @@ def legend_below(fig: Any, handles: list[Any], fontsize: int = 8) -> None:
 
 def log_axis(ax: Any, which: str, values: list[float], label_of: Any) -> None:
     """A log axis whose ticks stay legible for any spread of ``values``: limits padded to at least a factor of
-    4 (so a 1-2-5 tick falls inside even when every value is nearly the same), 1-2-5 ticks across up to ~2
+    4 (so a 1-2-5 tick falls inside even when every value is nearly the same), 1-2-5 ticks across up to ~2.5
     decades and decade ticks beyond, minor ticks unlabelled, labels from ``label_of`` (e.g. ``0.28M``)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -84,7 +84,7 @@ def log_axis(ax: Any, which: str, values: list[float], label_of: Any) -> None:
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
     (ax.set_xlim if which == "x" else ax.set_ylim)(lo / pad, hi * pad)
     decades = math.log10(hi * pad) - math.log10(lo / pad)
-    subs = (1.0, 2.0, 5.0) if decades <= 2.2 else (1.0,)
+    subs = (1.0, 2.0, 5.0) if decades <= 2.6 else (1.0,)
     axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=7))
     axis.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10)), numticks=50))
     axis.set_major_formatter(FuncFormatter(lambda x, _pos: label_of(x)))
