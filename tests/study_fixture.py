@@ -161,7 +161,9 @@ def write_study(root: Path, few: bool = True, tuned: bool = True, seed: int = 20
     rng = np.random.default_rng(seed)
     for s in specs:
         modality = ARMS[(s.backbone, s.weights)][0]
-        block = tuning_block(manifest, s) if tuned and per_class(s) is None else None
+        # as bench tune does: one study per arm pooled over the variants, whose configuration every fold runs,
+        # the few-label folds included
+        block = tuning_block(manifest, s) if tuned else None
         epochs = 10 + (s.seed + int(fold_of(s)[1])) % 5
         r = result_json(s, accuracy(s, rng), N_TEST[fold_of(s)], params_of(s), modality, epochs, block)
         write_result(root, RunResult.from_dict(r))

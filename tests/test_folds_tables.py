@@ -161,10 +161,12 @@ def test_tuned_cells_show_their_chosen_lr_and_weight_decay(study):
     row = shown[(shown["backbone"] == "dinov2_small") & (shown["weights"] == "random") &
                 (shown["method"] == "linear") & (shown["dataset"] == "sweethome3d/cv5")].iloc[0]
     assert row["lr / wd"] == f"{fm.sci(5e-3)} / {fm.sci(0.02)}"
-    few = shown[shown["dataset"] == "sweethome3d/cv5_n5"]
-    assert set(few["lr / wd"]) == {fm.MISSING}  # the few-label runs were not tuned
+    few = shown[(shown["dataset"] == "sweethome3d/cv5_n5") & (shown["backbone"] == "dinov2_small") &
+                (shown["weights"] == "random")]
+    assert list(few["lr / wd"]) == [row["lr / wd"]]  # the few-label folds run the arm's configuration
     text = render_markdown("transfer_study.tuned", df, "linear")
     assert "## Tuned configuration per cell" in text and "2.0e-03" in text
+    assert "test labels of another fold" in text  # the caveat of tuning on pooled folds, stated with the table
 
 
 def test_each_methods_own_parameters_and_their_share_of_the_backbone(study):
@@ -175,3 +177,21 @@ def test_each_methods_own_parameters_and_their_share_of_the_backbone(study):
     assert t.loc["none", "linear"] == "0" and t.loc["none", "any2point"] == fm.MISSING  # no blocks: no share
     assert t.loc["minilm", "backbone params"] == "21.28M" and t.loc["minilm", "head"] == "7.3k"
     assert t.loc["minilm", "shared (tokenizer, norms)"] == "41.3k"
+
+
+def test_bench_table_tuned_pools_the_folds_and_states_the_budget(tmp_path):
+    from typer.testing import CliRunner
+
+    from peft3d.cli.app import _mount, app
+
+    _mount()
+    write_study(tmp_path)
+    out = CliRunner().invoke(app, ["table", "--grid", "transfer_study", "--results", str(tmp_path), "--tuned"])
+    assert out.exit_code == 0, out.output
+    text = (tmp_path / "tables" / "transfer_study.tuned.md").read_text()
+    assert "| sweethome3d/cv5 " in text and "| sweethome3d/f0 " not in text
+    assert "lr / wd" in text and "Tuning: 8 Optuna trials per cell" in text
+    runs = CliRunner().invoke(app, ["table", "--grid", "transfer_study", "--results", str(tmp_path), "--tuned",
+                                    "--layout", "runs"])
+    assert runs.exit_code == 0, runs.output
+    assert "sweethome3d/f4_n20" in (tmp_path / "tables" / "transfer_study.tuned.runs.md").read_text()

@@ -102,3 +102,16 @@ def folds_note(df: pd.DataFrame) -> str:
             "fold share its test models, so the CI reflects training and fold variation, not the sampling of "
             "test models; that is the binomial SE of the pooled test set (n_test = every fold's test models, "
             "each model tested once over the folds). The run-level layout lists each fold.")
+
+
+TUNED_ON_FOLDS = ("Tuned on folds: each arm's configuration was chosen on the validation splits of some of its "
+                  "folds (the tuning seed, not a reported one); those splits are carved from training parts that "
+                  "hold other folds' test models, so the chosen configuration has seen labels that are test labels "
+                  "of another fold (never of the fold a run is scored on). The same holds for every arm.")
+
+
+def tuned_on_folds(df: pd.DataFrame) -> bool:
+    """True when some tuned run belongs to a k-fold cell (its configuration was chosen on pooled folds)."""
+    if not is_pooled(df) or "tuned" not in df.columns:
+        return False
+    return bool((df["tuned"].fillna(False).astype(bool) & (df["fold"].fillna("") != "")).any())

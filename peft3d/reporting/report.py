@@ -22,9 +22,10 @@ from peft3d.analysis import formatting as fm
 from peft3d.core.result import RunResult, atomic_write_text, load_results
 from peft3d.reporting import efficiency, figures, layouts, sensitivity
 from peft3d.reporting.canvas import img
-from peft3d.reporting.folds import folds_note, replicates, unit
+from peft3d.reporting.folds import TUNED_ON_FOLDS, folds_note, replicates, tuned_on_folds, unit
 from peft3d.reporting.tables import (
     PARAMS_NOTE,
+    TUNED_NOTE,
     friedman_of,
     method_table,
     paired_frame,
@@ -131,7 +132,7 @@ def render_report(grid: str, df: pd.DataFrame, results: dict[str, RunResult | No
                      "accuracy at the selected epoch. ‡: some run of the cell selected an epoch in the last 10% of "
                      "its epochs (possibly under-trained). control: the row is a control (random init, shuffled "
                      "weights, no transformer), not a transfer result."]),
-             *_tuned_html(summary),
+             *_tuned_html(df, summary),
              "<h2>Trainable parameters</h2>", _table(params_table(summary)), _notes([PARAMS_NOTE]),
              "<h2>Paired comparisons and Friedman test</h2>", _paired_html(df, versus), _friedman_html(summary),
              "<h2>Accuracy vs trainable parameters</h2>", _safe(plot_pareto, summary),
@@ -159,11 +160,10 @@ def _transfer_html(df: pd.DataFrame) -> list[str]:
     return [] if shown.empty else [f"<h2>{html.escape(TITLE)}</h2>", _table(shown), _notes([note(df)])]
 
 
-def _tuned_html(summary: pd.DataFrame) -> list[str]:
+def _tuned_html(df: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
     t = tuned_table(summary)
-    return [] if t.empty else ["<h2>Tuned configuration per cell</h2>", _table(t), _notes([
-        "lr / weight decay: the best trial of the cell's study (validation objective, %), which every reported run "
-        "of the cell trained with."])]
+    return [] if t.empty else ["<h2>Tuned configuration per cell</h2>", _table(t),
+                               _notes([TUNED_NOTE, TUNED_ON_FOLDS if tuned_on_folds(df) else ""])]
 
 
 def _sensitivity_html(manifest: dict[str, Any]) -> list[str]:

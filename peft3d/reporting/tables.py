@@ -19,6 +19,7 @@ from peft3d.analysis import stats
 from peft3d.core.result import RunResult, load_results
 from peft3d.core.spec import RunSpec, default_pipeline_options
 from peft3d.reporting.folds import (
+    TUNED_ON_FOLDS,
     Pooling,
     folds_note,
     is_pooled,
@@ -27,6 +28,7 @@ from peft3d.reporting.folds import (
     pooling,
     replicate_keys,
     replicates,
+    tuned_on_folds,
     unit,
 )
 from peft3d.reporting.transfer import arm_config, has_controls, transfer_markdown
@@ -298,14 +300,16 @@ def tuned_table(summary: pd.DataFrame) -> pd.DataFrame:
                          "val objective": (t["tune_objective"] * 100).map(fm.num)})
 
 
-def tuned_markdown(summary: pd.DataFrame) -> list[str]:
+TUNED_NOTE = ("lr / weight decay: the best trial of the cell's study (validation objective, in %), which every "
+              "reported run of the cell trained with. `bench report --tuned` plots the objective against lr per arm.")
+
+
+def tuned_markdown(df: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
     t = tuned_table(summary)
     if t.empty:
         return []
-    return ["## Tuned configuration per cell", "", fm.markdown(t), "",
-            "lr / weight decay: the best trial of the cell's study (validation objective, in %), which every "
-            "reported run of the cell trained with. `bench report --tuned` plots the objective against lr per "
-            "arm.", ""]
+    return ["## Tuned configuration per cell", "", fm.markdown(t), "", TUNED_NOTE, "",
+            *([TUNED_ON_FOLDS, ""] if tuned_on_folds(df) else [])]
 
 
 def friedman_markdown(summary: pd.DataFrame) -> list[str]:
@@ -390,7 +394,7 @@ def render_markdown(grid: str, df: pd.DataFrame, versus: str | None = None) -> s
              *([folds_note(df), ""] if is_pooled(df) else []),
              "## Trainable parameters: each method's own, apart from the shared tokenizer and head", "",
              fm.markdown(params_table(summary)), "", PARAMS_NOTE, "",
-             *tuned_markdown(summary)]
+             *tuned_markdown(df, summary)]
     if (summary["n"] > 0).any():
         parts += ["## Statistics", "", fm.markdown(stats_table(summary)), "",
                   f"95% CI: percentile bootstrap of the mean over {replicates(df)} (scipy.stats.bootstrap). binom. "
