@@ -118,6 +118,8 @@ def test_markdown_names_the_pooled_cell_and_says_what_replicates_mean(study):
     assert "sweethome3d/cv5 ≈ " in text and f"n_test = {POOLED}" in text
     assert "share its test models" in text and "binomial SE of the pooled test set" in text
     assert "(fold, seed)" in transfer_table(df).columns
+    for name in ("main", "peft", "modality"):  # the paper layouts say what their ± and CIs are over
+        assert "over (fold, seed) replicates" in " ".join(layouts.build(name, df, versus="linear").notes), name
 
 
 def test_the_run_level_layout_lists_each_fold(study):

@@ -7,6 +7,7 @@ import pandas as pd
 
 from peft3d.analysis import formatting as fm
 from peft3d.analysis import reference as ref
+from peft3d.reporting.folds import replicates
 from peft3d.reporting.layouts.common import (
     OURS,
     PAPER_MARK,
@@ -63,7 +64,8 @@ def main_layout(df: pd.DataFrame, dataset: str | None = None, method: str | None
         nums = interleave(nums, pnums, lambda r: r.get("_bb"))
     display = pd.DataFrame(rows).drop(columns=["_bb"], errors="ignore")
     numeric = pd.DataFrame(nums).drop(columns=["_bb"], errors="ignore")
-    notes = [f"Test accuracy (%) at the best-validation epoch, mean ± std over seeds; method: {', '.join(chosen)}. "
+    notes = [f"Test accuracy (%) at the best-validation epoch, mean ± std over {replicates(df)}; method: "
+             f"{', '.join(chosen)}. "
              "Trainable parameters: the PEFT module alone (and its share of the backbone's block parameters), "
              "everything trainable except the head (the paper's convention: PEFT module + the shared tokenizer and "
              "norms), and everything trainable.", binomial_note(s)]

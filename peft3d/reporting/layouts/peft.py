@@ -9,6 +9,7 @@ import pandas as pd
 
 from peft3d.analysis import formatting as fm
 from peft3d.analysis import reference as ref
+from peft3d.reporting.folds import replicates
 from peft3d.reporting.layouts.common import (
     OURS,
     PAPER_DATASETS,
@@ -65,9 +66,9 @@ def peft_layout(df: pd.DataFrame, dataset: str | None = None, versus: str | None
                  delta_mean=np.nanmean(deltas) if not all(map(fm.is_missing, deltas)) else math.nan)
         rows.append(r)
         nums.append(n)
-    notes = [f"{ds}: test accuracy (%) at the best-validation epoch, mean ± std over seeds; Δ = method − {versus} "
-             "on the same backbone (cell means; paired tests over seeds: `bench table` default layout, "
-             "p-values in the CSV).", binomial_note(summary)]
+    notes = [f"{ds}: test accuracy (%) at the best-validation epoch, mean ± std over {replicates(df)}; Δ = method − "
+             f"{versus} on the same backbone (cell means; paired tests over {replicates(df)}: `bench table` default "
+             "layout, p-values in the CSV).", binomial_note(summary)]
     if not has_versus:
         notes.append(f"No {versus} runs in this grid: Δ omitted (choose another with --versus).")
     if reference == "paper":
