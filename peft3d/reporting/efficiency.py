@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from peft3d.analysis import stats
-from peft3d.reporting.figures import colors, legend_below, line_style, panels, wrap
+from peft3d.reporting.figures import arm_panels, line_style
 
 ALL = "all"
 COLUMNS = ["full_dataset", "method", "backbone", "weights", "control", "point", "order", "per_class", "n", "mean",
@@ -57,18 +57,12 @@ def _point(runs: pd.DataFrame, full: str, method: str, bb: str, w: str, order: i
 
 def efficiency_figure(frame: pd.DataFrame) -> Any | None:
     """Test accuracy vs labelled models per class, one line per arm (pretrained solid, random init dashed,
-    colour by backbone), 95% CI bars; one panel per partition × method."""
-    from matplotlib.lines import Line2D
-
+    colour by backbone), 95% CI bars; one panel per method × partition."""
     drawn = frame[frame["n"] > 0]
     if drawn.empty:
         return None
-    cells = list(dict.fromkeys(zip(drawn["full_dataset"], drawn["method"], strict=True)))
-    color = colors(list(dict.fromkeys(drawn["backbone"])))
-    fig, cols = panels(len(cells), 5.0, 4.0)
-    for i, (full, method) in enumerate(cells):
-        ax = fig.add_subplot(math.ceil(len(cells) / cols), cols, i + 1)
-        here = drawn[(drawn["full_dataset"] == full) & (drawn["method"] == method)]
+
+    def draw(ax: Any, here: pd.DataFrame, color: dict[str, Any]) -> None:
         for (bb, w), g in here.groupby(["backbone", "weights"], sort=False):
             g = g.sort_values("order")
             err = np.vstack([(g["mean"] - g["ci_low"]).fillna(0).clip(lower=0),
@@ -80,13 +74,8 @@ def efficiency_figure(frame: pd.DataFrame) -> Any | None:
         ax.set_xlim(points["order"].min() - 0.3, points["order"].max() + 0.3)
         ax.set_xlabel("labelled training models per class")
         ax.set_ylabel("test accuracy (%), 95% CI")
-        ax.set_title(wrap(f"{method} — {full}", 50), fontsize=10)
-        ax.grid(alpha=.3)
-    fig.tight_layout()
-    handles = [Line2D([], [], color=c, marker="o", label=bb) for bb, c in color.items()]
-    handles += [Line2D([], [], color="gray", ls=line_style(w), label=str(w)) for w in dict.fromkeys(drawn["weights"])]
-    legend_below(fig, handles)
-    return fig
+
+    return arm_panels(drawn, ("method", "full_dataset"), 5.0, draw)
 
 
 NOTE = ("Test accuracy (%) of each arm on the few-label subsamples of the k-fold partition (at most k labelled "

@@ -71,6 +71,27 @@ def legend_below(fig: Any, handles: list[Any], fontsize: int = 8) -> None:
                bbox_to_anchor=(0.5, 0.0), frameon=False)
 
 
+def arm_panels(frame: pd.DataFrame, keys: tuple[str, str], panel_w: float, draw: Any, extra: tuple = ()) -> Any:
+    """One panel per value pair of ``keys`` (titled "first — second"); ``draw(ax, rows, color)`` draws the arms
+    of a panel, a colour per backbone and a line style per weights (:func:`line_style`), which the legend below
+    names (with ``extra`` handles)."""
+    from matplotlib.lines import Line2D
+
+    cells = list(dict.fromkeys(zip(frame[keys[0]], frame[keys[1]], strict=True)))
+    color = colors(list(dict.fromkeys(frame["backbone"])))
+    fig, cols = panels(len(cells), panel_w, 4.0)
+    for i, (a, b) in enumerate(cells):
+        ax = fig.add_subplot(math.ceil(len(cells) / cols), cols, i + 1)
+        draw(ax, frame[(frame[keys[0]] == a) & (frame[keys[1]] == b)], color)
+        ax.set_title(wrap(f"{a} — {b}", 50), fontsize=10)
+        ax.grid(alpha=.3)
+    fig.tight_layout()
+    handles = [Line2D([], [], color=c, marker="o", label=bb) for bb, c in color.items()]
+    handles += [Line2D([], [], color="gray", ls=line_style(w), label=str(w)) for w in dict.fromkeys(frame["weights"])]
+    legend_below(fig, handles + list(extra))
+    return fig
+
+
 def log_axis(ax: Any, which: str, values: list[float], label_of: Any) -> None:
     """A log axis whose ticks stay legible for any spread of ``values``: limits padded to at least a factor of
     4 (so a 1-2-5 tick falls inside even when every value is nearly the same), 1-2-5 ticks across up to ~2.5

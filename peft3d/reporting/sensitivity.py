@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from peft3d.reporting.figures import colors, legend_below, line_style, log_axis, panels, wrap
+from peft3d.reporting.figures import arm_panels, line_style, log_axis
 
 TRIAL_COLUMNS = ["study", "method", "dataset", "backbone", "weights", "arm", "number", "state", "lr",
                  "weight_decay", "value", "last_value", "best"]
@@ -64,12 +64,8 @@ def sensitivity_figure(trials: pd.DataFrame) -> Any | None:
     done = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
     if done.empty:
         return None
-    cells = list(dict.fromkeys(zip(done["method"], done["dataset"], strict=True)))
-    color = colors(list(dict.fromkeys(done["backbone"])))
-    fig, cols = panels(len(cells), 5.4, 4.0)
-    for i, (method, ds) in enumerate(cells):
-        ax = fig.add_subplot(math.ceil(len(cells) / cols), cols, i + 1)
-        here = done[(done["method"] == method) & (done["dataset"] == ds)]
+
+    def draw(ax: Any, here: pd.DataFrame, color: dict[str, Any]) -> None:
         for (bb, w), g in here.groupby(["backbone", "weights"], sort=False):
             full = g[g["state"] == "COMPLETE"].sort_values("lr")
             ax.plot(full["lr"], full["value"], line_style(w), marker="o", ms=5, color=color[bb], lw=1.3)
@@ -80,15 +76,10 @@ def sensitivity_figure(trials: pd.DataFrame) -> Any | None:
         log_axis(ax, "x", list(here["lr"]), lambda x: f"{x:g}")
         ax.set_xlabel("learning rate (log)")
         ax.set_ylabel("validation objective (%)")
-        ax.set_title(wrap(f"{method} — {ds}", 50), fontsize=10)
-        ax.grid(alpha=.3)
-    fig.tight_layout()
-    handles = [Line2D([], [], color=c, marker="o", label=bb) for bb, c in color.items()]
-    handles += [Line2D([], [], color="gray", ls=line_style(w), label=str(w)) for w in dict.fromkeys(done["weights"])]
-    handles += [Line2D([], [], color="gray", marker="o", mfc="none", ls="", label="pruned (last running mean)"),
-                Line2D([], [], color="k", marker="o", mfc="none", ms=10, ls="", label="chosen configuration")]
-    legend_below(fig, handles)
-    return fig
+
+    return arm_panels(done, ("method", "dataset"), 5.4, draw, (
+        Line2D([], [], color="gray", marker="o", mfc="none", ls="", label="pruned (last running mean)"),
+        Line2D([], [], color="k", marker="o", mfc="none", ms=10, ls="", label="chosen configuration")))
 
 
 def _point(trials: pd.DataFrame) -> pd.Series:
