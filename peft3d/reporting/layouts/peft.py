@@ -39,10 +39,7 @@ def peft_layout(df: pd.DataFrame, dataset: str | None = None, versus: str | None
     rows, nums = [], []
     for m in methods:
         g = summary[summary["method"] == m]
-        own, share = method_params(g)
-        r: dict[str, Any] = {"Method": m, "source": OURS, "PEFT params": own, "% of backbone": share}
-        n: dict[str, Any] = {"method": m, "source": OURS, "dataset": ds, "params_method": g["params_method"].max(),
-                             "params_share_min": _share(g, min), "params_share_max": _share(g, max)}
+        r, n = _method_columns(m, ds, g)
         deltas, means = [], []
         for (b, w), name in col.items():
             c = g[(g["backbone"] == b) & (g["weights"] == w)]
@@ -78,6 +75,14 @@ def peft_layout(df: pd.DataFrame, dataset: str | None = None, versus: str | None
         notes += [pnote, selection_note()]
     return Layout("peft", f"PEFT methods × backbones on {ds}: test accuracy (%)", pd.DataFrame(rows),
                   pd.DataFrame(nums), [n for n in notes if n])
+
+
+def _method_columns(m: str, ds: str, g: pd.DataFrame) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A method row's opening columns, display and numeric: its own parameters and their share of the backbone."""
+    own, share = method_params(g)
+    return ({"Method": m, "source": OURS, "PEFT params": own, "% of backbone": share},
+            {"method": m, "source": OURS, "dataset": ds, "params_method": g["params_method"].max(),
+             "params_share_min": _share(g, min), "params_share_max": _share(g, max)})
 
 
 def _share(cells: pd.DataFrame, pick: Any) -> float:
