@@ -10,9 +10,11 @@ import shutil
 import subprocess
 
 import pytest
+from study_fixture import trials_of, write_study
 from test_layouts import fake_smoke_results, golden_module
 
-from peft3d.reporting.report import cliques, pareto_front, write_report
+from peft3d.reporting.figures import cliques, pareto_front
+from peft3d.reporting.report import write_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -22,6 +24,15 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     specs = golden_module().load_into(root)
     path = write_report("golden", specs, root, reference="paper")
+    return path, specs
+
+
+@pytest.fixture(scope="module")
+def study_report(tmp_path_factory):
+    """A tuned k-fold transfer study with few-label folds (tests/study_fixture.py), reported with its manifest."""
+    root = tmp_path_factory.mktemp("study_report")
+    specs, manifest = write_study(root)
+    path = write_report("transfer_study.tuned", specs, root, versus="linear", manifest=manifest)
     return path, specs
 
 
@@ -78,12 +89,36 @@ def _chromium(browser: str, tmp_path, *args: str) -> subprocess.CompletedProcess
     return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
-def test_report_renders_in_headless_chromium(report, tmp_path):
+def test_a_tuned_kfold_study_report_has_its_sections(study_report):
+    text = study_report[0].read_text()
+    for heading in ("Does pretraining transfer?", "Learning-rate sensitivity", "Data efficiency: accuracy vs "
+                    "labelled models per class", "Tuned configuration per cell", "Trainable parameters"):
+        assert heading in text, heading
+    alts = set(re.findall(r'<img alt="([^"]+)"', text))
+    assert {"learning-rate sensitivity per arm", "data-efficiency curve", "accuracy vs trainable parameters",
+            "modality ranking with confidence intervals"} <= alts  # (two methods: no critical-difference diagram)
+    assert "Overlapping labels" not in text and "Plot failed" not in text
+    assert "sweethome3d/cv5_n5" in text and "paired by (fold, seed)" in text
+    assert "binomial SE of the pooled test set" in text
+    # the sensitivity table counts, at the (lr, wd) points both studies completed, where pretrained led
+    pre, rnd = trials_of("minilm", "pretrained", "linear"), trials_of("minilm", "random", "linear")
+    shared = [(a, b) for a, b in zip(pre, rnd, strict=True)
+              if a["params"] == b["params"] and a["state"] == b["state"] == "COMPLETE"]
+    ahead = sum(a["value"] > b["value"] for a, b in shared)
+    assert 0 < ahead < len(shared)  # the fixture's arms peak at different learning rates: the lead depends on it
+    assert re.search(rf"<td>linear</td>\s*<td>sweethome3d/cv5</td>\s*<td>minilm</td>\s*"
+                     rf"<td>{ahead}/{len(shared)} shared points</td>", text)
+    # the data-efficiency table: one row per arm with a few-label point, points in order
+    assert text.index("5 per class") < text.index("10 per class") < text.index("20 per class")
+
+
+@pytest.mark.parametrize("which", ["report", "study_report"])
+def test_report_renders_in_headless_chromium(which, request, tmp_path):
     browser = _browser()
     if browser is None:
         pytest.skip("no Chromium binary (chromium, chromium-browser, google-chrome) on this machine: "
                     "install Debian's 'chromium' (.ci/run does) to run the browser test")
-    path, specs = report
+    path, specs = request.getfixturevalue(which)
     png = tmp_path / "report.png"
     shot = _chromium(browser, tmp_path, f"--screenshot={png}", "--window-size=1280,2000", path.as_uri())
     assert png.exists() and png.stat().st_size > 10_000, shot.stderr[-2000:]
@@ -97,7 +132,8 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     for s in specs:
         assert s.run_id in dom.stdout
-    assert dom.stdout.count("<img") >= 4
+    assert dom.stdout.count("<img") >= (4 if which == "report" else 5)
+    assert "Overlapping labels" not in dom.stdout  # every figure passed the label-collision check
 
 
 def test_bench_report_cli(tmp_path):
@@ -111,3 +147,18 @@ def test_bench_report_cli(tmp_path):
     assert out.exit_code == 0, out.output
     html = (tmp_path / "report" / "smoke.html").read_text()
     assert all(s.run_id in html for s in specs)
+
+
+def test_bench_report_tuned_plots_the_manifests_trials(tmp_path):
+    from typer.testing import CliRunner
+
+    from peft3d.cli.app import _mount, app
+
+    _mount()
+    specs, _ = write_study(tmp_path, few=False)
+    out = CliRunner().invoke(app, ["report", "--grid", "transfer_study", "--results", str(tmp_path), "--tuned"])
+    assert out.exit_code == 0, out.output
+    html = (tmp_path / "report" / "transfer_study.tuned.html").read_text()
+    assert "Learning-rate sensitivity" in html and 'alt="learning-rate sensitivity per arm"' in html
+    assert all(s.run_id in html for s in specs)
+    assert "Data efficiency" not in html  # no few-label folds in this study

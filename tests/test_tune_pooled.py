@@ -141,7 +141,7 @@ def test_a_grid_s_tuning_block_is_checked_against_its_datasets(tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text(base + "tuning: {trials: 3, sampler: qmc, objective_variants: [f0, f1], seed: 7}\n")
     plan = expand_grid(str(ok)).tuning
-    assert plan == TuningPlan(3, "qmc", "full", ("f0", "f1"), 7)
+    assert plan == TuningPlan(3, "qmc", "with_knobs", ("f0", "f1"), 7)
     bad = tmp_path / "bad.yaml"
     bad.write_text(base + "tuning: {objective_variants: [f0, f2]}\n")
     with pytest.raises(ConfigError, match=r"objective_variants \['f2'\] are not among the grid's sweethome3d"):

@@ -53,6 +53,22 @@ def params(x: float) -> str:
     return f"{x / 1e6:.2f}M" if x >= 1e5 else f"{x / 1e3:.1f}k"
 
 
+def share(part: Any, whole: Any) -> str:
+    """``part`` as a percentage of ``whole`` at two significant digits: ``2.8%``, ``0.053%``, ``100%``, ``0%``;
+    a dash when either is missing or ``whole`` is 0."""
+    if is_missing(part) or is_missing(whole) or not whole:
+        return MISSING
+    pct = 100 * part / whole
+    if pct == 0:
+        return "0%"
+    return f"{pct:.0f}%" if pct >= 10 else f"{pct:.1f}%" if pct >= 1 else f"{pct:.2g}%"
+
+
+def sci(x: Any) -> str:
+    """A learning rate or weight decay at two significant digits: ``3.2e-03``; a dash when missing."""
+    return MISSING if is_missing(x) else f"{x:.1e}"
+
+
 def cell(row: pd.Series | None, reason_chars: int = 60) -> str:
     """One summary cell: 'mean ± std' with n when fewer runs than expected (or one); an explicit blank with
     the reason when no run succeeded."""

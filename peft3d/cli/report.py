@@ -28,13 +28,14 @@ def report(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     root = results_dir(results)
     expanded = open_grid(grid, include, seeds, data_root)
     name, specs = expanded.name, expanded.specs
-    extra = None
-    if tuned:
+    extra, manifest = None, None
+    if tuned:  # the tuned runs, and the manifest whose trials the learning-rate sensitivity section plots
         from peft3d.tuning.final import read_manifest, tuned_specs
 
-        specs, m = tuned_specs(name, root), read_manifest(root, name)
-        extra = [f"Tuned runs: {m['n_trials']} Optuna trials per cell in every study ({m['counting']}); equal "
-                 f"budget: {'yes' if m['equal_budget'] else 'NO'}; best configuration run on the grid's seeds."]
+        specs, manifest = tuned_specs(name, root), read_manifest(root, name)
+        extra = [f"Tuned runs: {manifest['n_trials']} Optuna trials per cell in every study "
+                 f"({manifest['counting']}); equal budget: {'yes' if manifest['equal_budget'] else 'NO'}; best "
+                 "configuration run on the grid's seeds."]
         name = f"{name}.tuned"
-    path = write_report(name, specs, root, out, reference, extra, expanded.compare_to)
+    path = write_report(name, specs, root, out, reference, extra, expanded.compare_to, manifest)
     typer.echo(f"wrote {path}")

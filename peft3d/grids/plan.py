@@ -5,7 +5,7 @@ tuning:
   trials: 8                        # default for --trials
   sampler: qmc                     # tpe (default) | qmc: a seeded scrambled Sobol sequence, the same points in
                                    #   every study of the same space (every arm sees the same candidates)
-  space: shared                    # full (default): lr, weight decay and the method's knobs | shared: lr and
+  space: shared                    # with_knobs (default): lr, weight decay and the method's knobs | shared: lr and
                                    #   weight decay only, the same space for every method
   objective_variants: [f0, f1, f2] # pool a cell over the dataset's variants (e.g. the folds of a k-fold split):
                                    #   a trial runs at each of these, the objective is their mean validation accuracy
@@ -22,14 +22,14 @@ from typing import Any
 from peft3d.core.errors import ConfigError
 
 SAMPLERS = ("tpe", "qmc")
-SPACES = ("full", "shared")
+SPACES = ("with_knobs", "shared")
 
 
 @dataclass(frozen=True)
 class TuningPlan:
     trials: int | None = None
     sampler: str = "tpe"
-    space: str = "full"
+    space: str = "with_knobs"
     objective_variants: tuple[str, ...] = ()
     seed: int | None = None
 
@@ -63,7 +63,8 @@ def parse_plan(block: Any, where: str) -> TuningPlan:
     seed = block.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ConfigError(f"{where}: tuning.seed must be a whole number >= 0, got {seed!r}")
-    return TuningPlan(trials, block.get("sampler", "tpe"), block.get("space", "full"), tuple(variants), seed)
+    space = block.get("space", "with_knobs")
+    return TuningPlan(trials, block.get("sampler", "tpe"), space, tuple(variants), seed)
 
 
 def check_plan_against(plan: TuningPlan, variants_by_dataset: dict[str, set[str]], where: str) -> None:

@@ -18,12 +18,27 @@ from peft3d.analysis import formatting as fm
 from peft3d.analysis import stats
 from peft3d.core.result import RunResult, load_results
 from peft3d.core.spec import RunSpec, default_pipeline_options
-from peft3d.reporting.transfer import has_controls, transfer_markdown
+from peft3d.reporting.folds import (
+    TUNED_ON_FOLDS,
+    Pooling,
+    folds_note,
+    is_pooled,
+    permutation_note,
+    pooled_n_test,
+    pooling,
+    replicate_keys,
+    replicates,
+    tuned_on_folds,
+    unit,
+)
+from peft3d.reporting.transfer import arm_config, has_controls, transfer_markdown
 
-RUN_COLUMNS = ["run_id", "backbone", "weights", "method", "preset", "dataset", "seed", "status", "error",
-               "test_acc", "val_acc", "test_acc_best_test", "test_acc_last", "selected_epoch", "n_test",
-               "params_method", "params_trainable_excl_head", "params_trainable", "params_total", "time_s",
-               "step_ms", "pretrain_modality", "modality", "control", "train_acc", "epochs", "late_selection"]
+RUN_COLUMNS = ["run_id", "backbone", "weights", "method", "preset", "dataset", "run_dataset", "fold", "per_class",
+               "full_dataset", "seed", "status", "error", "test_acc", "val_acc", "test_acc_best_test",
+               "test_acc_last", "selected_epoch", "n_test", "params_method", "params_trainable_excl_head",
+               "params_trainable", "params_total", "params_shared", "params_head", "params_backbone", "lr",
+               "weight_decay", "tuned", "tune_objective", "time_s", "step_ms", "pretrain_modality", "modality",
+               "control", "train_acc", "epochs", "late_selection"]
 LATE_FRACTION = 0.1  # protocol.md "Convergence": a selected epoch in the last 10% of epochs may be under-trained
 
 
@@ -90,21 +105,20 @@ def _pipeline_options(spec: Any) -> dict[str, Any]:
     return spec.pipeline_options() if hasattr(spec, "pipeline_options") else {}
 
 
-def _run_row(s: RunSpec, label: str, r: RunResult | None) -> dict[str, Any]:
-    m, p, t = (r and r.metrics), (r and r.params), (r.section("time") if r else {})
+def _run_row(s: RunSpec, label: str, r: RunResult | None, pool: Pooling) -> dict[str, Any]:
+    m, time = (r and r.metrics), (r.section("time") if r else {})
     curves = (m and m.curves) or {}
     sel, n_epochs = m and m.selected_epoch, len(curves.get("epoch") or [])
     train = curves.get("train_acc") or []
     return {
         "run_id": s.run_id, "backbone": s.backbone, "weights": s.weights, "method": label, "method_name": s.method,
-        "preset": s.preset, "dataset": f"{s.dataset}/{s.variant}", "seed": s.seed,
+        "preset": s.preset, "dataset": pool.dataset, "run_dataset": f"{s.dataset}/{s.variant}", "fold": pool.fold,
+        "per_class": pool.per_class, "full_dataset": pool.full, "seed": s.seed,
         "status": r.status if r else "missing", "error": r.error if r else "not run yet",
         "test_acc": m and m.test_acc, "val_acc": m and m.val_acc,
         "test_acc_best_test": m and m.test_acc_best_test, "test_acc_last": m and m.test_acc_last,
-        "selected_epoch": sel, "n_test": m and m.n_test,
-        "params_method": p and p.method, "params_trainable_excl_head": p and p.trainable_excluding_head,
-        "params_trainable": p and p.trainable, "params_total": p and p.total,
-        "time_s": t.get("total_s"), "step_ms": t.get("step_ms"),
+        "selected_epoch": sel, "n_test": m and m.n_test, **_param_columns(r), **_tuning_columns(r),
+        "time_s": time.get("total_s"), "step_ms": time.get("step_ms"),
         "pretrain_modality": (r and r.pretrain_modality) or _registry_modality(s.backbone),
         "control": control_of(s.backbone, s.weights),
         "train_acc": train[sel - 1] if sel and len(train) >= sel else None,
@@ -114,12 +128,36 @@ def _run_row(s: RunSpec, label: str, r: RunResult | None) -> dict[str, Any]:
     }
 
 
+def _param_columns(r: RunResult | None) -> dict[str, Any]:
+    """The result's parameter accounting (``training``'s param_groups): the method's own trainable parameters,
+    the shared tokenizer / positional encoding / norms, the head, and the backbone's blocks before the method
+    added to them (``blocks``; absent in older results)."""
+    p = r and r.params
+    extra = (p and p.extra) or {}
+    return {"params_method": p and p.method, "params_trainable_excl_head": p and p.trainable_excluding_head,
+            "params_trainable": p and p.trainable, "params_total": p and p.total,
+            "params_shared": extra.get("shared"), "params_head": extra.get("head"),
+            "params_backbone": extra.get("blocks")}
+
+
+def _tuning_columns(r: RunResult | None) -> dict[str, Any]:
+    """The learning rate and weight decay the run trained with, and whether ``bench tune`` chose them (the
+    result's ``tuning`` block, with the study's best validation objective)."""
+    budget = (r.spec.get("budget") if r else None) or {}
+    tuning = r.section("tuning") if r else {}
+    return {"lr": budget.get("lr"), "weight_decay": budget.get("weight_decay"), "tuned": bool(tuning),
+            "tune_objective": tuning.get("best_value")}
+
+
 def runs_frame(specs: list[RunSpec], root: Path) -> pd.DataFrame:
     """One row per expected run; ``status`` is success | failed | missing. ``method`` is the column label
-    (see :func:`method_labels`); ``method_name`` the registered name."""
+    (see :func:`method_labels`); ``method_name`` the registered name. ``dataset`` is the cell's dataset: the
+    folds of a declared k-fold partition share one (:mod:`peft3d.reporting.folds`); ``run_dataset`` is the
+    run's own and ``fold`` its fold ('' for a plain dataset)."""
     results = load_results(root, [s.run_id for s in specs])
     labels = method_labels(specs)
-    rows = [_run_row(s, labels[s.run_id], results[s.run_id]) for s in specs]
+    pools = pooling(specs)
+    rows = [_run_row(s, labels[s.run_id], results[s.run_id], pools[(s.dataset, s.variant)]) for s in specs]
     df = pd.DataFrame(rows, columns=[c for c in RUN_COLUMNS if c != "modality"] + ["method_name"])
     df["modality"] = [effective_modality(p, w) for p, w in zip(df["pretrain_modality"], df["weights"], strict=True)]
     df.loc[df["control"] == "no transformer", "modality"] = "none (no transformer)"
@@ -130,37 +168,55 @@ def runs_frame(specs: list[RunSpec], root: Path) -> pd.DataFrame:
 
 
 CELL_KEYS = ["backbone", "weights", "dataset", "method"]
+SUMMARY_COLUMNS = [*CELL_KEYS, "n", "n_expected", "mean", "std", "ci_low", "ci_high", "binom_se", "best_test_mean",
+                   "last_mean", "n_test", "params", "params_method", "params_trainable", "modality", "reason",
+                   "control", "train_mean", "val_mean", "n_late", "params_shared", "params_head", "params_backbone",
+                   "lr", "weight_decay", "tuned", "tune_objective"]
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (backbone, weights, dataset, method), in accuracy points (%): mean ± std over seeds, the 95%
-    bootstrap CI of the mean, the test set's binomial SE at the mean accuracy, optimistic and last-epoch means,
-    and parameter counts."""
+    """Per (backbone, weights, dataset, method), in accuracy points (%): mean ± std over the cell's replicates
+    (seeds; (fold, seed) on a k-fold dataset), the 95% bootstrap CI of the mean, the binomial SE of the cell's
+    test set at the mean accuracy (a k-fold cell's pooled test set), optimistic and last-epoch means, parameter
+    counts and the learning rate / weight decay the runs trained with."""
     rows = []
     for key, g in df.groupby(CELL_KEYS, sort=False, dropna=False):
         ok = g[g["status"] == "success"]
-        acc = (ok["test_acc"].astype(float) * 100).tolist()
         reason = None
         if ok.empty:
             bad = g[g["status"] != "success"]
             reason = str(bad["error"].dropna().iloc[0]) if bad["error"].notna().any() else "missing"
-        mean, std = stats.mean_std(acc)
-        lo, hi = stats.bootstrap_ci(acc)
-        n_test = ok["n_test"].max() if len(ok) else math.nan
         first = g.iloc[0]
-        rows.append(dict(zip(CELL_KEYS, key, strict=True), n=len(ok), n_expected=len(g), mean=mean, std=std, ci_low=lo,
-                         ci_high=hi, binom_se=100 * stats.binomial_se(mean / 100, n_test) if len(ok) else math.nan,
-                         best_test_mean=(ok["test_acc_best_test"].astype(float) * 100).mean() if len(ok) else math.nan,
-                         last_mean=(ok["test_acc_last"].astype(float) * 100).mean() if len(ok) else math.nan,
-                         n_test=n_test,
-                         params=ok["params_trainable_excl_head"].max() if len(ok) else math.nan,
-                         params_method=ok["params_method"].max() if len(ok) else math.nan,
-                         params_trainable=ok["params_trainable"].max() if len(ok) else math.nan,
-                         modality=first.get("modality"), reason=reason, control=first.get("control", ""),
-                         train_mean=(ok["train_acc"].astype(float) * 100).mean() if len(ok) else math.nan,
-                         val_mean=(ok["val_acc"].astype(float) * 100).mean() if len(ok) else math.nan,
-                         n_late=int((ok["late_selection"] == True).sum()) if len(ok) else 0))  # noqa: E712
-    return pd.DataFrame(rows)
+        rows.append(dict(zip(CELL_KEYS, key, strict=True), **_accuracy_stats(ok), n_expected=len(g),
+                         **_cell_params(ok), **arm_config(ok), modality=first.get("modality"), reason=reason,
+                         control=first.get("control", "")))
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def _pct_mean(ok: pd.DataFrame, col: str) -> float:
+    return float((ok[col].astype(float) * 100).mean()) if len(ok) and col in ok else math.nan
+
+
+def _accuracy_stats(ok: pd.DataFrame) -> dict[str, Any]:
+    acc = (ok["test_acc"].astype(float) * 100).tolist()
+    mean, std = stats.mean_std(acc)
+    lo, hi = stats.bootstrap_ci(acc)
+    n_test = pooled_n_test(ok)
+    return {"n": len(ok), "mean": mean, "std": std, "ci_low": lo, "ci_high": hi,
+            "binom_se": 100 * stats.binomial_se(mean / 100, n_test) if len(ok) else math.nan,
+            "best_test_mean": _pct_mean(ok, "test_acc_best_test"), "last_mean": _pct_mean(ok, "test_acc_last"),
+            "n_test": n_test, "train_mean": _pct_mean(ok, "train_acc"), "val_mean": _pct_mean(ok, "val_acc"),
+            "n_late": int((ok["late_selection"] == True).sum()) if len(ok) else 0}  # noqa: E712
+
+
+def _max(ok: pd.DataFrame, col: str) -> float:
+    return ok[col].max() if len(ok) and col in ok else math.nan
+
+
+def _cell_params(ok: pd.DataFrame) -> dict[str, Any]:
+    return {"params": _max(ok, "params_trainable_excl_head"), "params_method": _max(ok, "params_method"),
+            "params_trainable": _max(ok, "params_trainable"), "params_shared": _max(ok, "params_shared"),
+            "params_head": _max(ok, "params_head"), "params_backbone": _max(ok, "params_backbone")}
 
 
 def default_versus(methods: list[str]) -> str | None:
@@ -170,14 +226,14 @@ def default_versus(methods: list[str]) -> str | None:
 
 
 def paired_frame(df: pd.DataFrame, versus: str | None = None) -> pd.DataFrame:
-    """Each method vs ``versus`` on the same backbone × weights × dataset, paired by seed (successful pairs only).
-    Accuracy points; ``delta`` = method − versus."""
+    """Each method vs ``versus`` on the same backbone × weights × dataset, paired by replicate (seed; (fold, seed)
+    on a k-fold dataset), successful pairs only. Accuracy points; ``delta`` = method − versus."""
     methods = list(dict.fromkeys(df["method"]))
     versus = versus or default_versus(methods)
     ok = df[df["status"] == "success"]
     rows = []
     for key, g in ok.groupby(["backbone", "weights", "dataset"], sort=False):
-        wide = g.pivot_table(index="seed", columns="method", values="test_acc", aggfunc="first") * 100
+        wide = g.pivot_table(index=replicate_keys(g), columns="method", values="test_acc", aggfunc="first") * 100
         if versus not in wide:
             continue
         for m in [m for m in methods if m != versus and m in wide]:
@@ -198,12 +254,6 @@ def friedman_of(summary: pd.DataFrame) -> stats.Friedman:
     return stats.friedman(matrix.reindex(columns=list(dict.fromkeys(summary["method"]))))
 
 
-
-
-
-
-
-
 def stats_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Per-cell statistics, long form, display strings."""
     ok = summary[summary["n"] > 0]
@@ -221,18 +271,14 @@ def stats_table(summary: pd.DataFrame) -> pd.DataFrame:
         "control": ok["control"]})
 
 
-
-
-
-
 def paired_markdown(df: pd.DataFrame, versus: str | None = None) -> list[str]:
     pf = paired_frame(df, versus)
     versus = versus or default_versus(list(dict.fromkeys(df["method"])))
-    head = f"### Paired comparisons vs {versus} (same backbone × weights × dataset, paired by seed)"
+    head = f"### Paired comparisons vs {versus} (same backbone × weights × dataset, paired by {unit(df)})"
     usable = pf[pf["n_pairs"] >= 2]
     if usable.empty:
         most = int(pf["n_pairs"].max()) if len(pf) else 0
-        return [head, "", f"Not computed: paired tests need ≥ 2 seeds with results for both methods "
+        return [head, "", f"Not computed: paired tests need ≥ 2 {replicates(df)} with results for both methods "
                           f"(at most {most} here)."]
     t = pd.DataFrame({"backbone": usable["backbone"], "weights": usable["weights"], "dataset": usable["dataset"],
                       "method": usable["method"], "pairs": usable["n_pairs"],
@@ -241,19 +287,33 @@ def paired_markdown(df: pd.DataFrame, versus: str | None = None) -> list[str]:
                       "p (Wilcoxon)": usable["p_wilcoxon"].map(fm.p_value),
                       "P(improvement)": usable["prob_improvement"].map(lambda x: fm.num(x, ".2f"))})
     return [head, "", fm.markdown(t), "",
-            "Δ = method − " + str(versus) + ". Two-sided paired permutation test (sign flips, exact for few seeds: "
-            "with 3 seeds p ≥ 0.25) and Wilcoxon signed-rank test; P(improvement) = P(method run > "
-            f"{versus} run) (Mann-Whitney U / n·m)."]
+            "Δ = method − " + str(versus) + f". Two-sided paired permutation test ({permutation_note(df)}) and "
+            f"Wilcoxon signed-rank test; P(improvement) = P(method run > {versus} run) (Mann-Whitney U / n·m)."]
+
+
+def tuned_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per tuned cell, the learning rate and weight decay ``bench tune`` chose, and its validation objective."""
+    t = summary[summary["tuned"].fillna(False).astype(bool)]
+    return pd.DataFrame({"backbone": t["backbone"], "weights": t["weights"], "dataset": t["dataset"],
+                         "method": t["method"], "lr": t["lr"].map(fm.sci),
+                         "weight decay": t["weight_decay"].map(fm.sci),
+                         "val objective": (t["tune_objective"] * 100).map(fm.num)})
+
+
+TUNED_NOTE = ("lr / weight decay: the best trial of the cell's study (validation objective, in %), which every "
+              "reported run of the cell trained with. `bench report --tuned` plots the objective against lr per arm.")
+
+
+def tuned_markdown(df: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    t = tuned_table(summary)
+    if t.empty:
+        return []
+    return ["## Tuned configuration per cell", "", fm.markdown(t), "", TUNED_NOTE, "",
+            *([TUNED_ON_FOLDS, ""] if tuned_on_folds(df) else [])]
 
 
 def friedman_markdown(summary: pd.DataFrame) -> list[str]:
     return ["### Friedman test across cells", "", fm.friedman_sentence(friedman_of(summary))]
-
-
-
-
-
-
 
 
 def method_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -262,7 +322,7 @@ def method_table(summary: pd.DataFrame) -> pd.DataFrame:
     wide = s.pivot_table(index=["backbone", "weights", "dataset"], columns="method", values="cell",
                          aggfunc="first", sort=False)
     methods = list(dict.fromkeys(summary["method"]))
-    out = wide.reindex(columns=methods).reset_index()
+    out = wide.reindex(columns=methods).fillna(fm.MISSING).reset_index()  # a method the row never ran: a dash
     controls = summary.drop_duplicates(["backbone", "weights"]).set_index(["backbone", "weights"])["control"]
     if controls.astype(bool).any():  # label the controls (protocol.md: a modality claim must beat them)
         out.insert(2, "control", [controls.get((b, w), "") for b, w in zip(out["backbone"], out["weights"],
@@ -271,20 +331,56 @@ def method_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def params_table(summary: pd.DataFrame) -> pd.DataFrame:
-    s = summary.assign(p=summary["params"].map(fm.params))
-    wide = s.pivot_table(index=["backbone"], columns="method", values="p", aggfunc="first", sort=False)
-    return wide.reindex(columns=list(dict.fromkeys(summary["method"]))).reset_index()
+    """Per backbone: its block parameters, what every method trains beside the method (tokenizer, positional
+    encoding, norms; the head), then each method's own trainable parameters as a count and as a share of the
+    backbone's (``linear`` trains none; ``full`` all of the blocks)."""
+    methods = list(dict.fromkeys(summary["method"]))
+    rows = []
+    for bb, g in summary.groupby("backbone", sort=False):
+        backbone = _one(g["params_backbone"])
+        row = {"backbone": bb, "backbone params": fm.params(backbone),
+               "shared (tokenizer, norms)": _span(g["params_shared"]), "head": _span(g["params_head"])}
+        for m in methods:
+            own = g.loc[g["method"] == m, "params_method"].max() if (g["method"] == m).any() else math.nan
+            row[m] = fm.MISSING if fm.is_missing(own) else fm.params(own) + (
+                "" if fm.is_missing(backbone) or not backbone else f" ({fm.share(own, backbone)})")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _one(values: pd.Series) -> float:
+    v = values.dropna()
+    return float(v.max()) if len(v) else math.nan
+
+
+def _span(values: pd.Series) -> str:
+    """A count, or its range when the cells differ (e.g. the head of datasets with more classes)."""
+    v = values.dropna()
+    if v.empty:
+        return fm.MISSING
+    lo, hi = v.min(), v.max()
+    return fm.params(lo) if lo == hi else f"{fm.params(lo)}–{fm.params(hi)}"
+
+
+PARAMS_NOTE = ("Each method's own trainable parameters (the PEFT module; `full`: every backbone block; `linear`: "
+               "none), in brackets as a share of the backbone's block parameters (counted before the method adds "
+               "to them). Every method also trains the shared tokenizer, positional encoding and norms and the "
+               "head, listed once per backbone: they are not the method's cost. Trainable excluding the head = "
+               "method + shared (the Any2Point paper's convention); — : a count the result does not record.")
 
 
 def noise_floor(summary: pd.DataFrame) -> str:
+    """The binomial SE of each dataset's test set (a k-fold dataset's pooled test set) at its cells' mean."""
     ok = summary[summary["n"] > 0]
     if ok.empty:
         return ""
-    p = ok["mean"].mean() / 100
-    n = int(ok["n_test"].max())
-    se = math.sqrt(p * (1 - p) / n) * 100
-    return (f"Test-set sampling noise: binomial SE ≈ {se:.1f} pt at {100 * p:.0f}% accuracy with n_test = {n}; "
-            f"differences smaller than ~2 SE ({2 * se:.1f} pt) are not evidence.")
+    parts = []
+    for ds, g in ok.groupby("dataset", sort=False):
+        p, n = g["mean"].mean() / 100, int(g["n_test"].max())
+        se = 100 * stats.binomial_se(p, n)
+        parts.append(f"{ds} ≈ {se:.1f} pt at {100 * p:.0f}% with n_test = {n} (2 SE = {2 * se:.1f} pt)")
+    return ("Test-set sampling noise (binomial SE at the mean accuracy): " + "; ".join(parts) +
+            "; differences smaller than ~2 SE are not evidence.")
 
 
 def render_markdown(grid: str, df: pd.DataFrame, versus: str | None = None) -> str:
@@ -292,14 +388,17 @@ def render_markdown(grid: str, df: pd.DataFrame, versus: str | None = None) -> s
     n_ok, n_all = int((df["status"] == "success").sum()), len(df)
     parts = [f"# {grid}: test accuracy (%)", "",
              "Overall accuracy on the test set at the epoch with the best validation accuracy; mean ± std "
-             "over seeds (n = successful/expected runs).", "",
+             f"over {replicates(df)} (n = successful/expected runs).", "",
              *(transfer_markdown(df) if has_controls(df) else []),
              method_table(summary).to_markdown(index=False), "", noise_floor(summary), "",
-             "## Trainable parameters (excluding the head)", "", params_table(summary).to_markdown(index=False), ""]
+             *([folds_note(df), ""] if is_pooled(df) else []),
+             "## Trainable parameters: each method's own, apart from the shared tokenizer and head", "",
+             fm.markdown(params_table(summary)), "", PARAMS_NOTE, "",
+             *tuned_markdown(df, summary)]
     if (summary["n"] > 0).any():
         parts += ["## Statistics", "", fm.markdown(stats_table(summary)), "",
-                  "95% CI: percentile bootstrap of the mean over seeds (scipy.stats.bootstrap). binom. SE: the "
-                  "test set's own sampling noise, sqrt(p(1−p)/n_test). † best-on-test is optimistic (epoch "
+                  f"95% CI: percentile bootstrap of the mean over {replicates(df)} (scipy.stats.bootstrap). binom. "
+                  "SE: the test set's own sampling noise, sqrt(p(1−p)/n_test). † best-on-test is optimistic (epoch "
                   "selected on test, as papers do) and never the headline. val / train: accuracy at the selected "
                   "epoch. ‡ late sel.: runs whose selected epoch lies in the last 10% of their epochs "
                   "(possibly under-trained; the cell is marked ‡ in the table above).", "",
@@ -308,7 +407,7 @@ def render_markdown(grid: str, df: pd.DataFrame, versus: str | None = None) -> s
     failed = df[df["status"] != "success"]
     if len(failed):
         parts += ["", "## Not in the table", ""]
-        parts += [f"- `{r.run_id}` {r.backbone}[{r.weights}]/{r.method}/{r.dataset}/s{r.seed}: {r.status} — "
+        parts += [f"- `{r.run_id}` {r.backbone}[{r.weights}]/{r.method}/{r.run_dataset}/s{r.seed}: {r.status} — "
                   f"{fm.short(r.error, 200)}" for r in failed.itertuples()]
     return "\n".join(parts) + "\n"
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from peft3d.analysis import formatting as fm
 from peft3d.analysis import stats
+from peft3d.reporting.folds import is_pooled, permutation_note, replicate_keys
 
 CONTROL_KINDS = ["random init", "shuffled", "no transformer"]
 SHORT = {"random init": "random", "shuffled": "shuffled", "no transformer": "none"}
@@ -25,8 +26,21 @@ def has_controls(df: pd.DataFrame) -> bool:
     return bool((ok["control"] == "").any() and (ok["control"] != "").any())
 
 
-def _by_seed(g: pd.DataFrame) -> pd.Series:
-    return (g.groupby("seed")["test_acc"].first() * 100).sort_index()
+def _by_replicate(g: pd.DataFrame) -> pd.Series:
+    """Test accuracy (points) per replicate: seed, or (fold, seed) on a k-fold dataset."""
+    return (g.groupby(replicate_keys(g))["test_acc"].first() * 100).sort_index()
+
+
+def arm_config(runs: pd.DataFrame) -> dict:
+    """An arm's (a cell's) learning rate, weight decay and tuning objective: nan unless every successful run used
+    the same; ``tuned`` when every run carries ``bench tune``'s block."""
+    def one(col: str) -> float:
+        vals = runs[col].dropna().unique() if col in runs else []
+        return float(vals[0]) if len(vals) == 1 else math.nan
+
+    tuned = bool(len(runs)) and "tuned" in runs and bool(runs["tuned"].fillna(False).astype(bool).all())
+    return {"lr": one("lr"), "weight_decay": one("weight_decay"), "tuned": tuned,
+            "tune_objective": one("tune_objective")}
 
 
 def _control_pool(cell: pd.DataFrame, kind: str, backbone: str, method: str) -> tuple[pd.DataFrame, str]:
@@ -45,7 +59,8 @@ def _control_pool(cell: pd.DataFrame, kind: str, backbone: str, method: str) -> 
 
 def transfer_frame(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, method, backbone, weights): mean ± std, bootstrap CI, validation mean, rank among
-    the pretrained rows, and for pretrained rows the paired Δ and p against each kind of control."""
+    the pretrained rows, the tuned lr / weight decay when ``bench tune`` chose them, and for pretrained rows the
+    paired Δ and p against each kind of control (paired by seed; by (fold, seed) on a k-fold dataset)."""
     ok = df[df["status"] == "success"]
     rows = []
     for (ds, method), cell in ok.groupby(["dataset", "method"], sort=False):
@@ -57,13 +72,14 @@ def transfer_frame(df: pd.DataFrame) -> pd.DataFrame:
             ctl = str(g["control"].iloc[0])
             r = {"dataset": ds, "method": method, "backbone": bb, "weights": w, "modality": g["modality"].iloc[0],
                  "control": ctl, "n": len(acc), "mean": mean, "std": std, "ci_low": lo, "ci_high": hi,
-                 "val_mean": float((g["val_acc"] * 100).mean()), "n_late": int((g["late_selection"] == True).sum())}  # noqa: E712
+                 "val_mean": float((g["val_acc"] * 100).mean()), "n_late": int((g["late_selection"] == True).sum()),  # noqa: E712
+                 **arm_config(g)}
             if not ctl:
                 for kind in CONTROL_KINDS:
                     pool, tag = _control_pool(controls_here, kind, bb, method)
                     if pool.empty:
                         continue
-                    a, b = _by_seed(g), _by_seed(pool)
+                    a, b = _by_replicate(g), _by_replicate(pool)
                     common = a.index.intersection(b.index)
                     p = stats.paired_compare(a[common].to_numpy(), b[common].to_numpy())
                     key = SHORT[kind]
@@ -76,8 +92,10 @@ def transfer_frame(df: pd.DataFrame) -> pd.DataFrame:
     real = out["control"] == ""
     out["rank"] = math.nan
     out.loc[real, "rank"] = out[real].groupby(["dataset", "method"])["mean"].rank(ascending=False, method="min")
+    order = {d: i for i, d in enumerate(dict.fromkeys(df["dataset"]))}  # the grid's order (n5 before n10)
     return out.sort_values(["dataset", "method", "control", "rank", "mean"],
-                           ascending=[True, True, True, True, False], kind="stable").reset_index(drop=True)
+                           ascending=[True, True, True, True, False], kind="stable",
+                           key=lambda c: c.map(order) if c.name == "dataset" else c).reset_index(drop=True)
 
 
 def _vs_cell(r: pd.Series, key: str) -> str:
@@ -90,13 +108,22 @@ def _vs_cell(r: pd.Series, key: str) -> str:
 
 
 TITLE = "Does pretraining transfer? Modality ranking against the controls"
-NOTE = ("Pretrained backbones ranked by mean test accuracy (%) within each dataset × method; controls below "
-        "(random init: the same architecture, library initialisation; shuffled: every pretrained tensor's "
-        "entries permuted; none: no transformer blocks). Δ = pretrained − control in points, paired by seed; "
-        "p: two-sided paired permutation test (with 3 seeds p ≥ 0.25, so no single grid of 3 seeds is "
-        "'significant': read Δ against the test set's noise floor and the CIs). The control is the same "
-        "backbone's when the grid ran it, else the one named. ‡: a seed selected an epoch in the last 10% "
-        "(possibly under-trained). A modality transfers only if it beats every control by more than the noise.")
+def note(df: pd.DataFrame) -> str:
+    """What the section's numbers are; the pairing and the smallest p follow the table's replicates."""
+    if is_pooled(df):
+        pairing = ("paired by (fold, seed); p: two-sided paired permutation test over those pairs (" +
+                   permutation_note(df) + ")")
+    else:
+        pairing = ("paired by seed; p: two-sided paired permutation test (with 3 seeds p ≥ 0.25, so no single grid "
+                   "of 3 seeds is 'significant': read Δ against the test set's noise floor and the CIs)")
+    tuned = (" lr / wd: the learning rate and weight decay `bench tune` chose for the arm on validation (its "
+             "own study, the same budget as every arm)." if "tuned" in df and df["tuned"].fillna(False).any() else "")
+    return ("Pretrained backbones ranked by mean test accuracy (%) within each dataset × method; controls below "
+            "(random init: the same architecture, library initialisation; shuffled: every pretrained tensor's "
+            f"entries permuted; none: no transformer blocks). Δ = pretrained − control in points, {pairing}. The "
+            "control is the same backbone's when the grid ran it, else the one named. ‡: a run selected an epoch in "
+            "the last 10% (possibly under-trained). A modality transfers only if it beats every control by more "
+            f"than the noise.{tuned}")
 
 
 def transfer_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -115,6 +142,13 @@ def transfer_table(df: pd.DataFrame) -> pd.DataFrame:
         "95% CI": [f"[{lo:.1f}, {hi:.1f}]" if not math.isnan(lo) else "— (n<2)"
                    for lo, hi in zip(tf["ci_low"], tf["ci_high"], strict=True)],
         "val": tf["val_mean"].map(fm.num), "seeds": tf["n"].astype(int)})
+    if tf["tuned"].any():
+        shown.insert(shown.columns.get_loc("test mean ± std"), "lr / wd",
+                     [f"{fm.sci(lr)} / {fm.sci(wd)}" if t else fm.MISSING
+                      for lr, wd, t in zip(tf.get("lr", math.nan), tf.get("weight_decay", math.nan), tf["tuned"],
+                                           strict=True)])
+    if is_pooled(df):
+        shown = shown.rename(columns={"seeds": "(fold, seed)"})
     for k in kinds:
         shown[f"Δ vs {k}"] = [_vs_cell(r, k) if not r["control"] else "" for _, r in tf.iterrows()]
     return shown
@@ -123,4 +157,4 @@ def transfer_table(df: pd.DataFrame) -> pd.DataFrame:
 def transfer_markdown(df: pd.DataFrame) -> list[str]:
     """The opening section: modality ranking with CIs, controls below, paired tests against each control."""
     shown = transfer_table(df)
-    return [] if shown.empty else [f"## {TITLE}", "", fm.markdown(shown), "", NOTE, ""]
+    return [] if shown.empty else [f"## {TITLE}", "", fm.markdown(shown), "", note(df), ""]

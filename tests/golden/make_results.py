@@ -22,6 +22,7 @@ BACKBONES = {"clip_text": ("language", 0.0), "roberta": ("language", -1.0), "din
 METHODS = {"linear": (-6.0, 0), "prompt": (-2.5, 92_160), "lora": (-4.0, 589_824), "any2point": (0.0, 470_000)}
 DATASETS = {("scanobjectnn", "pb_t50_rs"): (89.0, 2882, 15), ("modelnet40", "auto"): (93.0, 2468, 40)}
 SEEDS = (0, 1, 2)
+BLOCKS = 86_000_000  # the backbone's block parameters before a method adds to them (params.blocks)
 EPOCHS = 5
 FAILED = ("ssast", "lora", "modelnet40", 2)  # becomes a failed run
 MISSING = ("dinov2", "prompt", "scanobjectnn", 1)  # has no result file
@@ -57,7 +58,7 @@ def result(spec: RunSpec, rng: np.random.Generator) -> dict:
                                "train_loss": [round(2.0 / (e + 1), 4) for e in range(EPOCHS)]}},
         "params": {"method": p_method, "shared": shared, "head": head + 768 * (classes - 15),
                    "trainable_excluding_head": shared + p_method, "trainable": shared + p_method + head,
-                   "total": 86_000_000 + shared + p_method + head},
+                   "total": BLOCKS + shared + p_method + head, "blocks": BLOCKS},
         "backbone": {"name": spec.backbone, "pretrain_modality": modality},
         "time": {"total_s": round(float(rng.uniform(100, 200)), 1), "step_ms": 50.0},
     }

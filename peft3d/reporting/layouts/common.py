@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from peft3d.analysis import formatting as fm
 from peft3d.analysis import reference as ref
 from peft3d.analysis import stats
 
@@ -87,3 +88,18 @@ def binomial_note(summary: pd.DataFrame) -> str:
         p, n = g["mean"].mean() / 100, int(g["n_test"].max())
         parts.append(f"{ds} ±{100 * stats.binomial_se(p, n):.1f} pt (n_test = {n})")
     return ("Test-set binomial SE at the mean accuracy: " + "; ".join(parts) + ".") if parts else ""
+
+
+def method_params(cells: pd.DataFrame) -> tuple[str, str]:
+    """The method's own trainable parameters over ``cells`` (summary rows: one method, one or more backbones) and
+    their share of the backbone's block parameters, as display strings: one value, or the range when the
+    backbones differ; a dash when the results do not record it."""
+    ok = cells[cells["n"] > 0]
+    counts = ok["params_method"].dropna().astype(float)
+    backbone = ok["params_backbone"].astype(float).where(ok["params_backbone"].astype(float) > 0)
+    shares = (ok["params_method"].astype(float) / backbone).dropna()
+
+    def span(v: pd.Series, show: Callable[[float], str]) -> str:
+        return fm.MISSING if v.empty else show(v.min()) if v.min() == v.max() else f"{show(v.min())}–{show(v.max())}"
+
+    return span(counts, fm.params), span(shares, lambda x: fm.share(x, 1))

@@ -7,6 +7,7 @@ import pandas as pd
 
 from peft3d.analysis import formatting as fm
 from peft3d.analysis import reference as ref
+from peft3d.reporting.folds import replicates
 from peft3d.reporting.layouts.common import (
     OURS,
     PAPER_MARK,
@@ -15,6 +16,7 @@ from peft3d.reporting.layouts.common import (
     binomial_note,
     datasets_of,
     interleave,
+    method_params,
     modality_rank,
     paper_columns,
     pick_methods,
@@ -37,14 +39,15 @@ def main_layout(df: pd.DataFrame, dataset: str | None = None, method: str | None
     for k in keys.itertuples():
         g = s[(s["backbone"] == k.backbone) & (s["weights"] == k.weights) & (s["method"] == k.method)]
         ok = g[g["n"] > 0]
+        own, share = method_params(g)
         r = {"Modality": k.modality, "Backbone": k.backbone + ("" if k.weights == "pretrained" else f" [{k.weights}]"),
-             "Method": k.method, "source": OURS, "PEFT params": fm.params(ok["params_method"].max()),
+             "Method": k.method, "source": OURS, "PEFT params": own, "% of backbone": share,
              "Trainable excl. head": fm.params(ok["params"].max()),
              "incl. head": fm.params(ok["params_trainable"].max()), "_bb": k.backbone}
         n = {"_bb": k.backbone, "modality": k.modality, "backbone": k.backbone, "weights": k.weights,
              "method": k.method, "source": OURS,
              "params_method": ok["params_method"].max(), "params_trainable_excl_head": ok["params"].max(),
-             "params_trainable": ok["params_trainable"].max()}
+             "params_trainable": ok["params_trainable"].max(), "params_backbone": ok["params_backbone"].max()}
         for ds in cols:
             c = g[g["dataset"] == ds]
             row = c.iloc[0] if len(c) else None
@@ -61,9 +64,11 @@ def main_layout(df: pd.DataFrame, dataset: str | None = None, method: str | None
         nums = interleave(nums, pnums, lambda r: r.get("_bb"))
     display = pd.DataFrame(rows).drop(columns=["_bb"], errors="ignore")
     numeric = pd.DataFrame(nums).drop(columns=["_bb"], errors="ignore")
-    notes = [f"Test accuracy (%) at the best-validation epoch, mean ± std over seeds; method: {', '.join(chosen)}. "
-             "Trainable parameters: the PEFT module alone, everything trainable except the head (the paper's "
-             "convention), and everything trainable.", binomial_note(s)]
+    notes = [f"Test accuracy (%) at the best-validation epoch, mean ± std over {replicates(df)}; method: "
+             f"{', '.join(chosen)}. "
+             "Trainable parameters: the PEFT module alone (and its share of the backbone's block parameters), "
+             "everything trainable except the head (the paper's convention: PEFT module + the shared tokenizer and "
+             "norms), and everything trainable.", binomial_note(s)]
     if paper:
         notes.append(selection_note())
     return Layout("main", "Main table: test accuracy (%) by backbone and dataset", display, numeric,

@@ -9,6 +9,7 @@ import pandas as pd
 from peft3d.analysis import formatting as fm
 from peft3d.analysis import reference as ref
 from peft3d.analysis import stats
+from peft3d.reporting.folds import replicates
 from peft3d.reporting.layouts.common import (
     MODALITY_ORDER,
     OURS,
@@ -57,9 +58,11 @@ def modality_layout(df: pd.DataFrame, dataset: str | None = None, method: str | 
                    if not all(fm.is_missing(rn[1][f"{d}:rank"]) for d in datasets) else math.inf)
         rows += [r for r, _ in block]
         nums += [n for _, n in block]
-    notes = [f"Method: {', '.join(chosen)}. Each modality: mean of its backbones' mean test accuracy (%) over seeds; "
-             "95% CI: percentile bootstrap over the runs pooled across the modality's backbones (seeds × "
-             "backbones) — with 1-2 backbones per modality it cannot capture between-backbone variance; the CSV "
+    reps = replicates(df)
+    unit_runs = "seeds" if reps == "seeds" else "(fold, seed)"
+    notes = [f"Method: {', '.join(chosen)}. Each modality: mean of its backbones' mean test accuracy (%) over "
+             f"{reps}; 95% CI: percentile bootstrap over the runs pooled across the modality's backbones ({unit_runs} "
+             "× backbones) — with 1-2 backbones per modality it cannot capture between-backbone variance; the CSV "
              "gives each modality's backbone range. A randomly initialised backbone transfers no modality."]
     if paper:
         prow, pnum = _modality_paper_rows(cols)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from peft3d.analysis import formatting as fm
 from peft3d.analysis import reference as ref
+from peft3d.reporting.folds import replicates
 from peft3d.reporting.layouts.common import (
     OURS,
     PAPER_DATASETS,
@@ -17,6 +18,7 @@ from peft3d.reporting.layouts.common import (
     binomial_note,
     datasets_of,
     interleave,
+    method_params,
     selection_note,
 )
 from peft3d.reporting.tables import default_versus, paired_frame, summarize
@@ -37,8 +39,7 @@ def peft_layout(df: pd.DataFrame, dataset: str | None = None, versus: str | None
     rows, nums = [], []
     for m in methods:
         g = summary[summary["method"] == m]
-        r: dict[str, Any] = {"Method": m, "source": OURS, "PEFT params": fm.params(g["params_method"].max())}
-        n: dict[str, Any] = {"method": m, "source": OURS, "dataset": ds, "params_method": g["params_method"].max()}
+        r, n = _method_columns(m, ds, g)
         deltas, means = [], []
         for (b, w), name in col.items():
             c = g[(g["backbone"] == b) & (g["weights"] == w)]
@@ -62,9 +63,9 @@ def peft_layout(df: pd.DataFrame, dataset: str | None = None, versus: str | None
                  delta_mean=np.nanmean(deltas) if not all(map(fm.is_missing, deltas)) else math.nan)
         rows.append(r)
         nums.append(n)
-    notes = [f"{ds}: test accuracy (%) at the best-validation epoch, mean ± std over seeds; Δ = method − {versus} "
-             "on the same backbone (cell means; paired tests over seeds: `bench table` default layout, "
-             "p-values in the CSV).", binomial_note(summary)]
+    notes = [f"{ds}: test accuracy (%) at the best-validation epoch, mean ± std over {replicates(df)}; Δ = method − "
+             f"{versus} on the same backbone (cell means; paired tests over {replicates(df)}: `bench table` default "
+             "layout, p-values in the CSV).", binomial_note(summary)]
     if not has_versus:
         notes.append(f"No {versus} runs in this grid: Δ omitted (choose another with --versus).")
     if reference == "paper":
@@ -74,6 +75,21 @@ def peft_layout(df: pd.DataFrame, dataset: str | None = None, versus: str | None
         notes += [pnote, selection_note()]
     return Layout("peft", f"PEFT methods × backbones on {ds}: test accuracy (%)", pd.DataFrame(rows),
                   pd.DataFrame(nums), [n for n in notes if n])
+
+
+def _method_columns(m: str, ds: str, g: pd.DataFrame) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A method row's opening columns, display and numeric: its own parameters and their share of the backbone."""
+    own, share = method_params(g)
+    return ({"Method": m, "source": OURS, "PEFT params": own, "% of backbone": share},
+            {"method": m, "source": OURS, "dataset": ds, "params_method": g["params_method"].max(),
+             "params_share_min": _share(g, min), "params_share_max": _share(g, max)})
+
+
+def _share(cells: pd.DataFrame, pick: Any) -> float:
+    """The method's own parameters as a fraction of the backbone's, the smallest or largest over backbones."""
+    ok = cells[(cells["n"] > 0) & (cells["params_backbone"].astype(float) > 0)]
+    fractions = (ok["params_method"].astype(float) / ok["params_backbone"].astype(float)).dropna()
+    return pick(fractions) if len(fractions) else math.nan
 
 
 def _peft_paper_rows(ds: str, col: dict, versus: str) -> tuple[list[dict], list[dict], str]:

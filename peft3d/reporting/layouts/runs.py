@@ -15,7 +15,9 @@ RUNS_NUMERIC = ["run_id", "backbone", "modality", "weights", "method", "preset",
 
 
 def runs_layout(df: pd.DataFrame, dataset: str | None = None) -> Layout:
-    d = df[df["dataset"].isin(datasets_of(df, dataset))]
+    d = df[df["dataset"].isin(datasets_of(df, dataset))].copy()
+    if "run_dataset" in d:  # each run's own dataset: the fold of a k-fold cell, not the pooled cell
+        d["dataset"] = d["run_dataset"]
     pct = lambda c: [fm.num(x * 100) if not fm.is_missing(x) else "—" for x in d[c]]  # noqa: E731
     display = pd.DataFrame({
         "run_id": d["run_id"], "backbone": d["backbone"], "modality": d["modality"], "weights": d["weights"],
