@@ -9,7 +9,8 @@ Contract:
 - ``final_norm``: the encoder's final norm (identity for post-LN families, whose blocks end normalised).
 - ``pos_table()``: the pretrained positional table (1D ``[L, D]`` or 2D ``[H, W, D]`` plus its canvas).
 - ``ffn_site(i)``: the :class:`FFNSite` of block ``i``; methods add hooks there (adapters, Any2Point).
-- ``lora_targets(i)``: module names inside ``blocks[i]`` that LoRA should wrap (the attention projections).
+- ``lora_targets(i)``: module names inside ``blocks[i]`` that LoRA should wrap (the attention projections):
+  the input projections first, the output projection last (DAPT relies on the order; a test checks it).
 - ``ffn_targets(i)``: module names inside ``blocks[i]`` of the FFN's projections (up, then down), for
   tuners that adapt the FFN (IA3's feedforward modules, or any peft tuner with ``targets: ffn | all``).
 """
