@@ -17,7 +17,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from peft3d.core.spec import TokenizerCfg
-from peft3d.models.geometry import farthest_point_sample, gather, knn_from_dist, pairwise_sq_dist, sub_matrix
+from peft3d.models.fused import BatchNormRows, GroupedLinear, NormResidualPool
+from peft3d.models.geometry import (
+    farthest_point_sample,
+    gather,
+    gather_rows,
+    knn_from_dist,
+    pairwise_sq_dist,
+    sub_matrix,
+)
 
 
 def conv1x1(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -25,11 +33,9 @@ def conv1x1(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
-def batch_norm_rows(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
-    """``bn`` (a BatchNorm1d/2d) over channels-last ``x (..., C)``: statistics per channel over every leading
-    dimension, exactly what the module computes on the channels-first layout; running stats updated alike.
-    ``relu``: applied in place *before* reshaping back (an in-place op on a view would make autograd copy the
-    whole tensor in backward)."""
+def norm_mode(bn: nn.modules.batchnorm._BatchNorm) -> tuple[bool, torch.Tensor | None, torch.Tensor | None, float]:
+    """What ``bn``'s forward does now, as ``nn.BatchNorm`` decides it: (batch statistics?, running mean, running
+    var, momentum). In training, counts the batch (``num_batches_tracked``) as the module does."""
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
@@ -37,9 +43,51 @@ def batch_norm_rows(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, relu: 
             momentum = 1.0 / float(bn.num_batches_tracked)
     batch_stats = bn.training or bn.running_mean is None
     track = not bn.training or bn.track_running_stats
-    out = F.batch_norm(x.reshape(-1, x.shape[-1]), bn.running_mean if track else None,
-                       bn.running_var if track else None, bn.weight, bn.bias, batch_stats, momentum, bn.eps)
+    return batch_stats, bn.running_mean if track else None, bn.running_var if track else None, momentum
+
+
+def batch_norm_rows(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, relu: bool = False,
+                    residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``bn`` (a BatchNorm1d/2d) over channels-last ``x (..., C)``: statistics per channel over every leading
+    dimension, exactly what the module computes on the channels-first layout; running stats updated alike.
+    ``residual`` (same shape as ``x``) is added, then ``relu`` applied, in place *before* reshaping back (an
+    in-place op on a view would make autograd copy the whole tensor in backward). Training on the CPU in float32
+    runs :class:`~peft3d.models.fused.BatchNormRows` (same values, a cheaper backward)."""
+    batch_stats, mean, var, momentum = norm_mode(bn)
+    rows = x.reshape(-1, x.shape[-1])
+    res = None if residual is None else residual.reshape(rows.shape)
+    if batch_stats and bn.affine and fused_rows(rows):
+        return BatchNormRows.apply(rows, res, bn.weight, bn.bias, mean, var, momentum, bn.eps, relu).view(x.shape)
+    out = F.batch_norm(rows, mean, var, bn.weight, bn.bias, batch_stats, momentum, bn.eps)
+    if res is not None:
+        out = out + res
     return (torch.relu_(out) if relu else out).view(x.shape)
+
+
+def fused_rows(x: torch.Tensor) -> bool:
+    """Whether the hand-fused row functions (:mod:`peft3d.models.fused`) run: float32 on the CPU, where they
+    were measured faster; CUDA (one fused kernel per stock operator already) and autocast dtypes keep the stock
+    operators."""
+    return x.device.type == "cpu" and x.dtype == torch.float32
+
+
+def folded_conv_bn(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``bn(conv(x))`` as one affine map, for a BatchNorm that uses its running statistics
+    (evaluation): one matmul instead of a matmul and a normalisation pass."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    bias = -bn.running_mean if conv.bias is None else conv.bias - bn.running_mean
+    bias = bias * scale + (0 if bn.bias is None else bn.bias)
+    return conv.weight.flatten(1) * scale.unsqueeze(1), bias
+
+
+def max_over_neighbours(y: torch.Tensor) -> torch.Tensor:
+    """``y (B, G, K, C)`` -> ``(B, G, C)``. Under autograd ``max``, not ``amax``: the same values, and a backward
+    that scatters to the arg-max instead of building a tie mask and counting it in int64. On exact ties the
+    gradient goes to one neighbour instead of being split; ties happen at ReLU's zeros, whose gradient is zero
+    either way. Without autograd ``amax`` (no indices: 20x cheaper on the CPU)."""
+    return y.max(dim=2).values if torch.is_grad_enabled() else y.amax(dim=2)
 
 
 class Bottleneck(nn.Module):
@@ -52,10 +100,33 @@ class Bottleneck(nn.Module):
             nn.Conv2d(hidden, c, 1), nn.BatchNorm2d(c),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # channels-last (B, G, K, C)
-        conv1, bn1, _, conv2, bn2 = self.net
-        h = batch_norm_rows(bn1, conv1x1(conv1, x), relu=True)
-        return torch.relu_(batch_norm_rows(bn2, conv1x1(conv2, h)) + x)
+    def folded(self) -> bool:
+        """Both BatchNorms use their running statistics (evaluation): each folds into its convolution."""
+        bn1, bn2 = self.net[1], self.net[4]
+        return not (bn1.training or bn2.training) and bn1.track_running_stats and bn2.track_running_stats
+
+    def first_linear(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight and bias of the first 1x1 convolution, its BatchNorm folded in when :meth:`folded`."""
+        conv1, bn1 = self.net[0], self.net[1]
+        return folded_conv_bn(conv1, bn1) if self.folded() else (conv1.weight.flatten(1), conv1.bias)
+
+    def forward(self, x: torch.Tensor, pool: bool = False, first: torch.Tensor | None = None) -> torch.Tensor:
+        """channels-last ``x (B, G, K, C)`` -> the same shape, or with ``pool`` its max over the K neighbours
+        ``(B, G, C)``. ``first``: ``x`` through :meth:`first_linear` as rows ``(B*G*K, hidden)``, when the
+        caller computed it (:class:`~peft3d.models.fused.GroupedLinear`)."""
+        _, bn1, _, conv2, bn2 = self.net
+        rows = x.reshape(-1, x.shape[-1])
+        a1 = F.linear(rows, *self.first_linear()) if first is None else first
+        if self.folded():
+            z = F.linear(torch.relu_(a1), *folded_conv_bn(conv2, bn2)).add_(rows).relu_().view(x.shape)
+            return max_over_neighbours(z) if pool else z
+        h = batch_norm_rows(bn1, a1, relu=True)
+        a2 = conv1x1(conv2, h)
+        if pool and fused_rows(a2) and bn2.affine and (bn2.training or bn2.running_mean is None):
+            _, mean, var, momentum = norm_mode(bn2)
+            return NormResidualPool.apply(a2, x, bn2.weight, bn2.bias, mean, var, momentum, bn2.eps)
+        y = batch_norm_rows(bn2, a2, relu=True, residual=rows).view(x.shape)
+        return max_over_neighbours(y) if pool else y
 
 
 @torch.no_grad()
@@ -65,12 +136,13 @@ def pos_encoding(xyz: torch.Tensor, width: int, alpha: float, beta: float) -> to
     F_ = width // 6
     inv = alpha ** (-torch.arange(F_, device=xyz.device, dtype=xyz.dtype) / F_)
     ang = (beta * xyz).unsqueeze(-1) / (1 / inv)  # (..., 3, F), the division of the reference formula
-    pe = torch.empty(*ang.shape, 2, device=xyz.device, dtype=xyz.dtype)
-    torch.sin(ang, out=pe[..., 0])
-    torch.cos(ang, out=pe[..., 1])
-    pe = pe.flatten(-3)
-    if pe.shape[-1] < width:  # width not divisible by 6: pad with zeros (never at paper widths)
-        pe = F.pad(pe, (0, width - pe.shape[-1]))
+    # a tensor of its own, not a view: the fused tokenizer path writes the grouped features into it
+    pe = torch.zeros(*xyz.shape[:-1], width, device=xyz.device, dtype=xyz.dtype) if width > 6 * F_ else \
+        torch.empty(*xyz.shape[:-1], width, device=xyz.device, dtype=xyz.dtype)
+    # width not divisible by 6: the last channels stay zero (never at paper widths)
+    sincos = pe[..., :6 * F_].view(*ang.shape, 2)
+    torch.sin(ang, out=sincos[..., 0])
+    torch.cos(ang, out=sincos[..., 1])
     return pe
 
 
@@ -95,15 +167,26 @@ class Stage(nn.Module):
             else:  # "std": one scalar per sample (the released code uses one per batch: batch-dependent)
                 rel = rel / rel.flatten(1).std(dim=1).clamp_min(1e-5).view(-1, 1, 1, 1)
             pe = pos_encoding(rel, self.c_out, self.cfg.alpha, self.cfg.beta)
-        nb_feat = gather(feat, nb_idx)  # (B, G, K, C)
-        c_feat = gather(feat, c_idx).unsqueeze(2).expand_as(nb_feat)
-        x = torch.cat([nb_feat, c_feat], dim=-1).add_(pe.to(feat.dtype))  # (B, G, K, 2C)
-        x = self.blocks(x)
-        # max, not amax: the same values, and a backward that scatters to the arg-max instead of building a
-        # tie mask and counting it in int64 (amax's backward was the largest copy in the profile). On exact
-        # ties the gradient goes to one neighbour instead of being split; ties happen at ReLU's zeros, whose
-        # gradient is zero either way.
-        return centres, x.max(dim=2).values, sub_matrix(dist, c_idx)
+        x, first = self.group(feat, pe, nb_idx, c_idx)  # (B, G, K, 2C), (B*G*K, hidden) or None
+        if not len(self.blocks):
+            return centres, max_over_neighbours(x), sub_matrix(dist, c_idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, pool=i == len(self.blocks) - 1, first=first if i == 0 else None)
+        return centres, x, sub_matrix(dist, c_idx)
+
+    def group(self, feat: torch.Tensor, pe: torch.Tensor, nb_idx: torch.Tensor, c_idx: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The grouped input ``[f_neighbour, f_centre] + PosE (B, G, K, 2C)`` and, on the fused path, the first
+        block's first convolution of it (computed inside :class:`~peft3d.models.fused.GroupedLinear`)."""
+        if len(self.blocks) and fused_rows(feat):
+            B, N, _ = feat.shape
+            offset = torch.arange(B, device=feat.device).mul_(N)
+            nb = (nb_idx + offset.view(B, 1, 1)).reshape(-1)
+            centre = (c_idx + offset.view(B, 1)).reshape(-1)
+            return GroupedLinear.apply(feat, pe, nb, centre, *self.blocks[0].first_linear())
+        nb_feat = gather_rows(feat, nb_idx)  # (B, G, K, C)
+        c_feat = gather_rows(feat, c_idx).unsqueeze(2).expand_as(nb_feat)
+        return torch.cat([nb_feat, c_feat], dim=-1).add_(pe.to(feat.dtype)), None
 
 
 class PointTokenizer(nn.Module):
