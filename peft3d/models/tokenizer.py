@@ -4,11 +4,14 @@ geometric normalisation, feature expansion, non-learnable PosE, residual bottlen
 At paper settings (1024 points, 3 stages, embed 96, lga (2,1,1), last bottleneck 32) the point network has
 exactly 276,672 parameters and yields 128 tokens x 768 channels, as in the released code.
 
-Speed (issue 12): features stay channels-last ``(B, G, K, C)`` end to end, so every 1x1 convolution is one
-matmul over contiguous rows and every BatchNorm reduces contiguous rows (no permutes, no strided conv
-path). The modules keep the released layout (``Conv2d``/``BatchNorm2d``, same parameter names and shapes,
-same initialisation); only the arithmetic is laid out differently. One squared-distance matrix per forward
-serves FPS and kNN of every stage (a later stage's points are the earlier stage's centres: a sub-matrix).
+Speed: features stay channels-last ``(B, G, K, C)`` end to end, so every 1x1 convolution is one matmul over
+contiguous rows and every BatchNorm reduces contiguous rows (no permutes, no strided conv path). The modules
+keep the released layout (``Conv2d``/``BatchNorm2d``, same parameter names and shapes, same initialisation);
+only the arithmetic is laid out differently. On the CPU in float32 the per-neighbour MLP runs the fused rows of
+:mod:`peft3d.models.fused` (the first convolution's gradient per point, not per point x neighbour; fewer passes
+over the ``(B*G*K, C)`` tensors); in evaluation each BatchNorm folds into its convolution. FPS and kNN come from
+:func:`peft3d.models.geometry.sample_and_group` (a compiled kernel where one runs, else one distance matrix per
+forward shared by every stage).
 """
 from __future__ import annotations
 
@@ -18,14 +21,7 @@ from torch.nn import functional as F
 
 from peft3d.core.spec import TokenizerCfg
 from peft3d.models.fused import BatchNormRows, GroupedLinear, NormResidualPool
-from peft3d.models.geometry import (
-    farthest_point_sample,
-    gather,
-    gather_rows,
-    knn_from_dist,
-    pairwise_sq_dist,
-    sub_matrix,
-)
+from peft3d.models.geometry import gather, gather_rows, sample_and_group
 
 
 def conv1x1(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -153,13 +149,12 @@ class Stage(nn.Module):
         self.c_out = 2 * c_in
         self.blocks = nn.Sequential(*[Bottleneck(self.c_out, hidden) for _ in range(n_blocks)])
 
-    def forward(self, xyz: torch.Tensor, feat: torch.Tensor, dist: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """xyz (B, N, 3), feat (B, N, C), dist (B, N, N) -> centres (B, N/2, 3), tokens (B, N/2, 2C) and
-        the centres' distance matrix (B, N/2, N/2)."""
+    def forward(self, xyz: torch.Tensor, feat: torch.Tensor, dist: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """xyz (B, N, 3), feat (B, N, C), dist (B, N, N) or None -> centres (B, N/2, 3), tokens (B, N/2, 2C)
+        and the centres' distance matrix (B, N/2, N/2) or None (:func:`~peft3d.models.geometry.sample_and_group`)."""
         with torch.no_grad():
-            c_idx = farthest_point_sample(xyz, xyz.shape[1] // 2, dist=dist)  # (B, G)
-            nb_idx = knn_from_dist(dist, c_idx, self.cfg.k)  # (B, G, K)
+            c_idx, nb_idx, next_dist = sample_and_group(xyz, xyz.shape[1] // 2, self.cfg.k, dist)  # (B,G), (B,G,K)
             centres = gather(xyz, c_idx)
             rel = gather(xyz, nb_idx) - centres.unsqueeze(2)  # (B, G, K, 3)
             if self.cfg.group_norm == "scan":  # per group and axis: divide by the max |offset|
@@ -169,10 +164,10 @@ class Stage(nn.Module):
             pe = pos_encoding(rel, self.c_out, self.cfg.alpha, self.cfg.beta)
         x, first = self.group(feat, pe, nb_idx, c_idx)  # (B, G, K, 2C), (B*G*K, hidden) or None
         if not len(self.blocks):
-            return centres, max_over_neighbours(x), sub_matrix(dist, c_idx)
+            return centres, max_over_neighbours(x), next_dist
         for i, block in enumerate(self.blocks):
             x = block(x, pool=i == len(self.blocks) - 1, first=first if i == 0 else None)
-        return centres, x, sub_matrix(dist, c_idx)
+        return centres, x, next_dist
 
     def group(self, feat: torch.Tensor, pe: torch.Tensor, nb_idx: torch.Tensor, c_idx: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -213,9 +208,7 @@ class PointTokenizer(nn.Module):
             raise ValueError(f"{xyz.shape[1]} points is not divisible by 2**num_stages={2**self.cfg.num_stages}")
         xyz = xyz.float()  # geometry in fp32 even under autocast
         feat = batch_norm_rows(self.raw[1], conv1x1(self.raw[0], xyz), relu=True)  # (B, N, C0)
-        centres = xyz
-        with torch.no_grad():
-            dist = pairwise_sq_dist(xyz)
+        centres, dist = xyz, None
         for stage in self.stages:
             centres, feat, dist = stage(centres, feat, dist)
         tokens = self.proj(feat)  # (B, G, D)
