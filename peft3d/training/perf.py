@@ -14,7 +14,6 @@ Nothing here imports mlflow or optuna: the command must run on a bare GPU machin
 """
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -23,9 +22,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from peft3d.training import step as training_step
+from peft3d.training.step import Trainer, autocast
+
 PAPER_POINTS = 1024
 PAPER_K = 64  # Any2Point's DINOv2-Scan arm (--patchknn 64); the CLIP arm uses 81
-SETTINGS_GRID = "quickstart_methods"  # method settings (and, without --paper, the tokenizer) come from this grid
+SETTINGS_GRID = "quickstart_methods"  # method settings, budget (and, without --paper, the tokenizer) come from here
+PROFILE_STEPS = 3
 
 
 @dataclass
@@ -118,10 +121,21 @@ def method_cfg(s: PerfSettings, method: str) -> tuple[str | None, dict[str, Any]
     return preset, cls.resolve(overrides, preset, where=f"method {method}").to_dict()
 
 
-def autocast(s: PerfSettings):
-    if s.precision == "bf16":
-        return torch.autocast(torch.device(s.device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def perf_budget(s: PerfSettings):
+    """The budget whose step is timed: the settings grid's (with ``--paper``: the paper pipeline's schedule
+    and clipping). Its lr does not change the step time; its clipping, label smoothing and schedule are part
+    of the step."""
+    from peft3d.core.spec import Budget, from_mapping
+    from peft3d.grids.loader import load_grid
+
+    grid = load_grid("_pipeline_paper" if s.paper else SETTINGS_GRID)
+    return from_mapping(Budget, grid.get("budget"), f"{SETTINGS_GRID} budget")
+
+
+def timed_steps(s: PerfSettings) -> int:
+    """Scheduler length for timing: every step ``bench perf`` takes (warm-up, timed, profiled) stays inside
+    the schedule (OneCycleLR refuses to step past its end)."""
+    return s.warmup + s.steps + PROFILE_STEPS + 1
 
 
 def sync(device: str) -> None:
@@ -135,22 +149,16 @@ def build_run(s: PerfSettings, method: str, xyz: torch.Tensor, labels: torch.Ten
 
     preset, cfg = method_cfg(s, method)
     spec = RunSpec(backbone=s.backbone, method=method, weights=s.weights, method_cfg=cfg, preset=preset,
-                   tokenizer=tokenizer_cfg(s), num_points=s.points, seed=s.seed)
+                   tokenizer=tokenizer_cfg(s), num_points=s.points, seed=s.seed, budget=perf_budget(s))
     model, _ = build_model(spec, s.num_classes, device=s.device, attention=s.attention)
     model.to(s.device).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    fwd = torch.compile(model) if s.compile else model
-
-    def loss() -> torch.Tensor:
-        with autocast(s):
-            return nn.functional.cross_entropy(fwd(xyz), labels)
+    trainer = Trainer.for_budget(model, spec.budget, timed_steps(s), s.device, s.precision,
+                                 forward=torch.compile(model) if s.compile else None)
 
     def step() -> None:
-        loss().backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        training_step.train_step(trainer, xyz, labels)  # the step training takes, not a copy of it
 
-    return MethodRun(method, preset, model, step, loss)
+    return MethodRun(method, preset, model, step, lambda: trainer.loss(xyz, labels)[0])
 
 
 class CudaPeak:
@@ -200,7 +208,7 @@ def tokenizer_step(model: nn.Module, xyz: torch.Tensor, s: PerfSettings) -> Call
     tok = model.tokenizer
 
     def step() -> None:
-        with autocast(s):
+        with autocast(s.device, s.precision):
             tokens, _ = tok(xyz)
         tokens.float().square().mean().backward()
         tok.zero_grad(set_to_none=True)
@@ -280,7 +288,8 @@ def measure(s: PerfSettings, log: Callable[[str], None] = lambda _m: None) -> di
     return out
 
 
-def profile_step(step: Callable[[], None], device: str, top: int, steps: int = 3) -> list[dict[str, Any]]:
+def profile_step(step: Callable[[], None], device: str, top: int, steps: int = PROFILE_STEPS
+                 ) -> list[dict[str, Any]]:
     """The ``top`` operators of ``step`` by self time (device time on CUDA), per step, with their share of
     the step's total self time: where the floor's remaining cost goes."""
     from torch.profiler import ProfilerActivity, profile
@@ -301,6 +310,9 @@ def profile_step(step: Callable[[], None], device: str, top: int, steps: int = 3
 
 def summarise(s: PerfSettings, runs: dict[str, MethodRun], tok: Callable[[], None],
               tok_times: list[float]) -> dict[str, Any]:
+    from peft3d.models.geometry import geometry_backend
+
+    budget = perf_budget(s)
     floor = statistics.median(runs[s.methods[0]].times)  # the floor method comes first (PerfSettings)
     tok_s = statistics.median(tok_times)
     cfg = tokenizer_cfg(s)
@@ -329,7 +341,9 @@ def summarise(s: PerfSettings, runs: dict[str, MethodRun], tok: Callable[[], Non
                      "k": cfg.k, "device": s.device, "precision": s.precision, "compile": s.compile,
                      "steps": s.steps, "warmup": s.warmup, "weights": s.weights, "full_size": s.full_size,
                      "attention": s.attention or "backbone default", "threads": torch.get_num_threads(),
-                     "torch": torch.__version__},
+                     "torch": torch.__version__, "geometry": geometry_backend(s.device, s.points),
+                     "step": f"{training_step.train_step.__module__}.train_step",
+                     "budget": {k: getattr(budget, k) for k in ("schedule", "grad_clip", "label_smoothing")}},
         "memory": "CUDA max_memory_allocated during build + warm-up, above the pre-build level"
                   if s.device.startswith("cuda") else "CPU estimate: weights + buffers + gradients + AdamW "
                   "moments + autograd-saved activations of one forward (no allocator statistics on CPU)",
