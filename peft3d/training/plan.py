@@ -7,8 +7,9 @@ training takes -- are timed on random clouds, plus one evaluation batch. From th
 (10% of train held out for validation, as the protocol does) that gives a time per run and for the grid, the
 device memory each cell needs, which cells will not fit, and a ``bench submit --time/--mem`` that leaves room.
 
-``tiny=True`` swaps every backbone for its tiny test twin (same code paths, widths of 24-32): a CPU check that
-every cell of a grid builds and steps, not a forecast of its cost.
+``tiny=True`` swaps every backbone for its tiny test twin (same code paths, widths of 24-32) and narrows the
+tokenizer to width 8 (same stages, points and neighbours): a quick CPU check that every cell of a grid builds
+and steps, not a forecast of its cost.
 """
 from __future__ import annotations
 
@@ -199,8 +200,19 @@ def _name_cells(cells: list[dict[str, Any]]) -> None:
 
 def _timed_spec(spec: RunSpec, s: PlanSettings) -> RunSpec:
     budget = spec.budget if s.batch is None else dataclasses.replace(spec.budget, batch_size=s.batch)
-    return dataclasses.replace(spec, weights="random", budget=budget,
-                               backbone=tiny_twin(spec.backbone) if s.tiny else spec.backbone)
+    if not s.tiny:
+        return dataclasses.replace(spec, weights="random", budget=budget)
+    # tiny: the backbone's twin, the tokenizer at width 8 (same stages, points, k), blocks cut to the twin's
+    # depth, evaluation batches of the training batch's size
+    from peft3d.backbones import BACKBONES
+
+    twin = tiny_twin(spec.backbone)
+    depth = BACKBONES.meta(twin).get("depth") or 0
+    pipeline = spec.pipeline if spec.pipeline.blocks is None or spec.pipeline.blocks <= depth else \
+        dataclasses.replace(spec.pipeline, blocks=depth)
+    return dataclasses.replace(spec, weights="random", backbone=twin, pipeline=pipeline,
+                               budget=dataclasses.replace(budget, eval_batch_size=budget.batch_size),
+                               tokenizer=dataclasses.replace(spec.tokenizer, embed_dim=8, last_bottleneck=8))
 
 
 def _measure_or_oom(spec: RunSpec, num_classes: int, s: PlanSettings) -> dict[str, Any]:
@@ -241,18 +253,21 @@ def _row(cell: dict[str, Any], total_mem: float) -> dict[str, Any]:
     row = {"cell": cell["name"], "backbone": spec.backbone, "method": spec.method, "preset": spec.preset,
            "points": spec.num_points,
            "batch": spec.budget.batch_size, "epochs": spec.budget.epochs, "runs": len(runs),
-           "steps_per_epoch": steps, "peak_mb": cell["peak_mb"], "s_per_step": cell["s_per_step"],
-           "oom": cell.get("oom")}
+           "steps_per_epoch": steps, "eval_batches": math.ceil(eval_samples / spec.budget.eval_batch_size),
+           "peak_mb": cell["peak_mb"], "s_per_step": cell["s_per_step"], "eval_s_per_batch": cell["eval_s_per_batch"],
+           "build_s": cell["build_s"], "oom": cell.get("oom")}
     if cell["s_per_step"] is None:
         return {**row, "fits": False, "run_s": None, "total_s": None}
-    eval_batches = math.ceil(eval_samples / spec.budget.eval_batch_size)
-    run_s = spec.budget.epochs * (steps * cell["s_per_step"] + eval_batches * cell["eval_s_per_batch"]) \
+    run_s = spec.budget.epochs * (steps * cell["s_per_step"] + row["eval_batches"] * cell["eval_s_per_batch"]) \
         + cell["build_s"]
     return {**row, "fits": cell["peak_mb"] <= 0.9 * total_mem, "run_s": round(run_s, 1),
             "total_s": round(run_s * len(runs), 1), "peak_mb": round(cell["peak_mb"], 1),
-            "s_per_step": round(cell["s_per_step"], 4)}
+            "s_per_step": round(cell["s_per_step"], 6)}
 
 
 def _hms(seconds: float) -> str:
+    """SLURM time: HH:MM:SS, or D-HH:MM:SS from a day on (rounded up to the minute)."""
     minutes = max(1, math.ceil(seconds / 60))
-    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+    days, rest = divmod(minutes, 24 * 60)
+    hms = f"{rest // 60:02d}:{rest % 60:02d}:00"
+    return f"{days}-{hms}" if days else hms
