@@ -42,6 +42,14 @@ def _print_table(r: dict) -> None:
         for p in r["profile"]:
             prof.add_row(p["op"], f"{p['self_ms']:.1f}", f"{100 * p['share']:.1f}%", f"{p['calls']:g}")
         con.print(prof)
+    for method, rows in (r.get("extra_ops") or {}).items():
+        extra = Table(title=f"{method}: top operators by time beyond the floor's (ms per step)")
+        for col in ("operator", "extra ms", f"{method} ms", "floor ms", "calls", "floor calls"):
+            extra.add_column(col)
+        for p in rows:
+            extra.add_row(p["op"], f"{p['extra_ms']:+.1f}", f"{p['self_ms']:.1f}", f"{p['floor_ms']:.1f}",
+                          f"{p['calls']:g}", f"{p['floor_calls']:g}")
+        con.print(extra)
 
 
 @app.command("perf")
@@ -60,8 +68,8 @@ def perf(backbone: str = typer.Option("minilm", "--backbone", "-b", help="backbo
          compile_: bool = typer.Option(False, "--compile", help="torch.compile each model"),
          steps: int = typer.Option(20, "--steps", help="timed steps per method (after the warm-up)"),
          warmup: int = typer.Option(3, "--warmup"),
-         profile: int = typer.Option(0, "--profile", help="also profile the floor step and list its top N "
-                                                          "operators by self time"),
+         profile: int = typer.Option(0, "--profile", help="also profile: the floor step's top N operators by "
+                                                          "self time, and each method's top N beyond the floor's"),
          full_size: bool = typer.Option(False, "--full-size",
                                         help="random weights at the backbone's real size (no checkpoint read)"),
          weights: str = typer.Option("random", "--weights", help="random | pretrained | path:/..."),

@@ -43,17 +43,20 @@ def norm_mode(bn: nn.modules.batchnorm._BatchNorm) -> tuple[bool, torch.Tensor |
 
 
 def batch_norm_rows(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, relu: bool = False,
-                    residual: torch.Tensor | None = None) -> torch.Tensor:
+                    residual: torch.Tensor | None = None, shift: torch.Tensor | None = None) -> torch.Tensor:
     """``bn`` (a BatchNorm1d/2d) over channels-last ``x (..., C)``: statistics per channel over every leading
     dimension, exactly what the module computes on the channels-first layout; running stats updated alike.
     ``residual`` (same shape as ``x``) is added, then ``relu`` applied, in place *before* reshaping back (an
-    in-place op on a view would make autograd copy the whole tensor in backward). Training on the CPU in float32
-    runs :class:`~peft3d.models.fused.BatchNormRows` (same values, a cheaper backward)."""
+    in-place op on a view would make autograd copy the whole tensor in backward). ``shift``: a bias the caller
+    left out of ``x`` (see :func:`absorbs_bias`). Training on the CPU in float32 runs
+    :class:`~peft3d.models.fused.BatchNormRows` (same values, a cheaper backward)."""
     batch_stats, mean, var, momentum = norm_mode(bn)
     rows = x.reshape(-1, x.shape[-1])
     res = None if residual is None else residual.reshape(rows.shape)
     if batch_stats and bn.affine and fused_rows(rows):
-        return BatchNormRows.apply(rows, res, bn.weight, bn.bias, mean, var, momentum, bn.eps, relu).view(x.shape)
+        return BatchNormRows.apply(rows, res, bn.weight, bn.bias, shift, mean, var, momentum, bn.eps, relu
+                                   ).view(x.shape)
+    rows = rows if shift is None else rows + shift
     out = F.batch_norm(rows, mean, var, bn.weight, bn.bias, batch_stats, momentum, bn.eps)
     if res is not None:
         out = out + res
@@ -65,6 +68,13 @@ def fused_rows(x: torch.Tensor) -> bool:
     were measured faster; CUDA (one fused kernel per stock operator already) and autocast dtypes keep the stock
     operators."""
     return x.device.type == "cpu" and x.dtype == torch.float32
+
+
+def absorbs_bias(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> bool:
+    """Whether the convolution before ``bn`` may skip its bias on ``x``: on the fused path with batch
+    statistics, which cancel a per-channel constant; the bias then moves the running mean only (and its
+    gradient is exactly zero, where autograd computes rounding noise)."""
+    return fused_rows(x) and bn.affine and (bn.training or bn.running_mean is None)
 
 
 def folded_conv_bn(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,27 +111,39 @@ class Bottleneck(nn.Module):
         bn1, bn2 = self.net[1], self.net[4]
         return not (bn1.training or bn2.training) and bn1.track_running_stats and bn2.track_running_stats
 
-    def first_linear(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Weight and bias of the first 1x1 convolution, its BatchNorm folded in when :meth:`folded`."""
+    def first_linear(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight and bias of the first 1x1 convolution for inputs like ``x``: its BatchNorm folded in when
+        :meth:`folded`, no bias when the BatchNorm absorbs it (:func:`absorbs_bias`)."""
         conv1, bn1 = self.net[0], self.net[1]
-        return folded_conv_bn(conv1, bn1) if self.folded() else (conv1.weight.flatten(1), conv1.bias)
+        if self.folded():
+            return folded_conv_bn(conv1, bn1)
+        return conv1.weight.flatten(1), None if absorbs_bias(bn1, x) else conv1.bias
 
-    def forward(self, x: torch.Tensor, pool: bool = False, first: torch.Tensor | None = None) -> torch.Tensor:
+    def pools_fused(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x, pool=True)`` runs :class:`~peft3d.models.fused.NormResidualPool`."""
+        return not self.folded() and absorbs_bias(self.net[4], x)
+
+    def forward(self, x: torch.Tensor, pool: bool = False, first: torch.Tensor | None = None,
+                grouped: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """channels-last ``x (B, G, K, C)`` -> the same shape, or with ``pool`` its max over the K neighbours
         ``(B, G, C)``. ``first``: ``x`` through :meth:`first_linear` as rows ``(B*G*K, hidden)``, when the
-        caller computed it (:class:`~peft3d.models.fused.GroupedLinear`)."""
-        _, bn1, _, conv2, bn2 = self.net
+        caller computed it (:class:`~peft3d.models.fused.GroupedLinear`); ``grouped``: ``(feat, nb, centre)``
+        when ``x`` is the stage's grouped input and carries no gradient itself (see ``NormResidualPool``)."""
+        conv1, bn1, _, conv2, bn2 = self.net
         rows = x.reshape(-1, x.shape[-1])
-        a1 = F.linear(rows, *self.first_linear()) if first is None else first
+        a1 = F.linear(rows, *self.first_linear(rows)) if first is None else first
         if self.folded():
             z = F.linear(torch.relu_(a1), *folded_conv_bn(conv2, bn2)).add_(rows).relu_().view(x.shape)
             return max_over_neighbours(z) if pool else z
-        h = batch_norm_rows(bn1, a1, relu=True)
-        a2 = conv1x1(conv2, h)
-        if pool and fused_rows(a2) and bn2.affine and (bn2.training or bn2.running_mean is None):
+        h = batch_norm_rows(bn1, a1, relu=True, shift=conv1.bias if absorbs_bias(bn1, a1) else None)
+        absorbs = absorbs_bias(bn2, h)
+        a2 = F.linear(h, conv2.weight.flatten(1), None if absorbs else conv2.bias)
+        if pool and absorbs:
             _, mean, var, momentum = norm_mode(bn2)
-            return NormResidualPool.apply(a2, x, bn2.weight, bn2.bias, mean, var, momentum, bn2.eps)
-        y = batch_norm_rows(bn2, a2, relu=True, residual=rows).view(x.shape)
+            return NormResidualPool.apply(a2, x, *(grouped or (None, None, None)), bn2.weight, bn2.bias,
+                                          conv2.bias, mean, var, momentum, bn2.eps)
+        y = batch_norm_rows(bn2, a2, relu=True, residual=rows, shift=conv2.bias if absorbs else None)
+        y = y.view(x.shape)
         return max_over_neighbours(y) if pool else y
 
 
@@ -162,26 +184,29 @@ class Stage(nn.Module):
             else:  # "std": one scalar per sample (the released code uses one per batch: batch-dependent)
                 rel = rel / rel.flatten(1).std(dim=1).clamp_min(1e-5).view(-1, 1, 1, 1)
             pe = pos_encoding(rel, self.c_out, self.cfg.alpha, self.cfg.beta)
-        x, first = self.group(feat, pe, nb_idx, c_idx)  # (B, G, K, 2C), (B*G*K, hidden) or None
+        x, first, grouped = self.group(feat, pe, nb_idx, c_idx)  # (B, G, K, 2C), (B*G*K, hidden) or None
         if not len(self.blocks):
             return centres, max_over_neighbours(x), next_dist
         for i, block in enumerate(self.blocks):
-            x = block(x, pool=i == len(self.blocks) - 1, first=first if i == 0 else None)
+            x = block(x, pool=i == len(self.blocks) - 1, first=first if i == 0 else None, grouped=grouped)
         return centres, x, next_dist
 
     def group(self, feat: torch.Tensor, pe: torch.Tensor, nb_idx: torch.Tensor, c_idx: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The grouped input ``[f_neighbour, f_centre] + PosE (B, G, K, 2C)`` and, on the fused path, the first
-        block's first convolution of it (computed inside :class:`~peft3d.models.fused.GroupedLinear`)."""
-        if len(self.blocks) and fused_rows(feat):
-            B, N, _ = feat.shape
-            offset = torch.arange(B, device=feat.device).mul_(N)
-            nb = (nb_idx + offset.view(B, 1, 1)).reshape(-1)
-            centre = (c_idx + offset.view(B, 1)).reshape(-1)
-            return GroupedLinear.apply(feat, pe, nb, centre, *self.blocks[0].first_linear())
-        nb_feat = gather_rows(feat, nb_idx)  # (B, G, K, C)
-        c_feat = gather_rows(feat, c_idx).unsqueeze(2).expand_as(nb_feat)
-        return torch.cat([nb_feat, c_feat], dim=-1).add_(pe.to(feat.dtype)), None
+              ) -> tuple[torch.Tensor, torch.Tensor | None, tuple | None]:
+        """The grouped input ``[f_neighbour, f_centre] + PosE (B, G, K, 2C)``; on the fused path also the first
+        block's first convolution of it (computed inside :class:`~peft3d.models.fused.GroupedLinear`) and, for
+        a one-block stage, the ``(feat, nb, centre)`` through which the pool returns the residual's gradient."""
+        if not (len(self.blocks) and fused_rows(feat)):
+            nb_feat = gather_rows(feat, nb_idx)  # (B, G, K, C)
+            c_feat = gather_rows(feat, c_idx).unsqueeze(2).expand_as(nb_feat)
+            return torch.cat([nb_feat, c_feat], dim=-1).add_(pe.to(feat.dtype)), None, None
+        B, N, _ = feat.shape
+        offset = torch.arange(B, device=feat.device).mul_(N)
+        nb = (nb_idx + offset.view(B, 1, 1)).reshape(-1)
+        centre = (c_idx + offset.view(B, 1)).reshape(-1)
+        routed = len(self.blocks) == 1 and self.blocks[0].pools_fused(feat) and torch.is_grad_enabled()
+        x, first = GroupedLinear.apply(feat, pe, nb, centre, *self.blocks[0].first_linear(feat), not routed)
+        return x, first, (feat, nb, centre) if routed else None
 
 
 class PointTokenizer(nn.Module):

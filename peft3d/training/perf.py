@@ -43,7 +43,7 @@ class PerfSettings:
     compile: bool = False
     steps: int = 20
     warmup: int = 3
-    profile: int = 0  # > 0: also profile the floor step (torch.profiler) and report its top ``profile`` ops
+    profile: int = 0  # > 0: also profile (torch.profiler): the floor's top ops, each method's top extra ops
     full_size: bool = False
     weights: str = "random"
     threads: int = 0
@@ -135,7 +135,7 @@ def perf_budget(s: PerfSettings):
 def timed_steps(s: PerfSettings) -> int:
     """Scheduler length for timing: every step ``bench perf`` takes (warm-up, timed, profiled) stays inside
     the schedule (OneCycleLR refuses to step past its end)."""
-    return s.warmup + s.steps + PROFILE_STEPS + 1
+    return s.warmup + s.steps + 2 * PROFILE_STEPS + 1  # the floor is profiled twice (top ops, then the baseline)
 
 
 def sync(device: str) -> None:
@@ -285,13 +285,15 @@ def measure(s: PerfSettings, log: Callable[[str], None] = lambda _m: None) -> di
     out = summarise(s, runs, tok, tok_times)
     if s.profile:
         out["profile"] = profile_step(runs[s.methods[0]].step, s.device, s.profile)
+        floor_ops = op_times(runs[s.methods[0]].step, s.device)
+        out["extra_ops"] = {m: extra_ops(run.step, floor_ops, s.device, s.profile)
+                            for m, run in runs.items() if m != s.methods[0]}
     return out
 
 
-def profile_step(step: Callable[[], None], device: str, top: int, steps: int = PROFILE_STEPS
-                 ) -> list[dict[str, Any]]:
-    """The ``top`` operators of ``step`` by self time (device time on CUDA), per step, with their share of
-    the step's total self time: where the floor's remaining cost goes."""
+def op_times(step: Callable[[], None], device: str, steps: int = PROFILE_STEPS) -> dict[str, tuple[float, float]]:
+    """``{operator: (self ms per step, calls per step)}`` of ``step`` under torch.profiler (device time on
+    CUDA, CPU time elsewhere)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.startswith("cuda")
@@ -301,11 +303,29 @@ def profile_step(step: Callable[[], None], device: str, top: int, steps: int = P
             step()
         sync(device)
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
-    total = sum(getattr(e, key) for e in events) or 1.0
-    events.sort(key=lambda e: getattr(e, key), reverse=True)
-    return [{"op": e.key, "self_ms": round(getattr(e, key) / 1000 / steps, 3),
-             "share": round(getattr(e, key) / total, 4), "calls": round(e.count / steps, 1)} for e in events[:top]]
+    return {e.key: (getattr(e, key) / 1000 / steps, e.count / steps) for e in prof.key_averages()
+            if getattr(e, key, 0) > 0}
+
+
+def profile_step(step: Callable[[], None], device: str, top: int) -> list[dict[str, Any]]:
+    """The ``top`` operators of ``step`` by self time, per step, with their share of the step's total self
+    time: where the floor's remaining cost goes."""
+    ops = op_times(step, device)
+    total = sum(ms for ms, _ in ops.values()) or 1.0
+    ranked = sorted(ops.items(), key=lambda kv: kv[1][0], reverse=True)[:top]
+    return [{"op": op, "self_ms": round(ms, 3), "share": round(ms / total, 4), "calls": round(calls, 1)}
+            for op, (ms, calls) in ranked]
+
+
+def extra_ops(step: Callable[[], None], floor: dict[str, tuple[float, float]], device: str, top: int
+              ) -> list[dict[str, Any]]:
+    """What a method's step spends beyond the floor's, operator by operator: the ``top`` operators by extra
+    self time per step (method minus floor; negative where the method spends less)."""
+    ops = op_times(step, device)
+    rows = [(op, ops.get(op, (0.0, 0.0)), floor.get(op, (0.0, 0.0))) for op in set(ops) | set(floor)]
+    rows.sort(key=lambda r: r[1][0] - r[2][0], reverse=True)
+    return [{"op": op, "extra_ms": round(m[0] - f[0], 3), "self_ms": round(m[0], 3), "floor_ms": round(f[0], 3),
+             "calls": round(m[1], 1), "floor_calls": round(f[1], 1)} for op, m, f in rows[:top]]
 
 
 def summarise(s: PerfSettings, runs: dict[str, MethodRun], tok: Callable[[], None],
