@@ -96,6 +96,22 @@ def write_table(grid: str, specs, root, echo: bool, versus: str | None = None) -
     return int((df["status"] != "success").sum())
 
 
+def measured(compute, as_json: bool, show) -> None:
+    """``compute(log)`` -> a result dict (``log``: progress lines on stderr, silent with ``--json``); printed as
+    one JSON object or through ``show``. A user error is one line, exit 2 (``bench perf``, ``bench plan``)."""
+    import json
+
+    try:
+        r = compute((lambda _m: None) if as_json else (lambda m: typer.echo(m, err=True)))
+    except (Peft3dError, RegistryError, ValueError) as e:
+        fail(str(e))
+        return
+    if as_json:
+        print(json.dumps(r))
+    else:
+        show(r)
+
+
 def _mount() -> None:
     """Import every sub-command module (each registers its commands on :data:`app`)."""
     import importlib

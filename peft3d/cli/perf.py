@@ -4,14 +4,11 @@ Import-light and free of mlflow/optuna: it must run on a bare GPU machine with t
 """
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import typer
 
-from peft3d.cli.app import app, fail
-from peft3d.core.errors import Peft3dError
-from peft3d.core.registry import RegistryError
+from peft3d.cli.app import app, measured
 
 
 def _print_table(r: dict) -> None:
@@ -82,17 +79,12 @@ def perf(backbone: str = typer.Option("minilm", "--backbone", "-b", help="backbo
     share; random weights by default (the step time does not depend on them)."""
     from peft3d.training.perf import PerfSettings, measure
 
-    try:
+    def compute(log):
         s = PerfSettings(backbone=backbone, methods=tuple(methods or ()), points=points, batch=batch,
                          paper=paper, device=device, precision=precision, compile=compile_, steps=steps,
                          warmup=warmup, profile=profile, full_size=full_size, weights=weights, threads=threads,
                          attention=attention if attention is not None else
                          ("sdpa" if device.startswith("cuda") else None))
-        r = measure(s, log=(lambda _m: None) if as_json else (lambda m: typer.echo(m, err=True)))
-    except (Peft3dError, RegistryError, ValueError) as e:
-        fail(str(e))
-        return
-    if as_json:
-        print(json.dumps(r))
-    else:
-        _print_table(r)
+        return measure(s, log=log)
+
+    measured(compute, as_json, _print_table)

@@ -2,14 +2,11 @@
 the grid, the cells that will not fit, and the ``bench submit`` to use (peft3d.training.plan)."""
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import typer
 
-from peft3d.cli.app import GridOpt, app, fail, parse_seeds
-from peft3d.core.errors import Peft3dError
-from peft3d.core.registry import RegistryError
+from peft3d.cli.app import GridOpt, app, measured, parse_seeds
 
 
 def _print(r: dict) -> None:
@@ -61,14 +58,7 @@ def plan(grid: str = GridOpt,
     from peft3d.training.plan import PlanSettings
     from peft3d.training.plan import plan as forecast
 
-    try:
-        s = PlanSettings(grid=grid, device=device, batch=batch, steps=steps, warmup=warmup, tiny=tiny,
-                         check_weights=not no_weights_check, threads=threads, seeds=parse_seeds(seeds))
-        r = forecast(s, log=(lambda _m: None) if as_json else (lambda m: typer.echo(m, err=True)))
-    except (Peft3dError, RegistryError, ValueError) as e:
-        fail(str(e))
-        return
-    if as_json:
-        print(json.dumps(r))
-    else:
-        _print(r)
+    seed_list = parse_seeds(seeds)
+    measured(lambda log: forecast(PlanSettings(grid=grid, device=device, batch=batch, steps=steps, warmup=warmup,
+                                               tiny=tiny, check_weights=not no_weights_check, threads=threads,
+                                               seeds=seed_list), log=log), as_json, _print)
