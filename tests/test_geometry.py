@@ -82,3 +82,119 @@ def test_tokenizer_rejects_bad_point_count():
     tok = PointTokenizer(TokenizerCfg(num_stages=2, embed_dim=8, k=4, lga_blocks=(1, 1)), 32)
     with pytest.raises(ValueError, match="divisible"):
         tok(torch.rand(1, 30, 3))
+
+
+# -- the compiled backend (torch-fps) behind the geometry API --------------------------------------------------
+# The default suite never compiles anything: torch-fps's pure-PyTorch reference has the semantics of its Triton
+# kernel (its documented oracle), so parity is checked against it; the C++ kernel's parity is a slow test.
+
+import torch_fps  # noqa: E402
+from torch_fps import _cpu  # noqa: E402
+
+from peft3d.models import geometry  # noqa: E402
+
+
+@pytest.fixture
+def fresh_probe(monkeypatch):
+    probe, say = geometry._probe, geometry._say_fallback  # the cached originals (a test may replace them)
+    probe.cache_clear()
+    say.cache_clear()
+    monkeypatch.delenv("PEFT3D_GEOMETRY", raising=False)
+    yield
+    probe.cache_clear()
+    say.cache_clear()
+
+
+def _reference_kernel(monkeypatch):
+    """torch-fps with its C++ build switched off: its reference backend, Triton's semantics, no compile."""
+    monkeypatch.setattr(_cpu, "get_module", lambda: None)
+
+
+def _cloud(b: int, n: int, seed: int) -> torch.Tensor:
+    return torch.rand(b, n, 3, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("n,k", [(128, 16), (96, 32)])
+def test_compiled_semantics_match_the_torch_path_without_ties(monkeypatch, n, k):
+    _reference_kernel(monkeypatch)
+    xyz = _cloud(4, n, seed=n)
+    monkeypatch.setenv("PEFT3D_GEOMETRY", "torch")
+    c, nb, _ = geometry.sample_and_group(xyz, n // 2, k)
+    c2, nb2 = torch_fps.farthest_point_sampling_with_knn(xyz, k=n // 2, k_neighbors=k,
+                                                         **geometry._kernel_args(xyz, None))
+    assert torch.equal(c, c2)
+    assert torch.equal(nb, nb2)  # random floats: no equal distances, so the same order too
+    start = torch.tensor([3, 0, 7, 1])
+    assert torch.equal(farthest_point_sample(xyz, 20, start),
+                       torch_fps.farthest_point_sampling(xyz, k=20, **geometry._kernel_args(xyz, start)))
+
+
+def test_fps_ties_go_to_the_lowest_index_in_both_backends(monkeypatch):
+    """A lattice: many equal distances. Both take the lowest index among equal running distances."""
+    _reference_kernel(monkeypatch)
+    axis = torch.arange(4, dtype=torch.float32)
+    lattice = torch.cartesian_prod(axis, axis, axis)[None]  # 64 points, distances tie everywhere
+    ours = farthest_point_sample(lattice, 16)
+    theirs = torch_fps.farthest_point_sampling(lattice, k=16, **geometry._kernel_args(lattice, None))
+    assert torch.equal(ours, theirs)
+    _, nb = torch_fps.farthest_point_sampling_with_knn(lattice, k=4, k_neighbors=7,
+                                                       **geometry._kernel_args(lattice, None))
+    # kNN's documented rule on equal distances: ascending index (the 6 lattice neighbours of a corner-free
+    # centre are at distance 1; a corner has 3)
+    d = ((lattice[0, nb[0]] - lattice[0, nb[0, :, :1]]) ** 2).sum(-1)
+    for row_d, row_i in zip(d, nb[0], strict=True):
+        for j in range(6):
+            assert row_d[j] < row_d[j + 1] or (row_d[j] == row_d[j + 1] and row_i[j] < row_i[j + 1])
+
+
+def test_backend_selection_by_device_and_size(monkeypatch, fresh_probe):
+    fake = object()
+    monkeypatch.setattr(geometry, "_probe", lambda kind: (fake, None))
+    cpu = torch.device("cpu")
+    assert geometry.compiled_for(cpu, 128, tokenizer=True) is None  # the quickstart's size: no compile
+    assert geometry.compiled_for(cpu, geometry.COMPILED_CPU_MIN_POINTS, tokenizer=True) is fake
+    assert geometry.compiled_for(cpu, 4096, tokenizer=False) is None  # the dataset caches' batched FPS
+    assert geometry.compiled_for(torch.device("cuda"), 128, tokenizer=False) is fake
+    monkeypatch.setenv("PEFT3D_GEOMETRY", "compiled")
+    assert geometry.compiled_for(cpu, 64, tokenizer=False) is fake
+    monkeypatch.setenv("PEFT3D_GEOMETRY", "torch")
+    assert geometry.geometry_backend("cpu", 1024) == geometry.TORCH
+
+
+def test_no_compiler_falls_back_with_one_line(monkeypatch, capsys, fresh_probe):
+    def failing_build():
+        import warnings
+
+        warnings.warn("torch_fps: the C++ CPU extension could not be built (g++ not found); falling back to "
+                      "the slower pure-PyTorch backend.", RuntimeWarning, stacklevel=2)
+        return None
+
+    monkeypatch.setattr(_cpu, "get_module", failing_build)
+    xyz = _cloud(2, 512, seed=5)
+    c, nb, dist = geometry.sample_and_group(xyz, 256, 8)
+    assert dist is not None  # the PyTorch path (it keeps a distance matrix for the next stage)
+    geometry.sample_and_group(xyz, 256, 8)
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "g++ not found" in err[0] and "fix: install a C++ compiler" in err[0], err
+    assert geometry.geometry_backend("cpu", 512) == geometry.TORCH
+    monkeypatch.setattr(geometry, "_probe", lambda kind: (None, f"torch-fps has no compiled kernel for {kind}"))
+    geometry._say_fallback.cache_clear()
+    assert geometry.compiled_for(torch.device("meta"), 64, tokenizer=True) is None
+    assert "no compiled kernel for meta" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # builds torch-fps's C++ extension on first use (15 s to 2 min, then cached)
+def test_compiled_cpu_kernel_matches_the_torch_path(fresh_probe, monkeypatch):
+    module, why = geometry._probe("cpu")
+    if module is None:
+        pytest.skip(f"no compiled CPU kernel here: {why}")
+    xyz = _cloud(3, 1024, seed=6)
+    c, nb, dist = geometry.sample_and_group(xyz, 512, 32)
+    assert dist is None  # the compiled path
+    monkeypatch.setenv("PEFT3D_GEOMETRY", "torch")
+    c2, nb2, _ = geometry.sample_and_group(xyz, 512, 32)
+    assert torch.equal(c, c2) and torch.equal(nb, nb2)
+    assert geometry.geometry_backend("cpu", 1024) == geometry.TORCH
+    monkeypatch.delenv("PEFT3D_GEOMETRY")
+    assert geometry.geometry_backend("cpu", 1024).endswith("(C++)")
+    assert geometry.geometry_backend("cpu", 128) == geometry.TORCH

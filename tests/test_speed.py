@@ -175,6 +175,12 @@ def test_bench_perf_json_without_mlflow_or_optuna():
     assert len(prof) == 5 and all(p["self_ms"] > 0 and 0 < p["share"] <= 1 for p in prof)
     assert [p["self_ms"] for p in prof] == sorted((p["self_ms"] for p in prof), reverse=True)
     assert sum(p["share"] for p in prof) <= 1.0 + 1e-6
+    extra = out["extra_ops"]["adapter"]  # what the method spends beyond the floor, operator by operator
+    assert list(out["extra_ops"]) == ["adapter"] and len(extra) == 5
+    assert [p["extra_ms"] for p in extra] == sorted((p["extra_ms"] for p in extra), reverse=True)
+    assert all(p["extra_ms"] == pytest.approx(p["self_ms"] - p["floor_ms"], abs=2e-3) for p in extra)
+    assert out["settings"]["step"] == "peft3d.training.step.train_step"
+    assert out["settings"]["budget"] == {"schedule": "onecycle", "grad_clip": 0.0, "label_smoothing": 0.0}
 
 
 @pytest.mark.parametrize("args,message", [
@@ -208,3 +214,133 @@ def test_gpu_perf_script_runs_on_cpu_with_a_tiny_backbone(tmp_path):
     assert set(out["methods"]) == {"linear", "full", "prompt", "adapter", "lora", "any2point"}
     acc = json.loads((tmp_path / "bf16_vs_fp32.json").read_text())
     assert acc["max_rel_logit_diff"] < 0.05
+
+
+# -- the fused CPU rows (peft3d.models.fused): exact gradients, in float64 --------------------------------------
+
+def _double(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("relu,residual", [(True, False), (False, True), (True, True)])
+def test_batch_norm_rows_gradients_are_exact(relu, residual):
+    from peft3d.models.fused import BatchNormRows
+
+    x, w, b = _double(40, 5, seed=0), _double(5, seed=1) + 2, _double(5, seed=2)
+    res = _double(40, 5, seed=3) if residual else None
+    inputs = [t.requires_grad_() for t in (x, res, w, b) if t is not None]
+
+    def f(*args):
+        x_, *rest = args
+        res_ = rest.pop(0) if residual else None
+        return BatchNormRows.apply(x_, res_, *rest, None, None, None, 0.1, 1e-5, relu)
+
+    assert torch.autograd.gradcheck(f, tuple(inputs))
+
+
+def test_batch_norm_rows_shift_and_running_stats_as_torch():
+    """A convolution bias before a training BatchNorm (``shift``): the same output and running statistics as
+    normalising ``x + shift``, and an exactly zero gradient for it."""
+    from peft3d.models.fused import BatchNormRows
+
+    x, w, b = _points(64, 6, seed=4).view(-1, 6), torch.ones(6), torch.zeros(6)
+    shift = torch.linspace(-2, 3, 6).requires_grad_()
+    ours, ref = (torch.zeros(6), torch.ones(6)), (torch.zeros(6), torch.ones(6))
+    y = BatchNormRows.apply(x, None, w, b, shift, *ours, 0.1, 1e-5, False)
+    y_ref = torch.nn.functional.batch_norm(x + shift.detach(), *ref, w, b, True, 0.1, 1e-5)
+    assert torch.allclose(y, y_ref, atol=1e-5) and torch.allclose(ours[0], ref[0], atol=1e-6)
+    assert torch.allclose(ours[1], ref[1], rtol=1e-5)
+    (y * _points(64, 6, seed=5).view(-1, 6)).sum().backward()
+    assert torch.equal(shift.grad, torch.zeros(6))
+
+
+def test_norm_residual_pool_gradients_are_exact_and_values_match_the_modules():
+    from peft3d.models.fused import NormResidualPool
+
+    B, G, K, C = 2, 3, 4, 5
+    a, res = _double(B * G * K, C, seed=5), _double(B, G, K, C, seed=6)
+    w, b = _double(C, seed=7) + 2, _double(C, seed=8)
+    inputs = tuple(t.requires_grad_() for t in (a, res, w, b))
+
+    def pool(a_, res_, w_, b_):
+        return NormResidualPool.apply(a_, res_, None, None, None, w_, b_, None, None, None, 0.1, 1e-5)
+
+    assert torch.autograd.gradcheck(pool, inputs)
+    with torch.no_grad():
+        ref = torch.relu(torch.nn.functional.batch_norm(a, None, None, w, b, True, 0.1, 1e-5).view(B, G, K, C)
+                         + res).amax(dim=2)
+        assert torch.allclose(pool(a, res, w, b), ref)
+
+
+def test_norm_residual_pool_routes_the_residual_gradient_to_the_features():
+    """One block per stage: the residual is the grouped input, built from ``feat`` outside autograd; the pool's
+    backward sends its gradient to ``feat`` directly. gradcheck perturbs ``feat`` through both paths."""
+    from peft3d.models.fused import NormResidualPool
+
+    B, N, C, G, K = 2, 5, 3, 3, 4
+    g = torch.Generator().manual_seed(14)
+    nb = (torch.randint(0, N, (B, G, K), generator=g) + torch.arange(B).view(B, 1, 1) * N).reshape(-1)
+    centre = (torch.randint(0, N, (B, G), generator=g) + torch.arange(B).view(B, 1) * N).reshape(-1)
+    pe, a = _double(B, G, K, 2 * C, seed=15), _double(B * G * K, 2 * C, seed=16)
+    w, b = _double(2 * C, seed=17) + 2, _double(2 * C, seed=18)
+
+    def pool(feat, a_):
+        rows = feat.reshape(B * N, C)
+        grouped = torch.cat([rows[nb], rows[centre].repeat_interleave(K, 0)], -1).view(B, G, K, 2 * C) + pe
+        return NormResidualPool.apply(a_, grouped.detach(), feat, nb, centre, w, b, None, None, None, 0.1, 1e-5)
+
+    assert torch.autograd.gradcheck(pool, (_double(B, N, C, seed=19).requires_grad_(), a.requires_grad_()))
+
+
+def test_grouped_linear_gradients_are_exact():
+    from peft3d.models.fused import GroupedLinear
+
+    B, N, C, G, K, H = 2, 6, 3, 3, 4, 5
+    g = torch.Generator().manual_seed(9)
+    nb = (torch.randint(0, N, (B, G, K), generator=g) + torch.arange(B).view(B, 1, 1) * N).reshape(-1)
+    centre = (torch.randint(0, N, (B, G), generator=g) + torch.arange(B).view(B, 1) * N).reshape(-1)
+    feat, w, bias = _double(B, N, C, seed=10), _double(H, 2 * C, seed=11), _double(H, seed=12)
+    pe = _double(B, G, K, 2 * C, seed=13)
+
+    def f(feat_, w_, bias_):
+        x, a = GroupedLinear.apply(feat_, pe.clone(), nb, centre, w_, bias_, True)
+        return x, a  # both outputs carry gradient: x feeds the block's residual
+
+    assert torch.autograd.gradcheck(f, tuple(t.requires_grad_() for t in (feat, w, bias)))
+    x, _ = f(feat, w, bias)
+    rows = feat.detach().reshape(B * N, C)
+    expect = torch.cat([rows[nb], rows[centre].repeat_interleave(K, 0)], -1).view(B, G, K, 2 * C) + pe
+    assert torch.allclose(x, expect)
+
+
+# -- one training step: the function training runs is the function bench perf and bench plan time -------------
+
+def test_training_perf_and_plan_call_the_same_step(monkeypatch):
+    """A counting wrapper replaces ``peft3d.training.step.train_step``: a training run, ``bench perf`` and
+    ``bench plan`` all go through it (none keeps a copy), once per optimizer step."""
+    from peft3d.core.spec import Budget
+    from peft3d.training import step
+    from peft3d.training.perf import PerfSettings, measure
+    from peft3d.training.plan import PlanSettings, plan
+    from peft3d.training.train import train_run
+
+    calls: list[int] = []
+    real = step.train_step
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(step, "train_step", counting)
+    spec = RunSpec(backbone="test_bert", method="linear", weights="random", num_points=64, head_hidden=16,
+                   tokenizer=TokenizerCfg(num_stages=2, embed_dim=8, k=8, lga_blocks=(1, 1), last_bottleneck=8),
+                   budget=Budget(epochs=1, batch_size=96, eval_batch_size=256, lr=1e-3, warmup_epochs=0))
+    result = train_run(spec)
+    assert len(calls) == result.sections["time"]["steps"] == (480 - 48) // 96
+    assert result.sections["environment"]["geometry"] == "torch (vectorised)"  # 64 points: the PyTorch path
+    calls.clear()
+    measure(PerfSettings(backbone="test_bert", methods=("linear",), points=64, batch=4, steps=2, warmup=1))
+    assert len(calls) == 3
+    calls.clear()
+    plan(PlanSettings(grid="quickstart", tiny=True, steps=2, warmup=1, batch=2))
+    assert len(calls) == 4 * 3  # four cells, warm-up + timed steps each

@@ -39,7 +39,7 @@ ResultsOpt = typer.Option(None, "--results", help="results folder (default ./res
 
 # One module per sub-command. They import this module (and the layers below), never each other; they are
 # imported by name here so that app.py does not import them back (no cycle), and a missing one fails loudly.
-COMMANDS = ("ls", "validate", "run", "table", "data", "params", "perf", "report", "tune", "submit")
+COMMANDS = ("ls", "validate", "run", "table", "data", "params", "perf", "plan", "report", "tune", "submit")
 
 
 def parse_roots(items: list[str] | None) -> dict[str, str]:
@@ -142,6 +142,22 @@ def write_table(grid, root, specs=None, versus: str | None = None, name: str | N
     typer.echo(tables.text)
     typer.echo(f"wrote {' and '.join(str(p) for p in tables.paths)}", err=True)
     return tables.not_succeeded
+
+
+def measured(compute, as_json: bool, show) -> None:
+    """``compute(log)`` -> a result dict (``log``: progress lines on stderr, silent with ``--json``); printed as
+    one JSON object or through ``show``. A user error is one line, exit 2 (``bench perf``, ``bench plan``)."""
+    import json
+
+    try:
+        r = compute((lambda _m: None) if as_json else (lambda m: typer.echo(m, err=True)))
+    except (Peft3dError, RegistryError, ValueError) as e:
+        fail(str(e))
+        return
+    if as_json:
+        print(json.dumps(r))
+    else:
+        show(r)
 
 
 def _mount() -> None:

@@ -4,14 +4,11 @@ Import-light and free of mlflow/optuna: it must run on a bare GPU machine with t
 """
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import typer
 
-from peft3d.cli.app import app, fail
-from peft3d.core.errors import Peft3dError
-from peft3d.core.registry import RegistryError
+from peft3d.cli.app import app, measured
 
 
 def _print_table(r: dict) -> None:
@@ -42,6 +39,14 @@ def _print_table(r: dict) -> None:
         for p in r["profile"]:
             prof.add_row(p["op"], f"{p['self_ms']:.1f}", f"{100 * p['share']:.1f}%", f"{p['calls']:g}")
         con.print(prof)
+    for method, rows in (r.get("extra_ops") or {}).items():
+        extra = Table(title=f"{method}: top operators by time beyond the floor's (ms per step)")
+        for col in ("operator", "extra ms", f"{method} ms", "floor ms", "calls", "floor calls"):
+            extra.add_column(col)
+        for p in rows:
+            extra.add_row(p["op"], f"{p['extra_ms']:+.1f}", f"{p['self_ms']:.1f}", f"{p['floor_ms']:.1f}",
+                          f"{p['calls']:g}", f"{p['floor_calls']:g}")
+        con.print(extra)
 
 
 @app.command("perf")
@@ -60,8 +65,8 @@ def perf(backbone: str = typer.Option("minilm", "--backbone", "-b", help="backbo
          compile_: bool = typer.Option(False, "--compile", help="torch.compile each model"),
          steps: int = typer.Option(20, "--steps", help="timed steps per method (after the warm-up)"),
          warmup: int = typer.Option(3, "--warmup"),
-         profile: int = typer.Option(0, "--profile", help="also profile the floor step and list its top N "
-                                                          "operators by self time"),
+         profile: int = typer.Option(0, "--profile", help="also profile: the floor step's top N operators by "
+                                                          "self time, and each method's top N beyond the floor's"),
          full_size: bool = typer.Option(False, "--full-size",
                                         help="random weights at the backbone's real size (no checkpoint read)"),
          weights: str = typer.Option("random", "--weights", help="random | pretrained | path:/..."),
@@ -74,17 +79,12 @@ def perf(backbone: str = typer.Option("minilm", "--backbone", "-b", help="backbo
     share; random weights by default (the step time does not depend on them)."""
     from peft3d.training.perf import PerfSettings, measure
 
-    try:
+    def compute(log):
         s = PerfSettings(backbone=backbone, methods=tuple(methods or ()), points=points, batch=batch,
                          paper=paper, device=device, precision=precision, compile=compile_, steps=steps,
                          warmup=warmup, profile=profile, full_size=full_size, weights=weights, threads=threads,
                          attention=attention if attention is not None else
                          ("sdpa" if device.startswith("cuda") else None))
-        r = measure(s, log=(lambda _m: None) if as_json else (lambda m: typer.echo(m, err=True)))
-    except (Peft3dError, RegistryError, ValueError) as e:
-        fail(str(e))
-        return
-    if as_json:
-        print(json.dumps(r))
-    else:
-        _print_table(r)
+        return measure(s, log=log)
+
+    measured(compute, as_json, _print_table)

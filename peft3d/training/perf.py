@@ -14,7 +14,6 @@ Nothing here imports mlflow or optuna: the command must run on a bare GPU machin
 """
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -23,9 +22,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from peft3d.training import step as training_step
+from peft3d.training.step import Trainer, autocast
+
 PAPER_POINTS = 1024
 PAPER_K = 64  # Any2Point's DINOv2-Scan arm (--patchknn 64); the CLIP arm uses 81
-SETTINGS_GRID = "quickstart_methods"  # method settings (and, without --paper, the tokenizer) come from this grid
+SETTINGS_GRID = "quickstart_methods"  # method settings, budget (and, without --paper, the tokenizer) come from here
+PROFILE_STEPS = 3
 
 
 @dataclass
@@ -40,7 +43,7 @@ class PerfSettings:
     compile: bool = False
     steps: int = 20
     warmup: int = 3
-    profile: int = 0  # > 0: also profile the floor step (torch.profiler) and report its top ``profile`` ops
+    profile: int = 0  # > 0: also profile (torch.profiler): the floor's top ops, each method's top extra ops
     full_size: bool = False
     weights: str = "random"
     threads: int = 0
@@ -118,10 +121,21 @@ def method_cfg(s: PerfSettings, method: str) -> tuple[str | None, dict[str, Any]
     return preset, cls.resolve(overrides, preset, where=f"method {method}").to_dict()
 
 
-def autocast(s: PerfSettings):
-    if s.precision == "bf16":
-        return torch.autocast(torch.device(s.device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def perf_budget(s: PerfSettings):
+    """The budget whose step is timed: the settings grid's (with ``--paper``: the paper pipeline's schedule
+    and clipping). Its lr does not change the step time; its clipping, label smoothing and schedule are part
+    of the step."""
+    from peft3d.core.spec import Budget, from_mapping
+    from peft3d.grids.loader import load_grid
+
+    grid = load_grid("_pipeline_paper" if s.paper else SETTINGS_GRID)
+    return from_mapping(Budget, grid.get("budget"), f"{SETTINGS_GRID} budget")
+
+
+def timed_steps(s: PerfSettings) -> int:
+    """Scheduler length for timing: every step ``bench perf`` takes (warm-up, timed, profiled) stays inside
+    the schedule (OneCycleLR refuses to step past its end)."""
+    return s.warmup + s.steps + 2 * PROFILE_STEPS + 1  # the floor is profiled twice (top ops, then the baseline)
 
 
 def sync(device: str) -> None:
@@ -135,22 +149,16 @@ def build_run(s: PerfSettings, method: str, xyz: torch.Tensor, labels: torch.Ten
 
     preset, cfg = method_cfg(s, method)
     spec = RunSpec(backbone=s.backbone, method=method, weights=s.weights, method_cfg=cfg, preset=preset,
-                   tokenizer=tokenizer_cfg(s), num_points=s.points, seed=s.seed)
+                   tokenizer=tokenizer_cfg(s), num_points=s.points, seed=s.seed, budget=perf_budget(s))
     model, _ = build_model(spec, s.num_classes, device=s.device, attention=s.attention)
     model.to(s.device).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    fwd = torch.compile(model) if s.compile else model
-
-    def loss() -> torch.Tensor:
-        with autocast(s):
-            return nn.functional.cross_entropy(fwd(xyz), labels)
+    trainer = Trainer.for_budget(model, spec.budget, timed_steps(s), s.device, s.precision,
+                                 forward=torch.compile(model) if s.compile else None)
 
     def step() -> None:
-        loss().backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        training_step.train_step(trainer, xyz, labels)  # the step training takes, not a copy of it
 
-    return MethodRun(method, preset, model, step, loss)
+    return MethodRun(method, preset, model, step, lambda: trainer.loss(xyz, labels)[0])
 
 
 class CudaPeak:
@@ -200,7 +208,7 @@ def tokenizer_step(model: nn.Module, xyz: torch.Tensor, s: PerfSettings) -> Call
     tok = model.tokenizer
 
     def step() -> None:
-        with autocast(s):
+        with autocast(s.device, s.precision):
             tokens, _ = tok(xyz)
         tokens.float().square().mean().backward()
         tok.zero_grad(set_to_none=True)
@@ -277,12 +285,15 @@ def measure(s: PerfSettings, log: Callable[[str], None] = lambda _m: None) -> di
     out = summarise(s, runs, tok, tok_times)
     if s.profile:
         out["profile"] = profile_step(runs[s.methods[0]].step, s.device, s.profile)
+        floor_ops = op_times(runs[s.methods[0]].step, s.device)
+        out["extra_ops"] = {m: extra_ops(run.step, floor_ops, s.device, s.profile)
+                            for m, run in runs.items() if m != s.methods[0]}
     return out
 
 
-def profile_step(step: Callable[[], None], device: str, top: int, steps: int = 3) -> list[dict[str, Any]]:
-    """The ``top`` operators of ``step`` by self time (device time on CUDA), per step, with their share of
-    the step's total self time: where the floor's remaining cost goes."""
+def op_times(step: Callable[[], None], device: str, steps: int = PROFILE_STEPS) -> dict[str, tuple[float, float]]:
+    """``{operator: (self ms per step, calls per step)}`` of ``step`` under torch.profiler (device time on
+    CUDA, CPU time elsewhere)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.startswith("cuda")
@@ -292,15 +303,36 @@ def profile_step(step: Callable[[], None], device: str, top: int, steps: int = 3
             step()
         sync(device)
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
-    total = sum(getattr(e, key) for e in events) or 1.0
-    events.sort(key=lambda e: getattr(e, key), reverse=True)
-    return [{"op": e.key, "self_ms": round(getattr(e, key) / 1000 / steps, 3),
-             "share": round(getattr(e, key) / total, 4), "calls": round(e.count / steps, 1)} for e in events[:top]]
+    return {e.key: (getattr(e, key) / 1000 / steps, e.count / steps) for e in prof.key_averages()
+            if getattr(e, key, 0) > 0}
+
+
+def profile_step(step: Callable[[], None], device: str, top: int) -> list[dict[str, Any]]:
+    """The ``top`` operators of ``step`` by self time, per step, with their share of the step's total self
+    time: where the floor's remaining cost goes."""
+    ops = op_times(step, device)
+    total = sum(ms for ms, _ in ops.values()) or 1.0
+    ranked = sorted(ops.items(), key=lambda kv: kv[1][0], reverse=True)[:top]
+    return [{"op": op, "self_ms": round(ms, 3), "share": round(ms / total, 4), "calls": round(calls, 1)}
+            for op, (ms, calls) in ranked]
+
+
+def extra_ops(step: Callable[[], None], floor: dict[str, tuple[float, float]], device: str, top: int
+              ) -> list[dict[str, Any]]:
+    """What a method's step spends beyond the floor's, operator by operator: the ``top`` operators by extra
+    self time per step (method minus floor; negative where the method spends less)."""
+    ops = op_times(step, device)
+    rows = [(op, ops.get(op, (0.0, 0.0)), floor.get(op, (0.0, 0.0))) for op in set(ops) | set(floor)]
+    rows.sort(key=lambda r: r[1][0] - r[2][0], reverse=True)
+    return [{"op": op, "extra_ms": round(m[0] - f[0], 3), "self_ms": round(m[0], 3), "floor_ms": round(f[0], 3),
+             "calls": round(m[1], 1), "floor_calls": round(f[1], 1)} for op, m, f in rows[:top]]
 
 
 def summarise(s: PerfSettings, runs: dict[str, MethodRun], tok: Callable[[], None],
               tok_times: list[float]) -> dict[str, Any]:
+    from peft3d.models.geometry import geometry_backend
+
+    budget = perf_budget(s)
     floor = statistics.median(runs[s.methods[0]].times)  # the floor method comes first (PerfSettings)
     tok_s = statistics.median(tok_times)
     cfg = tokenizer_cfg(s)
@@ -329,7 +361,9 @@ def summarise(s: PerfSettings, runs: dict[str, MethodRun], tok: Callable[[], Non
                      "k": cfg.k, "device": s.device, "precision": s.precision, "compile": s.compile,
                      "steps": s.steps, "warmup": s.warmup, "weights": s.weights, "full_size": s.full_size,
                      "attention": s.attention or "backbone default", "threads": torch.get_num_threads(),
-                     "torch": torch.__version__},
+                     "torch": torch.__version__, "geometry": geometry_backend(s.device, s.points),
+                     "step": f"{training_step.train_step.__module__}.train_step",
+                     "budget": {k: getattr(budget, k) for k in ("schedule", "grad_clip", "label_smoothing")}},
         "memory": "CUDA max_memory_allocated during build + warm-up, above the pre-build level"
                   if s.device.startswith("cuda") else "CPU estimate: weights + buffers + gradients + AdamW "
                   "moments + autograd-saved activations of one forward (no allocator statistics on CPU)",

@@ -21,9 +21,12 @@ from peft3d.datasets.base import PointCloudData
 from peft3d.datasets.protocols import eval_points, get_protocol
 from peft3d.datasets.sampling import TrainSampler
 from peft3d.methods.build import build_model
-from peft3d.models.model import PointModel, param_groups
+from peft3d.models.geometry import geometry_backend
+from peft3d.models.model import param_groups
 from peft3d.training import checkpoint as ckpt
-from peft3d.training.schedules import clip_gradients, make_scheduler, plateaued
+from peft3d.training import step as training_step
+from peft3d.training.schedules import plateaued
+from peft3d.training.step import Trainer, autocast, optimizer_for, precision_for  # noqa: F401  (re-exported)
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -39,39 +42,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def optimizer_for(model: PointModel, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW; biases, norms (1-D tensors) and tokens get no weight decay (as in the Any2Point recipe); each
-    parameter's lr is scaled by ``model.lr_scale(name)`` (e.g. the pretrained weights under ``full``)."""
-    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            no_decay = p.ndim <= 1 or name.endswith(".bias") or "token" in name
-            groups.setdefault((no_decay, model.lr_scale(name)), []).append(p)
-    return torch.optim.AdamW([{"params": ps, "weight_decay": 0.0 if nd else weight_decay, "lr": lr * scale}
-                              for (nd, scale), ps in sorted(groups.items())], lr=lr)
-
-
-def precision_for(device: str) -> str:
-    """bf16 autocast on CUDA, fp32 on the CPU; ``PEFT3D_PRECISION=fp32|bf16`` overrides (recorded in the
-    result's environment). An execution detail like the device: not part of the run id."""
-    import os
-
-    from peft3d.core.errors import ConfigError
-
-    p = os.environ.get("PEFT3D_PRECISION") or ("bf16" if device.startswith("cuda") else "fp32")
-    if p not in ("fp32", "bf16"):
-        raise ConfigError(f"PEFT3D_PRECISION must be fp32 or bf16, got {p!r}")
-    return p
-
-
-def autocast(device: str, precision: str):
-    import contextlib
-
-    if precision == "bf16":
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()  # not inference_mode: methods may cache tensors that a later training step reuses
@@ -191,9 +161,8 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
     b = spec.budget
     n = len(data.train)
     steps_per_epoch = max(1, n // b.batch_size)  # drop the last partial batch (BatchNorm needs > 1 sample)
-    opt = optimizer_for(model, b.lr, b.weight_decay)
-    sched, current_lr = make_scheduler(opt, b, steps_per_epoch)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=b.label_smoothing)
+    trainer = Trainer.for_budget(model, b, steps_per_epoch, device, precision)
+    opt, sched, current_lr = trainer.opt, trainer.sched, trainer.current_lr
     rng = np.random.default_rng(spec.seed)
     loop = Loop(curves=Curves.empty())
     saved = ckpt.load(checkpoint, spec.run_id)
@@ -232,16 +201,9 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
                 if cuda:
                     x, y = x.pin_memory(), y.pin_memory()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast(device, precision):
-                    logits = model(x)
-                    loss = loss_fn(logits.float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                clip_gradients(opt, b.grad_clip)
-                opt.step()
-                lr_used = current_lr()
-                sched.step()
-                dev_loss += loss.detach().double() * len(idx)
+                lr_used = current_lr()  # the lr of this step's optimizer update
+                loss, logits = training_step.train_step(trainer, x, y)  # the one step definition (bench perf times it)
+                dev_loss += loss.double() * len(idx)
                 dev_correct += (logits.argmax(-1) == y).sum()
                 loop.seen += len(idx)
                 loop.steps += 1
@@ -293,7 +255,8 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
             "selection": "best validation epoch; test read at that epoch. test_acc_best_test is optimistic "
                          "(selected on test, as papers do) and never the headline.",
             "environment": dict(environment(device), precision=precision,
-                                attention="sdpa" if cuda else "backbone default"),
+                                attention="sdpa" if cuda else "backbone default",
+                                geometry=geometry_backend(device, spec.num_points)),
             "resumed_from": loop.resumed_from,
             "stopping": {"cap": b.epochs, "patience": b.patience, "epochs_run": loop.epochs_done,
                          "stopped_early": loop.epochs_done < b.epochs},
