@@ -40,7 +40,8 @@ def register(tmp_path, monkeypatch):
     def _register(name: str, **meta) -> None:
         (tmp_path / f"{name}_module.py").write_text(textwrap.dedent(THROWAWAY.format(name=name)))
         sys.modules.pop(f"{name}_module", None)
-        BACKBONES.register(name, f"{name}_module:build", modality="2d", width=32, depth=2, **meta)
+        BACKBONES.register(name, f"{name}_module:build", modality="2d", width=32, depth=2, pretrain="vision",
+                           source="a throwaway test module", weights_check="random", **meta)
 
     return _register
 
