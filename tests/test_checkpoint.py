@@ -57,8 +57,13 @@ def test_resume_after_a_crash_between_epochs_is_bit_identical(tmp_path, referenc
         train_run(spec, progress=crash, checkpoint=path)
     saved = ckpt.load(path, spec.run_id)
     assert saved["loop"]["epochs_done"] == 2 and saved["curves"]["epoch"] == [1, 2]
+    assert saved["loop"]["wall_s"] > 0  # what the first segment spent, up to its checkpoint
     resumed = train_run(spec, checkpoint=path).to_dict()
     assert resumed["resumed_from"] == [2] and reference["resumed_from"] == []
+    # the run's cost is both segments; total_s is this process alone
+    t = resumed["time"]
+    assert t["wall_s"] == pytest.approx(saved["loop"]["wall_s"] + t["total_s"], abs=0.05)
+    assert reference["time"]["wall_s"] == pytest.approx(reference["time"]["total_s"], abs=0.05)
     assert resumed["metrics"]["curves"] == reference["metrics"]["curves"]
     assert comparable(resumed) == comparable(reference)
 

@@ -27,6 +27,24 @@ def _sigterm_as_interrupt(*_: object) -> None:
     raise KeyboardInterrupt  # `kill PID` cleans up like Ctrl-C (trial marked interrupted, MLflow runs KILLED)
 
 
+def _show_progress(grid: str, cells: list, root: Path, url: str, trials: int, as_json: bool) -> None:
+    import json
+
+    from peft3d.tuning.budget import redact
+    from peft3d.tuning.progress import grid_progress, progress_lines
+
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        fail(f"no tuning storage at {url[len('sqlite:///'):]}: nothing tuned yet for grid {grid} in {root}; "
+             f"fix: pass the --results (or --storage) the study runs with")
+    check_storage(url)
+    p = grid_progress(grid, cells, root, url, trials)
+    if as_json:
+        print(json.dumps({**p, "storage": redact(url)}, indent=1))
+        return
+    for line in progress_lines(p):
+        typer.echo(line)
+
+
 @app.command("tune")
 def tune(grid: str = GridOpt, trials: Optional[int] = typer.Option(None, "--trials", "-n", help="Optuna trials per "
                                                                   "cell, the same for every cell (equal budgets); "
@@ -44,6 +62,9 @@ def tune(grid: str = GridOpt, trials: Optional[int] = typer.Option(None, "--tria
          tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow backend URI"),
          no_mlflow: bool = typer.Option(False, "--no-mlflow", help="no MLflow runs"),
          dry_run: bool = typer.Option(False, "--dry-run", help="list the studies"),
+         progress: bool = typer.Option(False, "--progress", help="where each cell stands (trials, best, tuned "
+                                       "runs) and the core-hours spent and left; starts nothing"),
+         as_json: bool = typer.Option(False, "--json", help="with --progress: print JSON"),
          finish_cells: bool = typer.Option(False, "--finish-cells", help="run each cell's tuned runs as soon as "
                                            "its study is full (results land cell by cell)"),
          include: Optional[list[Path]] = IncludeOpt) -> None:
@@ -68,6 +89,10 @@ def tune(grid: str = GridOpt, trials: Optional[int] = typer.Option(None, "--tria
     if dry_run:  # listing the studies needs no data
         for c in cells_of(specs, name, plan.objective_variants, plan.seed):
             typer.echo(f"  {c.study_name}  ({len(c.specs)} runs, trials at seed {c.base.seed})")
+        return
+    if progress:
+        _show_progress(name, cells_of(specs, name, plan.objective_variants, plan.seed), results_dir(results),
+                       storage_url(root, storage), trials, as_json)
         return
     check_roots(specs)
     if pruner not in ("median", "none"):

@@ -90,6 +90,7 @@ class Loop:
     steps: int = 0
     train_s: float = 0.0
     eval_s: float = 0.0
+    wall_s: float = 0.0  # wall seconds of the earlier segments, up to their last checkpoint (a resumed run's cost)
     resumed_from: list[int] = field(default_factory=list)
 
 
@@ -170,8 +171,11 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
         loop = _restore(saved, model, opt, sched, rng)
         loop.resumed_from.append(loop.epochs_done)
 
+    earlier_s = loop.wall_s  # what the segments before this process spent
+
     def save() -> None:
         if checkpoint is not None:
+            loop.wall_s = earlier_s + time.time() - t0
             ckpt.save(checkpoint, _snapshot(spec, loop, model, opt, sched, rng))
 
     every = max(1, spec.checkpoint_every)
@@ -248,7 +252,10 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
                          "dropout_in_training": model.backbone_train_mode},
             "weights": model.backbone.weights_info,
             "frozen_weights_unchanged": frozen_before == frozen_after,
-            "time": {"total_s": time.time() - t0, "train_s": train_s, "eval_s": eval_s,
+            # total_s: this process; wall_s: every segment of the run (what it cost; work after a segment's last
+            # checkpoint was redone, so it counts once)
+            "time": {"total_s": time.time() - t0, "wall_s": earlier_s + time.time() - t0, "train_s": train_s,
+                     "eval_s": eval_s,
                      "step_ms": 1000 * train_s / max(steps, 1), "steps": steps},
             "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                        "peak_cuda_mb": peak_cuda},

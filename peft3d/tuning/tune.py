@@ -11,6 +11,7 @@ One file per concern; :class:`Tuner` only puts them in order:
 - :mod:`~peft3d.tuning.trials`: trial execution — each trial an ordinary run in its own worker process, pruned
   live, interrupted trials queued again; :mod:`~peft3d.tuning.sharing`: several workers on one storage.
 - :mod:`~peft3d.tuning.final`: the final runs on the grid's seeds, the manifest and the tuned tables.
+- :mod:`~peft3d.tuning.progress`: where a grid's studies stand and what they cost (``bench tune --progress``).
 - :mod:`~peft3d.tuning.tracking`: MLflow (experiment ``peft3d/<grid>/tune``), a parent run per study and a
   nested run per trial; on start, RUNNING runs and trials whose owner process is gone are marked KILLED / FAIL,
   so an interrupted tune never leaves RUNNING runs behind.

@@ -1,0 +1,136 @@
+"""Where a tuned grid stands and what it has cost (``bench tune --progress``): per cell, its trials (counted by
+the equal-budget rule) and the tuned runs of its best configuration, with the wall time of the runs behind them.
+
+A study that outlives a session needs this to resume, to size what is left and to report its cost; it reads
+only the Optuna storage and the result files, so it runs beside the workers without touching them. Each run
+takes one core (the CPU workers are pinned), so the summed wall time of the runs is their core-hours.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from peft3d.core.result import read_result
+from peft3d.tuning.budget import counts
+from peft3d.tuning.cells import Cell, tuned_spec
+from peft3d.tuning.final import best_spec
+
+
+@dataclass
+class Spent:
+    """The finished runs of one stage: how many, their summed wall seconds, when the first began and the last
+    ended."""
+
+    runs: int = 0
+    seconds: float = 0.0
+    durations: list[float] = field(default_factory=list)
+    began: datetime | None = None
+    ended: datetime | None = None
+
+    def add(self, result: dict[str, Any]) -> None:
+        t = result.get("time") or {}
+        # wall_s counts every segment of a resumed run; older results carry total_s, their last segment only
+        s = float(t.get("wall_s", t.get("total_s", 0.0)))
+        self.runs += 1
+        self.seconds += s
+        self.durations.append(s)
+        if not result.get("finished_at"):
+            return  # a result written by hand or by a test: counted, but it has no place in time
+        end = datetime.strptime(result["finished_at"], "%Y-%m-%dT%H:%M:%S%z")
+        start = datetime.fromtimestamp(end.timestamp() - s, end.tzinfo)
+        self.began = start if self.began is None else min(self.began, start)
+        self.ended = end if self.ended is None else max(self.ended, end)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"runs": self.runs, "core_hours": round(self.seconds / 3600, 3),
+                "began": self.began.isoformat() if self.began else None,
+                "ended": self.ended.isoformat() if self.ended else None}
+
+
+def _trial_results(root: Path, cell: Cell) -> list[dict[str, Any]]:
+    """The successful trial runs of a cell (tune/<cell>/runs/*.json)."""
+    out = []
+    for path in sorted((root / "tune" / cell.slug / "runs").glob("*.json")):
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a file being written; the next look counts it
+        if r.get("status") == "success":
+            out.append(r)
+    return out
+
+
+def cell_progress(cell: Cell, study: Any | None, root: Path, grid: str, n_trials: int) -> dict[str, Any]:
+    """One cell's trials, its tuned runs and their cost; ``study`` None when it has not started."""
+    trials, finals = Spent(), Spent()
+    for r in _trial_results(root, cell):
+        trials.add(r)
+    c = counts(study) if study is not None else {"counted": 0, "complete": 0, "pruned": 0, "failed": 0,
+                                                  "running": 0}
+    best, trial = best_spec(study) if study is not None else (None, None)
+    if best is not None:
+        for s in cell.specs:
+            r = read_result(root, tuned_spec(s, best).replace(grid=f"{grid}.tuned").run_id)
+            if r is not None and r.ok:
+                finals.add(r.to_dict())
+    b = cell.base
+    return {"cell": f"{b.backbone}[{b.weights}]/{b.method}", "study": cell.study_name,
+            "trials": {**{k: c[k] for k in ("counted", "complete", "pruned", "failed", "running")}, "of": n_trials,
+                       **trials.as_dict()},
+            "best": {"value": trial.value, "params": dict(trial.params)} if trial is not None else None,
+            "final": {"of": len(cell.specs), **finals.as_dict()},
+            "_spent": (trials, finals)}
+
+
+def grid_progress(grid: str, cells: list[Cell], root: Path, storage: Any, n_trials: int) -> dict[str, Any]:
+    """Every cell's progress, the totals, and an estimate of the core-hours left at the median run's cost
+    (an upper bound for the trials: a pruned trial stops after its first fold or two)."""
+    import optuna
+
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    rows = [cell_progress(c, optuna.load_study(study_name=c.study_name, storage=storage)
+                          if c.study_name in names else None, root, grid, n_trials) for c in cells]
+    spent = [x for r in rows for x in r.pop("_spent")]
+    durations = [d for s in spent for d in s.durations]
+    per_run = statistics.median(durations) if durations else None
+    runs_left = sum(max(0, n_trials - r["trials"]["counted"]) * max(1, len(c.objective_variants))
+                    + r["final"]["of"] - r["final"]["runs"] for r, c in zip(rows, cells, strict=True))
+    return {"grid": grid, "cells": rows,
+            "total": {"runs": sum(s.runs for s in spent),
+                      "core_hours": round(sum(s.seconds for s in spent) / 3600, 2),
+                      "cells_done": sum(r["final"]["runs"] == r["final"]["of"] for r in rows),
+                      "cells": len(rows), "median_run_s": round(per_run, 1) if per_run else None,
+                      "runs_left_at_most": runs_left,
+                      "core_hours_left_at_most": round(runs_left * per_run / 3600, 1) if per_run else None}}
+
+
+def progress_lines(p: dict[str, Any]) -> list[str]:
+    """The human view: one line per cell, then the totals."""
+    lines = [f"{'cell':34} {'trials':>14} {'best val':>8} {'lr':>9} {'final':>7} {'core-h':>7}  stage wall"]
+    for r in p["cells"]:
+        t, f, best = r["trials"], r["final"], r["best"]
+        trials = f"{t['counted']}/{t['of']}" + (f" ({t['pruned']} pr)" if t["pruned"] else "") \
+            + (" +running" if t["running"] else "")
+        val = f"{best['value']:.3f}" if best else "-"
+        lr = f"{best['params']['lr']:.2e}" if best and "lr" in best["params"] else "-"
+        hours = t["core_hours"] + f["core_hours"]
+        lines.append(f"{r['cell']:34} {trials:>14} {val:>8} {lr:>9} {f['runs']:>3}/{f['of']:<3} {hours:>7.2f}  "
+                     f"{_span(t)} | {_span(f)}")
+    tot = p["total"]
+    left = (f"at most {tot['runs_left_at_most']} runs ≈ {tot['core_hours_left_at_most']} core-hours left "
+            f"(median run {tot['median_run_s']:.0f} s)") if tot["median_run_s"] else "no run finished yet"
+    lines.append(f"{tot['cells_done']}/{tot['cells']} cells done; {tot['runs']} runs, {tot['core_hours']} "
+                 f"core-hours spent; {left}")
+    return lines
+
+
+def _span(stage: dict[str, Any]) -> str:
+    """'began → ended (hours)' of a stage's finished runs; '-' when none."""
+    if not stage["began"]:
+        return "-"
+    a, b = datetime.fromisoformat(stage["began"]), datetime.fromisoformat(stage["ended"])
+    return f"{a:%m-%d %H:%M}→{b:%m-%d %H:%M} ({(b - a).total_seconds() / 3600:.1f} h)"

@@ -1,0 +1,98 @@
+"""``bench tune --progress``: per cell, the trials counted, the tuned runs done and the core-hours behind them, read
+from the Optuna storage and the result files of a tune driven by a fake executor (no training)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from test_tune import result_for
+from test_tune_pooled import FOLDS, FoldExecutor, study_specs
+
+from peft3d.core.result import RunResult, write_result
+from peft3d.grids.plan import TuningPlan
+from peft3d.tuning.budget import TuneOptions
+from peft3d.tuning.progress import Spent, grid_progress, progress_lines
+from peft3d.tuning.tune import Tuner
+
+PLAN = TuningPlan(trials=2, sampler="qmc", space="shared", objective_variants=FOLDS, seed=100)
+TRIAL_S, FINAL_S = 60.0, 100.0
+
+
+def timed(result: dict, wall_s: float, finished_at: str) -> RunResult:
+    return RunResult.from_dict({**result, "time": {"total_s": wall_s / 2, "wall_s": wall_s},
+                                "finished_at": finished_at})
+
+
+class TimedExecutor(FoldExecutor):
+    """FoldExecutor whose results cost TRIAL_S each and finish a minute apart."""
+
+    def __call__(self, spec, root, report):
+        r, pruned = super().__call__(spec, root, report)
+        minute = len(self.calls)
+        r = timed(r.to_dict(), TRIAL_S, f"2026-12-05T10:{minute:02d}:00+0000")
+        write_result(root, r)
+        return r, pruned
+
+
+def write_finals(root):
+    def run_final(todo, blocks):
+        for s in todo:
+            write_result(root, timed(result_for(s, [0.5]), FINAL_S, "2026-12-05T12:00:00+0000"))
+    return run_final
+
+
+@pytest.fixture
+def tuner(tmp_path):
+    o = TuneOptions(n_trials=PLAN.trials, storage=f"sqlite:///{tmp_path / 'optuna.db'}", plan=PLAN)
+    return Tuner("study", study_specs(), tmp_path, o, execute=TimedExecutor(), echo=lambda s: None)
+
+
+def test_progress_of_a_half_done_study_counts_trials_finals_hours_and_what_is_left(tmp_path, tuner):
+    tuner.prepare()
+    tuner.tune_cell(tuner.cells[0], 1)  # the first cell's trials only: no final run anywhere yet
+    p = grid_progress("study", tuner.cells, tmp_path, tuner.opts.storage, PLAN.trials)
+    first, second = p["cells"][0], p["cells"][1]
+    assert first["cell"] == "test_bert[pretrained]/linear"
+    assert (first["trials"]["counted"], first["trials"]["runs"]) == (2, 2 * len(FOLDS))
+    assert first["trials"]["core_hours"] == pytest.approx(6 * TRIAL_S / 3600, abs=1e-3)
+    assert first["trials"]["began"] == "2026-12-05T10:00:00+00:00"  # the first run ended at 10:01 after 60 s
+    assert first["trials"]["ended"] == "2026-12-05T10:06:00+00:00"
+    assert first["best"]["params"]["lr"] > 0 and first["final"] == {"of": 15, "runs": 0, "core_hours": 0.0,
+                                                                     "began": None, "ended": None}
+    assert second["trials"]["counted"] == 0 and second["best"] is None
+    total = p["total"]
+    # three cells' trials (2 × 3 folds each) and every cell's 15 tuned runs are left
+    assert total["runs_left_at_most"] == 3 * 2 * 3 + 4 * 15
+    assert total["core_hours_left_at_most"] == pytest.approx(78 * TRIAL_S / 3600, abs=0.05)
+    assert (total["runs"], total["cells_done"]) == (6, 0)
+
+
+def test_progress_of_a_finished_study_and_its_lines(tmp_path, tuner):
+    tuner.run(run_final=write_finals(tmp_path))
+    p = grid_progress("study", tuner.cells, tmp_path, tuner.opts.storage, PLAN.trials)
+    assert all(r["final"]["runs"] == r["final"]["of"] == 15 for r in p["cells"])
+    total = p["total"]
+    assert (total["cells_done"], total["runs_left_at_most"]) == (4, 0)
+    assert total["runs"] == 4 * (6 + 15)
+    assert total["core_hours"] == pytest.approx(4 * (6 * TRIAL_S + 15 * FINAL_S) / 3600, abs=0.01)
+    lines = progress_lines(p)
+    assert lines[1].startswith("test_bert[pretrained]/linear") and " 15/15 " in lines[1]
+    assert lines[-1].startswith("4/4 cells done; 84 runs")
+
+
+def test_a_result_from_before_wall_s_counts_its_total_s():
+    s = Spent()
+    s.add({"time": {"total_s": 42.0}, "finished_at": "2026-12-05T10:00:42+0000"})
+    s.add({"time": {"total_s": 10.0, "wall_s": 30.0}})  # no finished_at: counted, no place in time
+    assert (s.runs, s.seconds) == (2, 72.0)
+    assert s.as_dict()["began"] == "2026-12-05T10:00:00+00:00"
+
+
+def test_progress_without_a_storage_is_one_line_and_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "peft3d", "tune", "--grid", "transfer_study", "--results",
+                        str(tmp_path), "--progress"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "no tuning storage at" in r.stderr
+    assert "fix: pass the --results" in r.stderr
+    assert not (tmp_path / "optuna.db").exists()
