@@ -19,12 +19,13 @@ def _print_table(r: dict) -> None:
     title = (f"{st['backbone']}: {st['points']} points (k={st['k']}), batch {st['batch']}, {st['device']} "
              f"{st['precision']}, {st['steps']} alternated steps, {st['threads']} threads")
     table = Table(title=title)
-    for col in ("method", "ms/step (median)", "x linear", "peak MB", "samples/s", "preset"):
+    first = "first step s (compile)" if st["compile"] else "first step s"
+    for col in ("method", "ms/step (median)", "x linear", "peak MB", "samples/s", first, "preset"):
         table.add_column(col)
     for name, m in r["methods"].items():
         table.add_row(name, f"{m['ms']:.1f}", f"{m['ratio']:.2f}",
                       "n/a" if m["peak_mb"] is None else f"{m['peak_mb']:.0f}", f"{m['samples_per_s']:.1f}",
-                      m["preset"] or "")
+                      f"{m['first_step_s']:.2f}", m["preset"] or "")
     con = Console()
     con.print(table)
     con.print(f"tokenizer forward+backward: {r['tokenizer_ms']:.1f} ms = {100 * r['tokenizer_share']:.0f}% of "

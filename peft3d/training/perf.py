@@ -67,8 +67,9 @@ class PerfSettings:
         self.methods = (floor, *[m for m in chosen if m != floor])  # the floor first, always measured
         if self.profile < 0:
             raise ConfigError(f"--profile must be >= 0 (the number of operators to list), got {self.profile}")
-        if self.steps < 1 or self.batch < 2:
-            raise ConfigError("--steps must be >= 1 and --batch >= 2 (BatchNorm needs 2 samples)")
+        if self.steps < 1 or self.batch < 2 or self.warmup < 1:
+            raise ConfigError("--steps and --warmup must be >= 1 (the first warm-up step is timed apart) and "
+                              "--batch >= 2 (BatchNorm needs 2 samples)")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device visible to torch; fix: --device cpu")
         if self.full_size:
@@ -90,6 +91,7 @@ class MethodRun:
     loss: Callable[[], torch.Tensor]
     times: list[float] = field(default_factory=list)
     peak_mb: float | None = None
+    first_s: float | None = None  # the first step: with --compile, torch.compile's compile time is in it
 
 
 def tokenizer_cfg(s: PerfSettings):
@@ -264,13 +266,11 @@ def measure(s: PerfSettings, log: Callable[[str], None] = lambda _m: None) -> di
         if s.device.startswith("cuda"):
             with CudaPeak() as mem:
                 run = build_run(s, m, xyz, labels)
-                for _ in range(s.warmup):
-                    run.step()
+                warm_up(run, s)
             run.peak_mb = mem.mb
         else:
             run = build_run(s, m, xyz, labels)
-            for _ in range(s.warmup):
-                run.step()
+            warm_up(run, s)
             run.peak_mb = estimated_peak_mb(run.model, run.loss)
         runs[m] = run
     tok = tokenizer_step(runs[s.methods[0]].model, xyz, s)
@@ -289,6 +289,14 @@ def measure(s: PerfSettings, log: Callable[[str], None] = lambda _m: None) -> di
         out["extra_ops"] = {m: extra_ops(run.step, floor_ops, s.device, s.profile)
                             for m, run in runs.items() if m != s.methods[0]}
     return out
+
+
+def warm_up(run: MethodRun, s: PerfSettings) -> None:
+    """The warm-up steps, the first one timed: it holds the one-off costs (torch.compile's compilation and
+    its cache lookup with --compile, lazy initialisations), which a run pays once."""
+    run.first_s = timed(run.step, s.device)
+    for _ in range(s.warmup - 1):
+        run.step()
 
 
 def op_times(step: Callable[[], None], device: str, steps: int = PROFILE_STEPS) -> dict[str, tuple[float, float]]:
@@ -346,7 +354,7 @@ def summarise(s: PerfSettings, runs: dict[str, MethodRun], tok: Callable[[], Non
         methods[name] = {"ms": round(ms, 3), "ratio": round(ms / (1000 * floor), 4),
                          "peak_mb": None if run.peak_mb is None else round(run.peak_mb, 1),
                          "samples_per_s": round(s.batch / (ms / 1000), 2), "preset": run.preset,
-                         "min_ms": round(1000 * min(run.times), 3)}
+                         "min_ms": round(1000 * min(run.times), 3), "first_step_s": round(run.first_s, 2)}
     return {
         "floor_ms": round(1000 * floor, 3),
         "tokenizer_ms": round(1000 * tok_s, 3),
