@@ -345,3 +345,26 @@ def test_training_perf_and_plan_call_the_same_step(monkeypatch):
     calls.clear()
     plan(PlanSettings(grid="quickstart", tiny=True, steps=2, warmup=1, batch=2))
     assert len(calls) == 4 * 3  # four cells, warm-up + timed steps each
+
+
+def test_a_compiled_forward_steps_like_the_model():
+    """bench perf --compile hands train_step a torch.compile wrapper: it must be called (a wrapper of a model
+    without __len__ raised on truth testing) and give the model's loss. The eager backend keeps this test fast:
+    it traces the same graph without generating code."""
+    from peft3d.core.spec import Budget, RunSpec, TokenizerCfg
+    from peft3d.methods.build import build_model
+    from peft3d.training.step import Trainer, train_step
+
+    torch.manual_seed(0)
+    spec = RunSpec(backbone="test_bert", method="linear", weights="random", num_points=64, head_hidden=16,
+                   tokenizer=TokenizerCfg(num_stages=2, embed_dim=8, k=8, lga_blocks=(1, 1), last_bottleneck=8))
+    model, _ = build_model(spec, 5)
+    model.eval()  # no BatchNorm statistics move: the two forwards see the same model
+    x = torch.rand(4, 64, 3, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 3])
+    budget = Budget(epochs=1, lr=1e-3, warmup_epochs=0)
+    compiled = Trainer.for_budget(model, budget, 10, "cpu", "fp32", forward=torch.compile(model, backend="eager"))
+    plain = Trainer.for_budget(model, budget, 10, "cpu", "fp32")
+    expected = plain.loss(x, y)[0].item()
+    loss, logits = train_step(compiled, x, y)
+    assert logits.shape == (4, 5) and loss.item() == pytest.approx(expected, rel=1e-5)

@@ -74,7 +74,8 @@ class Trainer:
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and loss under the precision's autocast: ``(loss, logits)``."""
         with autocast(self.device, self.precision):
-            logits = (self.forward or self.model)(x)
+            # `is None`, not `or`: a torch.compile wrapper of a model without __len__ raises on truth testing
+            logits = (self.model if self.forward is None else self.forward)(x)
             return self.loss_fn(logits.float(), y), logits
 
 
