@@ -51,6 +51,8 @@ def tuner(tmp_path):
 def test_progress_of_a_half_done_study_counts_trials_finals_hours_and_what_is_left(tmp_path, tuner):
     tuner.prepare()
     tuner.tune_cell(tuner.cells[0], 1)  # the first cell's trials only: no final run anywhere yet
+    stray = tmp_path / "tune" / tuner.cells[0].slug / "runs" / "0000000000ff.json"
+    stray.write_text('{"status": "success"}')  # JSON, but no result (no run_id, no spec): not a run
     p = grid_progress("study", tuner.cells, tmp_path, tuner.opts.storage, PLAN.trials)
     first, second = p["cells"][0], p["cells"][1]
     assert first["cell"] == "test_bert[pretrained]/linear"

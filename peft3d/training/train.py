@@ -236,6 +236,7 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
     finally:
         ckpt.STOP.armed = False
     curves, train_s, eval_s, steps = loop.curves, loop.train_s, loop.eval_s, loop.steps
+    this_s = time.time() - t0  # this process's share of the run
     frozen_after = frozen_checksum(model)
     metrics = Metrics.from_dict(dict(select(curves), n_val=len(data.val), n_test=len(data.test),
                                      curves=curves.__dict__))
@@ -254,8 +255,7 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
             "frozen_weights_unchanged": frozen_before == frozen_after,
             # total_s: this process; wall_s: every segment of the run (what it cost; work after a segment's last
             # checkpoint was redone, so it counts once)
-            "time": {"total_s": time.time() - t0, "wall_s": earlier_s + time.time() - t0, "train_s": train_s,
-                     "eval_s": eval_s,
+            "time": {"total_s": this_s, "wall_s": earlier_s + this_s, "train_s": train_s, "eval_s": eval_s,
                      "step_ms": 1000 * train_s / max(steps, 1), "steps": steps},
             "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                        "peak_cuda_mb": peak_cuda},

@@ -7,14 +7,13 @@ takes one core (the CPU workers are pinned), so the summed wall time of the runs
 """
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from peft3d.core.result import read_result
+from peft3d.core.result import ResultInvalid, parse_result, read_result
 from peft3d.tuning.budget import counts
 from peft3d.tuning.cells import Cell, tuned_spec
 from peft3d.tuning.final import best_spec
@@ -25,8 +24,6 @@ class Spent:
     """The finished runs of one stage: how many, their summed wall seconds, when the first began and the last
     ended."""
 
-    runs: int = 0
-    seconds: float = 0.0
     durations: list[float] = field(default_factory=list)
     began: datetime | None = None
     ended: datetime | None = None
@@ -35,8 +32,6 @@ class Spent:
         t = result.get("time") or {}
         # wall_s counts every segment of a resumed run; older results carry total_s, their last segment only
         s = float(t.get("wall_s", t.get("total_s", 0.0)))
-        self.runs += 1
-        self.seconds += s
         self.durations.append(s)
         if not result.get("finished_at"):
             return  # a result written by hand or by a test: counted, but it has no place in time
@@ -45,6 +40,14 @@ class Spent:
         self.began = start if self.began is None else min(self.began, start)
         self.ended = end if self.ended is None else max(self.ended, end)
 
+    @property
+    def runs(self) -> int:
+        return len(self.durations)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.durations)
+
     def as_dict(self) -> dict[str, Any]:
         return {"runs": self.runs, "core_hours": round(self.seconds / 3600, 3),
                 "began": self.began.isoformat() if self.began else None,
@@ -52,20 +55,22 @@ class Spent:
 
 
 def _trial_results(root: Path, cell: Cell) -> list[dict[str, Any]]:
-    """The successful trial runs of a cell (tune/<cell>/runs/*.json)."""
+    """The successful trial runs of a cell (tune/<cell>/runs/*.json), read by the results' own validating reader."""
     out = []
     for path in sorted((root / "tune" / cell.slug / "runs").glob("*.json")):
         try:
-            r = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # a file being written; the next look counts it
-        if r.get("status") == "success":
-            out.append(r)
+            r = parse_result(path)
+        except ResultInvalid:
+            continue  # not a valid result (e.g. a file from elsewhere): it counts as no run, as everywhere
+        if r.ok:
+            out.append(r.to_dict())
     return out
 
 
-def cell_progress(cell: Cell, study: Any | None, root: Path, grid: str, n_trials: int) -> dict[str, Any]:
-    """One cell's trials, its tuned runs and their cost; ``study`` None when it has not started."""
+def cell_progress(cell: Cell, study: Any | None, root: Path, grid: str,
+                  n_trials: int) -> tuple[dict[str, Any], list[Spent]]:
+    """One cell's trials, its tuned runs and their cost (the row, and its two stages for the totals); ``study``
+    None when it has not started."""
     trials, finals = Spent(), Spent()
     for r in _trial_results(root, cell):
         trials.add(r)
@@ -78,12 +83,12 @@ def cell_progress(cell: Cell, study: Any | None, root: Path, grid: str, n_trials
             if r is not None and r.ok:
                 finals.add(r.to_dict())
     b = cell.base
-    return {"cell": f"{b.backbone}[{b.weights}]/{b.method}", "study": cell.study_name,
-            "trials": {**{k: c[k] for k in ("counted", "complete", "pruned", "failed", "running")}, "of": n_trials,
-                       **trials.as_dict()},
-            "best": {"value": trial.value, "params": dict(trial.params)} if trial is not None else None,
-            "final": {"of": len(cell.specs), **finals.as_dict()},
-            "_spent": (trials, finals)}
+    row = {"cell": f"{b.backbone}[{b.weights}]/{b.method}", "study": cell.study_name,
+           "trials": {**{k: c[k] for k in ("counted", "complete", "pruned", "failed", "running")}, "of": n_trials,
+                      **trials.as_dict()},
+           "best": {"value": trial.value, "params": dict(trial.params)} if trial is not None else None,
+           "final": {"of": len(cell.specs), **finals.as_dict()}}
+    return row, [trials, finals]
 
 
 def grid_progress(grid: str, cells: list[Cell], root: Path, storage: Any, n_trials: int) -> dict[str, Any]:
@@ -92,9 +97,10 @@ def grid_progress(grid: str, cells: list[Cell], root: Path, storage: Any, n_tria
     import optuna
 
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    rows = [cell_progress(c, optuna.load_study(study_name=c.study_name, storage=storage)
-                          if c.study_name in names else None, root, grid, n_trials) for c in cells]
-    spent = [x for r in rows for x in r.pop("_spent")]
+    pairs = [cell_progress(c, optuna.load_study(study_name=c.study_name, storage=storage)
+                           if c.study_name in names else None, root, grid, n_trials) for c in cells]
+    rows = [row for row, _ in pairs]
+    spent = [stage for _, stages in pairs for stage in stages]
     durations = [d for s in spent for d in s.durations]
     per_run = statistics.median(durations) if durations else None
     runs_left = sum(max(0, n_trials - r["trials"]["counted"]) * max(1, len(c.objective_variants))
