@@ -60,8 +60,8 @@ def test_progress_of_a_half_done_study_counts_trials_finals_hours_and_what_is_le
     assert first["trials"]["core_hours"] == pytest.approx(6 * TRIAL_S / 3600, abs=1e-3)
     assert first["trials"]["began"] == "2026-12-05T10:00:00+00:00"  # the first run ended at 10:01 after 60 s
     assert first["trials"]["ended"] == "2026-12-05T10:06:00+00:00"
-    assert first["best"]["params"]["lr"] > 0 and first["final"] == {"of": 15, "runs": 0, "core_hours": 0.0,
-                                                                     "began": None, "ended": None}
+    assert first["best"]["params"]["lr"] > 0 and first["final"] == {"of": 15, "may_add": 0, "runs": 0,
+                                                                     "core_hours": 0.0, "began": None, "ended": None}
     assert second["trials"]["counted"] == 0 and second["best"] is None
     total = p["total"]
     # three cells' trials (2 × 3 folds each) and every cell's 15 tuned runs are left

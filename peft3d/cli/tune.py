@@ -21,13 +21,15 @@ from peft3d.cli.app import (
     open_grid,
     write_table,
 )
+from peft3d.grids.plan import Precision
 
 
 def _sigterm_as_interrupt(*_: object) -> None:
     raise KeyboardInterrupt  # `kill PID` cleans up like Ctrl-C (trial marked interrupted, MLflow runs KILLED)
 
 
-def _show_progress(grid: str, cells: list, root: Path, url: str, trials: int, as_json: bool) -> None:
+def _show_progress(grid: str, cells: list, root: Path, url: str, trials: int, as_json: bool,
+                   precision: Precision | None = None) -> None:
     import json
 
     from peft3d.tuning.budget import redact
@@ -37,7 +39,7 @@ def _show_progress(grid: str, cells: list, root: Path, url: str, trials: int, as
         fail(f"no tuning storage at {url[len('sqlite:///'):]}: nothing tuned yet for grid {grid} in {root}; "
              f"fix: pass the --results (or --storage) the study runs with")
     check_storage(url)
-    p = grid_progress(grid, cells, root, url, trials)
+    p = grid_progress(grid, cells, root, url, trials, precision)
     if as_json:
         print(json.dumps({**p, "storage": redact(url)}, indent=1))
         return
@@ -92,7 +94,7 @@ def tune(grid: str = GridOpt, trials: Optional[int] = typer.Option(None, "--tria
         return
     if progress:
         _show_progress(name, cells_of(specs, name, plan.objective_variants, plan.seed), results_dir(results),
-                       storage_url(root, storage), trials, as_json)
+                       storage_url(root, storage), trials, as_json, plan.precision)
         return
     check_roots(specs)
     if pruner not in ("median", "none"):

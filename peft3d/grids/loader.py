@@ -14,7 +14,7 @@ from peft3d.core.errors import ConfigError
 from peft3d.core.spec import Budget, PipelineCfg, RunSpec, TokenizerCfg, from_mapping
 from peft3d.grids.catalog import GRID_DIR, GridCatalog
 from peft3d.grids.checks import cell_pipeline, check_combination
-from peft3d.grids.plan import TuningPlan, check_plan_against, parse_plan
+from peft3d.grids.plan import TuningPlan, check_plan_against, check_precision_seeds, parse_plan
 from peft3d.grids.validate import check_device, check_grid
 
 __all__ = ["GRID_DIR", "ExpandedGrid", "GridCatalog", "compare_to", "expand", "expand_grid", "grid_path",
@@ -184,6 +184,7 @@ def expand_grid(name: str, seeds: list[int] | None = None, data_roots: dict[str,
         for s in specs:
             have.setdefault(s.dataset, set()).add(s.variant)
         check_plan_against(plan, have, f"grid {grid_name}")
+    check_precision_seeds(plan, {s.seed for s in specs}, f"grid {grid_name}")
     return ExpandedGrid(grid_name, path, specs, chosen, str(grid.get("description", "")), plan)
 
 

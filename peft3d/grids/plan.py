@@ -12,6 +12,10 @@ tuning:
   seed: 100                        # the seed trials run at (default: the grid's first seed). One outside the
                                    #   grid's seeds keeps the reported runs apart from the runs that chose the
                                    #   configuration (no winner's curse on the tuning seed's runs)
+  precision:                       # seeds until precise (optional): after a cell's tuned runs on the grid's seeds,
+    ci_half_width: 3.0             #   while its table cell's 95% CI half-width (points) is wider than this,
+    extra_seeds: [3, 4, 5]         #   run the next of these seeds on all its folds (in order; at most all of them)
+    datasets: [sweethome3d/cv5]    #   the table cells the rule covers (default: all), named as tables name them
 ```
 """
 from __future__ import annotations
@@ -26,12 +30,30 @@ SPACES = ("with_knobs", "shared")
 
 
 @dataclass(frozen=True)
+class Precision:
+    """The seeds-until-precise rule (:mod:`peft3d.tuning.precision` applies it)."""
+
+    ci_half_width: float
+    extra_seeds: tuple[int, ...]
+    datasets: tuple[str, ...] = ()  # empty: every table cell of the grid
+
+    def covers(self, dataset: str) -> bool:
+        return not self.datasets or dataset in self.datasets
+
+    def describe(self) -> str:
+        where = f" ({', '.join(self.datasets)})" if self.datasets else ""
+        return (f"while a cell's 95% CI half-width{where} exceeded {self.ci_half_width:g} points, the next of seeds "
+                f"{list(self.extra_seeds)} ran on all its folds")
+
+
+@dataclass(frozen=True)
 class TuningPlan:
     trials: int | None = None
     sampler: str = "tpe"
     space: str = "with_knobs"
     objective_variants: tuple[str, ...] = ()
     seed: int | None = None
+    precision: Precision | None = None
 
     @property
     def pooled(self) -> bool:
@@ -44,7 +66,8 @@ def parse_plan(block: Any, where: str) -> TuningPlan:
     if block is None:
         return TuningPlan()
     if not isinstance(block, dict):
-        raise ConfigError(f"{where}: tuning must be a mapping (trials, sampler, space, objective_variants, seed)")
+        raise ConfigError(f"{where}: tuning must be a mapping (trials, sampler, space, objective_variants, seed, "
+                          "precision)")
     known = {f.name for f in fields(TuningPlan)}
     unknown = sorted(set(block) - known)
     if unknown:
@@ -64,7 +87,46 @@ def parse_plan(block: Any, where: str) -> TuningPlan:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ConfigError(f"{where}: tuning.seed must be a whole number >= 0, got {seed!r}")
     space = block.get("space", "with_knobs")
-    return TuningPlan(trials, block.get("sampler", "tpe"), space, tuple(variants), seed)
+    precision = parse_precision(block.get("precision"), where)
+    return TuningPlan(trials, block.get("sampler", "tpe"), space, tuple(variants), seed, precision)
+
+
+def _whole(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def parse_precision(block: Any, where: str) -> Precision | None:
+    """``tuning.precision`` as a :class:`Precision`; one line naming the key and the fix otherwise."""
+    if block is None:
+        return None
+    keys = {"ci_half_width", "extra_seeds", "datasets"}
+    if not isinstance(block, dict) or not {"ci_half_width", "extra_seeds"} <= set(block) or set(block) - keys:
+        raise ConfigError(f"{where}: tuning.precision must be a mapping with ci_half_width (points), extra_seeds "
+                          f"(a list of seeds) and optionally datasets, got {block!r}")
+    width = block["ci_half_width"]
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+        raise ConfigError(f"{where}: tuning.precision.ci_half_width must be a number of points > 0, got {width!r}")
+    seeds = block["extra_seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(_whole(x) for x in seeds) or len(set(seeds)) < len(seeds):
+        raise ConfigError(f"{where}: tuning.precision.extra_seeds must be a non-empty list of distinct whole "
+                          f"numbers >= 0, got {seeds!r}")
+    datasets = block.get("datasets") or []
+    if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+        raise ConfigError(f"{where}: tuning.precision.datasets must be a list of table cell names (e.g. "
+                          f"sweethome3d/cv5), got {datasets!r}")
+    return Precision(float(width), tuple(seeds), tuple(datasets))
+
+
+def check_precision_seeds(plan: TuningPlan, seeds: set[int], where: str) -> None:
+    """The extra seeds are new seeds: neither the grid's nor the tuning seed (their runs would be counted twice or
+    be the runs that chose the configuration). The covered cells are checked by the tuner, which names them."""
+    rule = plan.precision
+    if rule is None:
+        return
+    taken = sorted(set(rule.extra_seeds) & (seeds | ({plan.seed} if plan.seed is not None else set())))
+    if taken:
+        raise ConfigError(f"{where}: tuning.precision.extra_seeds {taken} are already the grid's seeds or its "
+                          "tuning seed; fix: list seeds the grid does not run")
 
 
 def check_plan_against(plan: TuningPlan, variants_by_dataset: dict[str, set[str]], where: str) -> None:

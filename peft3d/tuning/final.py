@@ -19,6 +19,7 @@ from peft3d.core.result import RunResult, atomic_write_text, read_result, write_
 from peft3d.core.spec import RunSpec
 from peft3d.tuning.budget import COUNTING_RULE, Echo, TuneOptions, counts, equal_budget, redact
 from peft3d.tuning.cells import Cell, tuned_spec
+from peft3d.tuning.precision import extra_runs
 
 Blocks = dict[str, dict[str, Any]]  # run_id -> the tuning block of its result
 
@@ -65,8 +66,9 @@ class FinalRuns:
                 missing.append(cell.study_name)
                 continue
             block = self.summary(cell)
-            for s in cell.specs:
-                t = tuned_spec(s, best).replace(grid=f"{self.grid}.tuned")
+            tuned = [tuned_spec(s, best).replace(grid=f"{self.grid}.tuned") for s in cell.specs]
+            extra, _ = extra_runs(tuned, self.opts.plan.precision, self.root)  # seeds until precise, if asked
+            for t in tuned + extra:
                 specs.append(t)
                 blocks[t.run_id] = block
         return specs, blocks, missing
@@ -112,6 +114,9 @@ class FinalRuns:
                     "equal_budget": equal_budget([v["counted"] for v in studies.values()], self.opts.n_trials),
                     "storage": redact(self.opts.storage), "studies": studies,
                     "cells_without_a_complete_trial": missing, "runs": [s.to_dict() for s in specs]}
+        rule = self.opts.plan.precision
+        if rule is not None:
+            manifest["precision"] = rule.describe()
         path = manifest_path(self.root, self.grid)
         atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False))
         return path
@@ -153,9 +158,10 @@ def tuned_specs(grid: str, root: Path) -> list[RunSpec]:
 
 def budget_line(manifest: dict[str, Any]) -> str:
     if manifest["equal_budget"]:
+        extra = f" Seeds until precise: {manifest['precision']}." if manifest.get("precision") else ""
         return (f"Tuning: {manifest['n_trials']} Optuna trials per cell in all {len(manifest['studies'])} studies "
                 f"(equal budget; {manifest['counting']}); the best configuration of each cell (validation metric) "
-                "was run on the grid's seeds.")
+                f"was run on the grid's seeds.{extra}")
     return "WARNING: the studies have different trial counts (see the manifest): not an equal-budget comparison."
 
 

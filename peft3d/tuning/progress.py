@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from peft3d.core.result import ResultInvalid, parse_result, read_result
+from peft3d.grids.plan import Precision
 from peft3d.tuning.budget import counts
 from peft3d.tuning.cells import Cell, tuned_spec
 from peft3d.tuning.final import best_spec
+from peft3d.tuning.precision import extra_runs, most_extra_runs
 
 
 @dataclass
@@ -67,19 +69,24 @@ def _trial_results(root: Path, cell: Cell) -> list[dict[str, Any]]:
     return out
 
 
-def cell_progress(cell: Cell, study: Any | None, root: Path, grid: str,
-                  n_trials: int) -> tuple[dict[str, Any], list[Spent]]:
+def cell_progress(cell: Cell, study: Any | None, root: Path, grid: str, n_trials: int,
+                  precision: Precision | None = None) -> tuple[dict[str, Any], list[Spent]]:
     """One cell's trials, its tuned runs and their cost (the row, and its two stages for the totals); ``study``
-    None when it has not started."""
+    None when it has not started. With a precision rule, the tuned runs include the extra seeds it has asked for,
+    and ``may_add`` the runs it may still ask for."""
     trials, finals = Spent(), Spent()
     for r in _trial_results(root, cell):
         trials.add(r)
     c = counts(study) if study is not None else {"counted": 0, "complete": 0, "pruned": 0, "failed": 0,
                                                   "running": 0}
     best, trial = best_spec(study) if study is not None else (None, None)
+    tuned, may_add = list(cell.specs), most_extra_runs(cell.specs, precision)
     if best is not None:
-        for s in cell.specs:
-            r = read_result(root, tuned_spec(s, best).replace(grid=f"{grid}.tuned").run_id)
+        tuned = [tuned_spec(s, best).replace(grid=f"{grid}.tuned") for s in cell.specs]
+        extra, may_add = extra_runs(tuned, precision, root)
+        tuned += extra
+        for s in tuned:
+            r = read_result(root, s.run_id)
             if r is not None and r.ok:
                 finals.add(r.to_dict())
     b = cell.base
@@ -87,31 +94,37 @@ def cell_progress(cell: Cell, study: Any | None, root: Path, grid: str,
            "trials": {**{k: c[k] for k in ("counted", "complete", "pruned", "failed", "running")}, "of": n_trials,
                       **trials.as_dict()},
            "best": {"value": trial.value, "params": dict(trial.params)} if trial is not None else None,
-           "final": {"of": len(cell.specs), **finals.as_dict()}}
+           "final": {"of": len(tuned), "may_add": may_add, **finals.as_dict()}}
     return row, [trials, finals]
 
 
-def grid_progress(grid: str, cells: list[Cell], root: Path, storage: Any, n_trials: int) -> dict[str, Any]:
+def grid_progress(grid: str, cells: list[Cell], root: Path, storage: Any, n_trials: int,
+                  precision: Precision | None = None) -> dict[str, Any]:
     """Every cell's progress, the totals, and an estimate of the core-hours left at the median run's cost
-    (an upper bound for the trials: a pruned trial stops after its first fold or two)."""
+    (an upper bound for the trials: a pruned trial stops after its first fold or two; with a precision rule, the
+    extra seeds it may still add are counted apart)."""
     import optuna
 
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     pairs = [cell_progress(c, optuna.load_study(study_name=c.study_name, storage=storage)
-                           if c.study_name in names else None, root, grid, n_trials) for c in cells]
+                           if c.study_name in names else None, root, grid, n_trials, precision) for c in cells]
     rows = [row for row, _ in pairs]
     spent = [stage for _, stages in pairs for stage in stages]
     durations = [d for s in spent for d in s.durations]
     per_run = statistics.median(durations) if durations else None
     runs_left = sum(max(0, n_trials - r["trials"]["counted"]) * max(1, len(c.objective_variants))
                     + r["final"]["of"] - r["final"]["runs"] for r, c in zip(rows, cells, strict=True))
+    may_add = sum(r["final"]["may_add"] for r in rows)
     return {"grid": grid, "cells": rows,
             "total": {"runs": sum(s.runs for s in spent),
                       "core_hours": round(sum(s.seconds for s in spent) / 3600, 2),
-                      "cells_done": sum(r["final"]["runs"] == r["final"]["of"] for r in rows),
+                      "cells_done": sum(r["final"]["runs"] == r["final"]["of"] and not r["final"]["may_add"]
+                                        for r in rows),
                       "cells": len(rows), "median_run_s": round(per_run, 1) if per_run else None,
                       "runs_left_at_most": runs_left,
-                      "core_hours_left_at_most": round(runs_left * per_run / 3600, 1) if per_run else None}}
+                      "core_hours_left_at_most": round(runs_left * per_run / 3600, 1) if per_run else None,
+                      "extra_seed_runs_possible": may_add,
+                      "extra_seed_core_hours_possible": round(may_add * per_run / 3600, 1) if per_run else None}}
 
 
 def progress_lines(p: dict[str, Any]) -> list[str]:
@@ -129,6 +142,9 @@ def progress_lines(p: dict[str, Any]) -> list[str]:
     tot = p["total"]
     left = (f"at most {tot['runs_left_at_most']} runs ≈ {tot['core_hours_left_at_most']} core-hours left "
             f"(median run {tot['median_run_s']:.0f} s)") if tot["median_run_s"] else "no run finished yet"
+    if tot["extra_seed_runs_possible"] and tot["median_run_s"]:
+        left += (f"; the precision rule may add up to {tot['extra_seed_runs_possible']} runs ≈ "
+                 f"{tot['extra_seed_core_hours_possible']} core-hours more")
     lines.append(f"{tot['cells_done']}/{tot['cells']} cells done; {tot['runs']} runs, {tot['core_hours']} "
                  f"core-hours spent; {left}")
     return lines

@@ -11,6 +11,8 @@ One file per concern; :class:`Tuner` only puts them in order:
 - :mod:`~peft3d.tuning.trials`: trial execution — each trial an ordinary run in its own worker process, pruned
   live, interrupted trials queued again; :mod:`~peft3d.tuning.sharing`: several workers on one storage.
 - :mod:`~peft3d.tuning.final`: the final runs on the grid's seeds, the manifest and the tuned tables.
+- :mod:`~peft3d.tuning.precision`: seeds until precise — the extra seeds a grid's ``tuning.precision`` rule adds
+  to a cell whose table CI is wider than its target.
 - :mod:`~peft3d.tuning.progress`: where a grid's studies stand and what they cost (``bench tune --progress``).
 - :mod:`~peft3d.tuning.tracking`: MLflow (experiment ``peft3d/<grid>/tune``), a parent run per study and a
   nested run per trial; on start, RUNNING runs and trials whose owner process is gone are marked KILLED / FAIL,
@@ -26,6 +28,7 @@ from peft3d.core.spec import RunSpec
 from peft3d.tuning.budget import Echo, TuneOptions, open_studies, recover_orphans
 from peft3d.tuning.cells import Cell, cells_of
 from peft3d.tuning.final import Blocks, FinalRuns, read_manifest
+from peft3d.tuning.precision import check_covered
 from peft3d.tuning.sharing import StaleRetry, open_storage
 from peft3d.tuning.tracking import TuneTracker
 from peft3d.tuning.trials import Execute, TrialLoop, run_trial_process
@@ -42,6 +45,7 @@ class Tuner:
             raise ConfigError(f"--trials must be >= 1, got {opts.n_trials}")
         self.grid, self.root, self.opts, self.execute, self.echo = grid, root, opts, execute, echo
         self.cells = cells_of(specs, grid, opts.plan.objective_variants, opts.plan.seed)
+        check_covered(opts.plan.precision, specs, f"grid {grid}")
         self.retry = StaleRetry()
         self.storage = open_storage(opts.storage, opts.heartbeat_s, self.retry)
         self.tracker = TuneTracker(opts.mlflow_uri, f"peft3d/{grid}/tune") if opts.mlflow_uri else None
@@ -83,13 +87,19 @@ class Tuner:
         from peft3d.schedule.runner import pending
 
         final = self.final()
-        specs, blocks, missing = final.specs(cells)
-        for m in missing:
-            self.echo(f"{m}: no complete trial (all pruned or failed): no tuned runs for this cell")
-        todo = pending(specs, self.root)
-        self.echo(f"tuned runs: {len(specs)}, {len(specs) - len(todo)} already done, {len(todo)} to run")
-        if todo:
-            (run_final or final.run)(todo, blocks)
+        tried: set[str] = set()
+        while True:  # the precision rule may add seeds once the runs before them have landed
+            specs, blocks, missing = final.specs(cells)
+            todo = pending(specs, self.root)
+            if not tried:
+                for m in missing:
+                    self.echo(f"{m}: no complete trial (all pruned or failed): no tuned runs for this cell")
+            self.echo(f"tuned runs: {len(specs)}, {len(specs) - len(todo)} already done, {len(todo)} to run")
+            fresh = [s for s in todo if s.run_id not in tried]
+            if not fresh:  # done, or only runs that already failed in this call: never loop on them
+                break
+            tried |= {s.run_id for s in fresh}
+            (run_final or final.run)(fresh, blocks)
         for s in specs:
             final.annotate(s.run_id, blocks[s.run_id])
         every, _, without = final.specs()
