@@ -60,8 +60,10 @@ def test_progress_of_a_half_done_study_counts_trials_finals_hours_and_what_is_le
     assert first["trials"]["core_hours"] == pytest.approx(6 * TRIAL_S / 3600, abs=1e-3)
     assert first["trials"]["began"] == "2026-12-05T10:00:00+00:00"  # the first run ended at 10:01 after 60 s
     assert first["trials"]["ended"] == "2026-12-05T10:06:00+00:00"
+    assert first["trials"]["busy_hours"] == pytest.approx(6 / 60, abs=1e-3)  # back to back, a minute each
     assert first["best"]["params"]["lr"] > 0 and first["final"] == {"of": 15, "may_add": 0, "runs": 0,
-                                                                     "core_hours": 0.0, "began": None, "ended": None}
+                                                                     "core_hours": 0.0, "began": None, "ended": None,
+                                                                     "busy_hours": 0.0}
     assert second["trials"]["counted"] == 0 and second["best"] is None
     total = p["total"]
     # three cells' trials (2 × 3 folds each) and every cell's 15 tuned runs are left
@@ -98,3 +100,15 @@ def test_progress_without_a_storage_is_one_line_and_exit_2(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "no tuning storage at" in r.stderr
     assert "fix: pass the --results" in r.stderr
     assert not (tmp_path / "optuna.db").exists()
+
+
+def test_busy_hours_leave_out_the_gap_between_sessions_and_count_overlaps_once():
+    s = Spent()
+    s.add({"time": {"wall_s": 3600.0}, "finished_at": "2026-12-05T11:00:00+0000"})  # 10:00-11:00
+    s.add({"time": {"wall_s": 1800.0}, "finished_at": "2026-12-05T10:45:00+0000"})  # 10:15-10:45, inside it
+    s.add({"time": {"wall_s": 3600.0}, "finished_at": "2026-12-05T11:30:00+0000"})  # 10:30-11:30, overlaps
+    s.add({"time": {"wall_s": 1800.0}, "finished_at": "2026-12-06T09:30:00+0000"})  # next session: 09:00-09:30
+    d = s.as_dict()
+    assert d["busy_hours"] == pytest.approx(2.0)  # 10:00-11:30 and 09:00-09:30, not the 23.5 h span
+    assert (d["began"], d["ended"]) == ("2026-12-05T10:00:00+00:00", "2026-12-06T09:30:00+00:00")
+    assert s.seconds / 3600 == pytest.approx(3.0)  # core-hours: every run counted

@@ -24,11 +24,13 @@ from peft3d.tuning.precision import extra_runs, most_extra_runs
 @dataclass
 class Spent:
     """The finished runs of one stage: how many, their summed wall seconds, when the first began and the last
-    ended."""
+    ended, and the stage's busy wall time: the union of its runs' intervals, so the hours between two sessions,
+    when no worker ran, are not counted as the stage's wall time."""
 
     durations: list[float] = field(default_factory=list)
     began: datetime | None = None
     ended: datetime | None = None
+    intervals: list[tuple[float, float]] = field(default_factory=list)  # (start, end), epoch seconds
 
     def add(self, result: dict[str, Any]) -> None:
         t = result.get("time") or {}
@@ -41,6 +43,18 @@ class Spent:
         start = datetime.fromtimestamp(end.timestamp() - s, end.tzinfo)
         self.began = start if self.began is None else min(self.began, start)
         self.ended = end if self.ended is None else max(self.ended, end)
+        self.intervals.append((start.timestamp(), end.timestamp()))
+
+    @property
+    def busy_seconds(self) -> float:
+        """The length of the union of the runs' intervals (a resumed run is placed as one interval ending when
+        it finished: its segments' gaps are not known)."""
+        total, reach = 0.0, float("-inf")
+        for a, b in sorted(self.intervals):
+            if b > reach:
+                total += b - max(a, reach)
+                reach = b
+        return total
 
     @property
     def runs(self) -> int:
@@ -53,7 +67,8 @@ class Spent:
     def as_dict(self) -> dict[str, Any]:
         return {"runs": self.runs, "core_hours": round(self.seconds / 3600, 3),
                 "began": self.began.isoformat() if self.began else None,
-                "ended": self.ended.isoformat() if self.ended else None}
+                "ended": self.ended.isoformat() if self.ended else None,
+                "busy_hours": round(self.busy_seconds / 3600, 3)}
 
 
 def _trial_results(root: Path, cell: Cell) -> list[dict[str, Any]]:
@@ -129,7 +144,8 @@ def grid_progress(grid: str, cells: list[Cell], root: Path, storage: Any, n_tria
 
 def progress_lines(p: dict[str, Any]) -> list[str]:
     """The human view: one line per cell, then the totals."""
-    lines = [f"{'cell':34} {'trials':>14} {'best val':>8} {'lr':>9} {'final':>7} {'core-h':>7}  stage wall"]
+    lines = [f"{'cell':34} {'trials':>14} {'best val':>8} {'lr':>9} {'final':>7} {'core-h':>7}  "
+             "trials | tuned runs: first start → last end (wall hours with a run going)"]
     for r in p["cells"]:
         t, f, best = r["trials"], r["final"], r["best"]
         trials = f"{t['counted']}/{t['of']}" + (f" ({t['pruned']} pr)" if t["pruned"] else "") \
@@ -151,8 +167,8 @@ def progress_lines(p: dict[str, Any]) -> list[str]:
 
 
 def _span(stage: dict[str, Any]) -> str:
-    """'began → ended (hours)' of a stage's finished runs; '-' when none."""
+    """'began → ended (busy hours)' of a stage's finished runs; '-' when none."""
     if not stage["began"]:
         return "-"
     a, b = datetime.fromisoformat(stage["began"]), datetime.fromisoformat(stage["ended"])
-    return f"{a:%m-%d %H:%M}→{b:%m-%d %H:%M} ({(b - a).total_seconds() / 3600:.1f} h)"
+    return f"{a:%m-%d %H:%M}→{b:%m-%d %H:%M} ({stage['busy_hours']:.1f} h busy)"
