@@ -174,3 +174,16 @@ def test_precision_block_errors_are_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"precision.datasets \['sweethome3d/cv9'\] are not table cells of the "
                                           r"grid; its cells: \['sweethome3d/cv5'\]"):
         pooled_tuner(tmp_path, Precision(3.0, (3,), ("sweethome3d/cv9",)))
+
+
+def test_a_partly_tuned_grid_states_an_equal_budget_over_the_cells_it_shows(tmp_path):
+    from peft3d.tuning.final import budget_line
+
+    manifest = {"n_trials": 8, "counting": "rule", "equal_budget": False,
+                "studies": {"a": {"counted": 8}, "b": {"counted": 5}, "c": {"counted": 0}}}
+    line = budget_line(manifest, reported={"a"})
+    assert line.startswith("Tuning: 8 Optuna trials per cell in every study with tuned runs so far (1 of 3)")
+    assert line.endswith("The other 2 are still tuning: their cells show no tuned run yet.")
+    assert budget_line(manifest, reported={"a", "b"}).startswith("WARNING: the studies have different trial counts")
+    assert budget_line(manifest).startswith("WARNING")  # without knowing what is shown: never claimed equal
+    assert "in all 3 studies" in budget_line({**manifest, "equal_budget": True})

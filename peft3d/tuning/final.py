@@ -156,17 +156,38 @@ def tuned_specs(grid: str, root: Path) -> list[RunSpec]:
     return [RunSpec.from_dict(d) for d in read_manifest(root, grid)["runs"]]
 
 
-def budget_line(manifest: dict[str, Any]) -> str:
+def budget_line(manifest: dict[str, Any], reported: set[str] | None = None) -> str:
+    """The line under a tuned table stating its budget. ``reported``: the studies whose tuned runs have results
+    (None: all); while a study is still tuning, its cell shows no tuned run, so the budget is equal when every
+    study with results counted N trials."""
+    studies, n = manifest["studies"], manifest["n_trials"]
+    extra = f" Seeds until precise: {manifest['precision']}." if manifest.get("precision") else ""
+    tail = (f"(equal budget; {manifest['counting']}); the best configuration of each cell (validation metric) "
+            f"was run on the grid's seeds.{extra}")
     if manifest["equal_budget"]:
-        extra = f" Seeds until precise: {manifest['precision']}." if manifest.get("precision") else ""
-        return (f"Tuning: {manifest['n_trials']} Optuna trials per cell in all {len(manifest['studies'])} studies "
-                f"(equal budget; {manifest['counting']}); the best configuration of each cell (validation metric) "
-                f"was run on the grid's seeds.{extra}")
+        return f"Tuning: {n} Optuna trials per cell in all {len(studies)} studies {tail}"
+    shown = [name for name in studies if reported is None or name in reported]
+    if reported is not None and shown and all(studies[name]["counted"] == n for name in shown):
+        return (f"Tuning: {n} Optuna trials per cell in every study with tuned runs so far ({len(shown)} of "
+                f"{len(studies)}) {tail} The other {len(studies) - len(shown)} are still tuning: their cells show "
+                "no tuned run yet.")
     return "WARNING: the studies have different trial counts (see the manifest): not an equal-budget comparison."
+
+
+def reported_studies(specs: list[RunSpec], root: Path) -> set[str]:
+    """The studies (named in each result's ``tuning`` block) behind the tuned runs that have a result."""
+    out = set()
+    for s in specs:
+        r = read_result(root, s.run_id)
+        study = (r.sections.get("tuning") or {}).get("study") if r is not None else None
+        if study:
+            out.add(study)
+    return out
 
 
 def tuned_table(grid: str, root: Path) -> tuple[list[RunSpec], str]:
     """What the ``<grid>.tuned`` tables show: the tuned runs of the last ``bench tune`` and the line stating its
     budget, to be written under them."""
     manifest = read_manifest(root, grid)
-    return [RunSpec.from_dict(d) for d in manifest["runs"]], budget_line(manifest)
+    specs = [RunSpec.from_dict(d) for d in manifest["runs"]]
+    return specs, budget_line(manifest, reported_studies(specs, root))
