@@ -162,3 +162,21 @@ def test_bench_report_tuned_plots_the_manifests_trials(tmp_path):
     assert "Learning-rate sensitivity" in html and 'alt="learning-rate sensitivity per arm"' in html
     assert all(s.run_id in html for s in specs)
     assert "Data efficiency" not in html  # no few-label folds in this study
+
+
+def test_the_report_names_every_commit_its_runs_ran_with():
+    from test_tune import result_for
+
+    from peft3d.core.result import RunResult
+    from peft3d.core.spec import RunSpec
+    from peft3d.reporting.report import code_versions
+
+    def run(seed, sha):
+        d = result_for(RunSpec(backbone="test_bert", method="linear", seed=seed), [0.5])
+        return RunResult.from_dict({**d, "environment": {"git_sha": sha}})
+
+    a, b = "a" * 40, "b" * 40 + "-dirty"
+    one = {str(i): run(i, a) for i in range(3)}
+    assert code_versions({**one, "missing": None}) == f"git {'a' * 12}"
+    mixed = {**one, "x": run(7, b), "y": run(8, b), "z": run(9, b), "w": run(10, b)}
+    assert code_versions(mixed) == f"code of 2 commits (runs each): {'b' * 12}-dirty (4), {'a' * 12} (3)"

@@ -30,12 +30,10 @@ def report(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
     name, specs = expanded.name, expanded.specs
     extra, manifest = None, None
     if tuned:  # the tuned runs, and the manifest whose trials the learning-rate sensitivity section plots
-        from peft3d.tuning.final import read_manifest, tuned_specs
+        from peft3d.tuning.final import read_manifest, tuned_table
 
-        specs, manifest = tuned_specs(name, root), read_manifest(root, name)
-        extra = [f"Tuned runs: {manifest['n_trials']} Optuna trials per cell in every study "
-                 f"({manifest['counting']}); equal budget: {'yes' if manifest['equal_budget'] else 'NO'}; best "
-                 "configuration run on the grid's seeds."]
+        specs, budget = tuned_table(name, root)  # the same budget line as under the tuned tables
+        manifest, extra = read_manifest(root, name), [budget]
         name = f"{name}.tuned"
     path = write_report(name, specs, root, out, reference, extra, expanded.compare_to, manifest)
     typer.echo(f"wrote {path}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,23 @@ def _safe(fn: Any, *args: Any) -> str:
         return f"<p class=bad>Plot failed: {html.escape(type(e).__name__)}: {html.escape(str(e))}</p>"
 
 
+def code_versions(results: dict[str, RunResult | None]) -> str:
+    """Which code the runs ran with (``environment.git_sha``): a study resumed over sessions spans several
+    commits, and naming only one would misattribute the others' runs."""
+    shas = Counter(_short_sha((r.section("environment") or {}).get("git_sha"))
+                   for r in results.values() if r is not None)
+    if len(shas) <= 1:
+        return f"git {next(iter(shas), '?')}"
+    return f"code of {len(shas)} commits (runs each): " + ", ".join(f"{sha} ({n})" for sha, n in shas.most_common())
+
+
+def _short_sha(sha: str | None) -> str:
+    """12 hex digits, keeping ``-dirty`` (code with uncommitted changes must stay visible as such)."""
+    if not sha:
+        return "?"
+    return sha[:12] + ("-dirty" if sha.endswith("-dirty") else "")
+
+
 def render_report(grid: str, df: pd.DataFrame, results: dict[str, RunResult | None], reference: str | None = None,
                   extra: list[str] | None = None, versus: str | None = None,
                   manifest: dict[str, Any] | None = None) -> str:
@@ -115,10 +133,9 @@ def render_report(grid: str, df: pd.DataFrame, results: dict[str, RunResult | No
     the learning-rate sensitivity section."""
     summary = summarize(df)
     n_ok = int((df["status"] == "success").sum())
-    env = next((r.section("environment") for r in results.values() if r and r.section("environment")), {})
     parts = [f"<h1>peft3d report — {html.escape(grid)}</h1>",
              f"<p>{n_ok}/{len(df)} runs succeeded; generated {html.escape(time.strftime('%Y-%m-%d %H:%M:%S'))} "
-             f"from the result JSONs only. git {html.escape(str(env.get('git_sha', '?')))}.</p>",
+             f"from the result JSONs only. {html.escape(code_versions(results))}.</p>",
              _notes(["Headline: test accuracy at the epoch with the best validation accuracy (protocol.md). "
                      "Best-on-test is optimistic and never the headline. Failed or missing runs are blanks "
                      "with their reason, never numbers.", *(extra or []), folds_note(df)]),
