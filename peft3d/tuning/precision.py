@@ -17,7 +17,7 @@ they are needed, in a fixed order:
 The decision is a pure function of the committed results, so any checkout rebuilds the same run list (the
 manifest's, which the tables count as expected) and a resumed study continues it. The rule stops on the CI's
 width, never on the mean or on a comparison, so it does not steer which arm wins; what it costs is written
-beside the table (:func:`describe`).
+beside the table (:meth:`Precision.describe`).
 """
 from __future__ import annotations
 
