@@ -187,3 +187,19 @@ def test_a_partly_tuned_grid_states_an_equal_budget_over_the_cells_it_shows(tmp_
     assert budget_line(manifest, reported={"a", "b"}).startswith("WARNING: the studies have different trial counts")
     assert budget_line(manifest).startswith("WARNING")  # without knowing what is shown: never claimed equal
     assert "in all 3 studies" in budget_line({**manifest, "equal_budget": True})
+
+
+def test_bench_tune_refuses_an_unknown_covered_cell_before_writing_anything(tmp_path, monkeypatch, capsys):
+    from test_input_errors import bench, one_line
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("backbones: [test_bert]\nmethods: [linear]\nweights: [random]\nnum_points: 64\nseeds: [0]\n"
+                    "datasets: [sweethome3d/f0, sweethome3d/f1]\n"
+                    "tuning: {trials: 2, precision: {ci_half_width: 3, extra_seeds: [5],\n"
+                    "                                datasets: [sweethome3d/cv9]}}\n")
+    out_dir = tmp_path / "out"
+    code, err = bench(monkeypatch, capsys, "tune", "--grid", str(grid), "--results", str(out_dir), "--no-mlflow")
+    assert code == 2
+    assert "tuning.precision.datasets ['sweethome3d/cv9'] are not table cells of the grid; its cells: " \
+           "['sweethome3d/cv5[f0+f1]']" in one_line(err)
+    assert not out_dir.exists()

@@ -79,6 +79,7 @@ def tune(grid: str = GridOpt, trials: Optional[int] = typer.Option(None, "--tria
     from peft3d.tuning.budget import storage_url
     from peft3d.tuning.cells import cells_of
     from peft3d.tuning.final import manifest_path, tuned_table
+    from peft3d.tuning.precision import check_covered
     from peft3d.tuning.tune import TuneOptions, Tuner
 
     expanded = open_grid(grid, include, seeds, data_root, device)
@@ -103,6 +104,7 @@ def tune(grid: str = GridOpt, trials: Optional[int] = typer.Option(None, "--tria
         fail(f"--heartbeat must be >= 1 second, got {heartbeat}")
     if storage is not None:
         check_storage(storage)
+    check_covered(plan.precision, specs, f"grid {name}")  # before anything is written
     ensure_writable(root)
     os.environ.setdefault("PEFT3D_CACHE", str(root / "cache"))  # one evaluation FPS cache for every study
     opts = TuneOptions(n_trials=trials, storage=storage_url(root, storage), pruner=pruner, jobs=max(1, jobs),
