@@ -114,3 +114,28 @@ def test_plan_missing_backbone_weights_is_one_line(monkeypatch, tmp_path):
     res = _cli("--grid", "quickstart", "--no-weights-check", "--tiny", "--steps", "1", "--warmup", "0",
                "--batch", "2")
     assert res.exit_code == 0, res.output
+
+
+def test_a_tuned_grid_s_plan_adds_its_trials_and_the_extra_seeds_it_may_run(tmp_path):
+    from peft3d.cli.plan import tuning_stages
+
+    grid = tmp_path / "tuned.yaml"
+    grid.write_text("backbones: [test_bert]\nmethods: [linear, adapter]\nweights: [pretrained, random]\n"
+                    "num_points: 128\nseeds: [0, 1]\nbudget: {epochs: 2}\n"
+                    "tokenizer: {num_stages: 3, embed_dim: 48, k: 16, lga_blocks: [1, 1, 1], last_bottleneck: 32}\n"
+                    "datasets: [sweethome3d/f0, sweethome3d/f1, sweethome3d/f2, sweethome3d/f3, sweethome3d/f4]\n"
+                    "tuning: {trials: 3, objective_variants: [f0, f1], seed: 100,\n"
+                    "         precision: {ci_half_width: 3, extra_seeds: [5, 6, 7]}}\n")
+    stages = tuning_stages(str(grid), None)
+    assert list(stages) == ["tuning trials", "extra seeds (at most)"]
+    assert [n for _, n in stages["tuning trials"]] == [3 * 2] * 4  # 4 cells: 3 trials x 2 objective folds
+    assert [n for _, n in stages["extra seeds (at most)"]] == [3 * 5] * 4  # 3 seeds x 5 folds
+    r = plan(PlanSettings(grid=str(grid), tiny=True, steps=1, warmup=0, check_weights=False), stages=stages)
+    assert r["runs"] == 4 * 5 * 2  # the grid's own runs: the tuned runs
+    run_s = {c["method"]: c["run_s"] for c in r["cells"]}  # weights do not change a cell's cost
+    trials, extra = r["stages"]
+    assert (trials["stage"], trials["runs"]) == ("tuning trials", 24)
+    assert trials["total_s"] == pytest.approx(2 * 6 * (run_s["linear"] + run_s["adapter"]), abs=0.5)
+    assert (extra["runs"], extra["total_s"]) == (60, pytest.approx(2 * 15 * (run_s["linear"] + run_s["adapter"]),
+                                                                   abs=0.5))
+    assert tuning_stages("quickstart", None) is None  # no tuning block: the grid's runs are all there is

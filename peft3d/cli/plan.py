@@ -28,6 +28,9 @@ def _print(r: dict) -> None:
     con.print(table)
     con.print(f"grid total: {_dur(r['total_s'])} = {r['device_hours']:.2f} {unit}-hours (one run per {unit}), "
               "cells that fit only")
+    for st in r.get("stages", []):
+        con.print(f"  + {st['stage']} under bench tune: {st['runs']} runs, {_dur(st['total_s'])} = "
+                  f"{st['device_hours']:.2f} {unit}-hours")
     if r["does_not_fit"]:
         con.print(f"will not fit the device memory: {', '.join(r['does_not_fit'])}", style="yellow")
     con.print(f"suggested: {r['suggested_submit']}")
@@ -61,4 +64,25 @@ def plan(grid: str = GridOpt,
     seed_list = parse_seeds(seeds)
     measured(lambda log: forecast(PlanSettings(grid=grid, device=device, batch=batch, steps=steps, warmup=warmup,
                                                tiny=tiny, check_weights=not no_weights_check, threads=threads,
-                                               seeds=seed_list), log=log), as_json, _print)
+                                               seeds=seed_list), log=log, stages=tuning_stages(grid, seed_list)),
+             as_json, _print)
+
+
+def tuning_stages(grid: str, seeds: list[int] | None) -> dict | None:
+    """A grid with a ``tuning:`` block runs more than its own runs under ``bench tune``: each cell's trials
+    (trials × objective variants, at the tuning seed) and, with a precision rule, up to its extra seeds on the
+    covered folds. None for a grid without one (or without a trial count)."""
+    from peft3d.grids.loader import expand_grid
+    from peft3d.tuning.cells import cells_of
+    from peft3d.tuning.precision import most_extra_runs
+
+    expanded = expand_grid(grid, seeds)
+    tuning = expanded.tuning
+    if not tuning.trials:
+        return None
+    cells = cells_of(expanded.specs, expanded.name, tuning.objective_variants, tuning.seed)
+    per_cell = tuning.trials * max(1, len(tuning.objective_variants))
+    stages = {"tuning trials": [(c.base, per_cell) for c in cells]}
+    if tuning.precision is not None:
+        stages["extra seeds (at most)"] = [(c.specs[0], most_extra_runs(c.specs, tuning.precision)) for c in cells]
+    return stages

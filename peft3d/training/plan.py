@@ -6,6 +6,9 @@ not depend on the weights' values) and a few steps of :func:`peft3d.training.ste
 training takes -- are timed on random clouds, plus one evaluation batch. From the dataset's published counts
 (10% of train held out for validation, as the protocol does) that gives a time per run and for the grid, the
 device memory each cell needs, which cells will not fit, and a ``bench submit --time/--mem`` that leaves room.
+A grid with a ``tuning:`` block also gets the stages ``bench tune`` adds to its own runs (each cell's trials and
+the most extra seeds its precision rule may run), costed at its cells' run times (``stages``; the CLI builds
+them from the grid).
 
 ``tiny=True`` swaps every backbone for its tiny test twin (same code paths, widths of 24-32) and narrows the
 tokenizer to width 8 (same stages, points and neighbours): a quick CPU check that every cell of a grid builds
@@ -160,8 +163,14 @@ def device_memory_mb(device: str) -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
 
 
-def plan(s: PlanSettings, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    """Measure every distinct cell of the grid; return the forecast (see the module docstring)."""
+Stages = dict[str, list[tuple[RunSpec, int]]]  # stage name -> (a spec costed like its grid cell, how many runs)
+
+
+def plan(s: PlanSettings, log: Callable[[str], None] = lambda _m: None,
+         stages: Stages | None = None) -> dict[str, Any]:
+    """Measure every distinct cell of the grid; return the forecast (see the module docstring). ``stages``: runs
+    beyond the grid's own that share its cells' cost (a tuned grid's trials, the extra seeds a precision rule may
+    add), each costed at the run time of the grid cell its spec belongs to."""
     from peft3d.datasets import DATASETS
     from peft3d.grids.loader import expand
 
@@ -181,7 +190,25 @@ def plan(s: PlanSettings, log: Callable[[str], None] = lambda _m: None) -> dict[
         spec = cell["spec"]
         log(f"cell {i}/{len(cells)}: {spec.backbone} {spec.method} ({len(cell['runs'])} runs)")
         cell.update(_measure_or_oom(spec, DATASETS.meta(spec.dataset)["classes"], s))
-    return summarise(s, list(cells.values()), total_mem)
+    result = summarise(s, list(cells.values()), total_mem)
+    if stages:
+        result["stages"] = cost_stages(stages, cells, total_mem, s)
+    return result
+
+
+def cost_stages(stages: Stages, cells: dict[str, dict[str, Any]], total_mem: float,
+                s: PlanSettings) -> list[dict[str, Any]]:
+    """Runs and device seconds of each stage: every (spec, n) costs n runs of the grid cell of ``spec`` (a
+    stage's spec differs from its grid runs only by seed, variant or hyper-parameters, which do not change a
+    step's cost; a cell that does not fit adds nothing, as in the grid total)."""
+    run_s = {key: _row(cell, total_mem)["run_s"] for key, cell in cells.items()}
+    out = []
+    for name, items in stages.items():
+        runs = sum(n for _, n in items)
+        seconds = sum(n * (run_s[cell_key(_timed_spec(spec, s))] or 0.0) for spec, n in items)
+        out.append({"stage": name, "runs": runs, "total_s": round(seconds, 1),
+                    "device_hours": round(seconds / 3600, 3)})
+    return out
 
 
 def _name_cells(cells: list[dict[str, Any]]) -> None:
