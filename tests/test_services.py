@@ -34,7 +34,7 @@ def test_slurm_array_every_run_once_and_scontrol_requeue_resumes(tmp_path):
     why = slurm_up()
     if why:
         pytest.skip(why)
-    grid, root = tiny_grid(tmp_path, epochs=5), tmp_path / "res"
+    grid, root = tiny_grid(tmp_path, epochs=8), tmp_path / "res"  # a wide window between epoch 2 and the end
     specs = expand(str(grid))
     out = bench("submit", "--grid", str(grid), "--results", str(root), "--executor", "slurm", "--time", "00:30:00",
                 "--cpus-per-task", "1")

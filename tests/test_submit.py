@@ -71,7 +71,7 @@ def logs(root: Path) -> str:
 
 @pytest.mark.slow  # ~1-4 min on 2 shared cores; .ci/run runs it with the services tests
 def test_submit_local_every_run_once_and_a_preempted_task_resumes(tmp_path):
-    grid, root = tiny_grid(tmp_path), tmp_path / "res"
+    grid, root = tiny_grid(tmp_path, epochs=10), tmp_path / "res"  # 8 epochs left after the signal point
     specs = expand(str(grid))
     out = bench("submit", "--grid", str(grid), "--results", str(root), "--executor", "local", "--time", "00:20:00")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -79,9 +79,13 @@ def test_submit_local_every_run_once_and_a_preempted_task_resumes(tmp_path):
     subs = [json.loads(line) for line in (root / "submissions.jsonl").read_text().splitlines()]
     assert sorted(s["run_id"] for s in subs) == sorted(s.run_id for s in specs)
     lora = next(s for s in specs if s.method == "lora")
-    info = wait_for(lambda: claim_at_epoch(root, lora.run_id, 2), "lora at epoch 2", log=lambda: logs(root))
+    wait_for(lambda: claim_at_epoch(root, lora.run_id, 0), "lora claimed", log=lambda: logs(root))
     again = bench("submit", "--grid", str(grid), "--results", str(root), "--executor", "local")
     assert "0 to submit" in again.stdout  # running runs are not submitted twice
+    # Signal as soon as epoch 2 is saved, with nothing slow in between: the later epochs (~1 s each here) are the
+    # whole window, and a signal after the last step is a normal finish, not a preemption (CI once lost that race
+    # when the second submit, ~5 s, sat between the wait and the kill).
+    info = wait_for(lambda: claim_at_epoch(root, lora.run_id, 2), "lora at epoch 2", log=lambda: logs(root))
     os.kill(info["pid"], signal.SIGUSR2)  # submitit's preemption / time-limit signal
     wait_for(lambda: set(statuses(grid, root).values()) == {"done"}, "every run done", log=lambda: logs(root))
     events = claim_log(root)
