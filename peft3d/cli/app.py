@@ -39,7 +39,8 @@ ResultsOpt = typer.Option(None, "--results", help="results folder (default ./res
 
 # One module per sub-command. They import this module (and the layers below), never each other; they are
 # imported by name here so that app.py does not import them back (no cycle), and a missing one fails loudly.
-COMMANDS = ("ls", "validate", "run", "table", "data", "params", "perf", "plan", "report", "tune", "submit")
+COMMANDS = ("ls", "validate", "run", "table", "data", "params", "perf", "plan", "report", "tune", "submit",
+            "reproduce")
 
 
 def parse_roots(items: list[str] | None) -> dict[str, str]:

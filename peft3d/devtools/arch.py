@@ -31,7 +31,8 @@ FOLDERS = {
              "`files/*.yaml`",
     "schedule": "the scheduler (skip what succeeded, one process per run), workers, device slots, claims, SLURM "
                 "submission, environment capture",
-    "training": "one RunSpec to one result (loop, optimiser, schedule, epoch selection), checkpoints, `bench perf`",
+    "training": "one RunSpec to one result (loop, optimiser, schedule, epoch selection), checkpoints, `bench perf`, "
+                "`reproduce.py` (re-train recorded runs, compare exactly)",
     "tuning": "Optuna studies with an equal budget per method, shared storages, their tracking",
     "analysis": "statistics (scipy), `formatting.py` (number, sign and cell formatters), the paper's figures",
     "reporting": "default tables and the transfer section, `layouts/` (one module per paper layout), the HTML "
