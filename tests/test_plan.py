@@ -117,7 +117,7 @@ def test_plan_missing_backbone_weights_is_one_line(monkeypatch, tmp_path):
 
 
 def test_a_tuned_grid_s_plan_adds_its_trials_and_the_extra_seeds_it_may_run(tmp_path):
-    from peft3d.cli.plan import tuning_stages
+    from peft3d.tuning.cells import tune_stages as tuning_stages
 
     grid = tmp_path / "tuned.yaml"
     grid.write_text("backbones: [test_bert]\nmethods: [linear, adapter]\nweights: [pretrained, random]\n"

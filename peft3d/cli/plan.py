@@ -60,29 +60,11 @@ def plan(grid: str = GridOpt,
     """Measure every distinct cell of a grid on a device (random weights, real sizes) and forecast its cost."""
     from peft3d.training.plan import PlanSettings
     from peft3d.training.plan import plan as forecast
+    from peft3d.tuning.cells import tune_stages
 
     seed_list = parse_seeds(seeds)
     measured(lambda log: forecast(PlanSettings(grid=grid, device=device, batch=batch, steps=steps, warmup=warmup,
                                                tiny=tiny, check_weights=not no_weights_check, threads=threads,
-                                               seeds=seed_list), log=log, stages=tuning_stages(grid, seed_list)),
+                                               seeds=seed_list), log=log, stages=tune_stages(grid, seed_list)),
              as_json, _print)
 
-
-def tuning_stages(grid: str, seeds: list[int] | None) -> dict | None:
-    """A grid with a ``tuning:`` block runs more than its own runs under ``bench tune``: each cell's trials
-    (trials × objective variants, at the tuning seed) and, with a precision rule, up to its extra seeds on the
-    covered folds. None for a grid without one (or without a trial count)."""
-    from peft3d.grids.loader import expand_grid
-    from peft3d.tuning.cells import cells_of
-    from peft3d.tuning.precision import most_extra_runs
-
-    expanded = expand_grid(grid, seeds)
-    tuning = expanded.tuning
-    if not tuning.trials:
-        return None
-    cells = cells_of(expanded.specs, expanded.name, tuning.objective_variants, tuning.seed)
-    per_cell = tuning.trials * max(1, len(tuning.objective_variants))
-    stages = {"tuning trials": [(c.base, per_cell) for c in cells]}
-    if tuning.precision is not None:
-        stages["extra seeds (at most)"] = [(c.specs[0], most_extra_runs(c.specs, tuning.precision)) for c in cells]
-    return stages

@@ -7,8 +7,8 @@ training takes -- are timed on random clouds, plus one evaluation batch. From th
 (10% of train held out for validation, as the protocol does) that gives a time per run and for the grid, the
 device memory each cell needs, which cells will not fit, and a ``bench submit --time/--mem`` that leaves room.
 A grid with a ``tuning:`` block also gets the stages ``bench tune`` adds to its own runs (each cell's trials and
-the most extra seeds its precision rule may run), costed at its cells' run times (``stages``; the CLI builds
-them from the grid).
+the most extra seeds its precision rule may run), costed at its cells' run times (``stages``, built by
+``peft3d.tuning.cells.tune_stages``).
 
 ``tiny=True`` swaps every backbone for its tiny test twin (same code paths, widths of 24-32) and narrows the
 tokenizer to width 8 (same stages, points and neighbours): a quick CPU check that every cell of a grid builds

@@ -105,3 +105,22 @@ def suggest(trial: Any, base: RunSpec, shared_space: bool = False) -> RunSpec:
 def tuned_spec(spec: RunSpec, best: RunSpec) -> RunSpec:
     """A grid spec with the best trial's method config and budget (its own run_id)."""
     return spec.replace(method_cfg=dict(best.method_cfg), budget=best.budget)
+
+
+def tune_stages(grid: str, seeds: list[int] | None) -> dict | None:
+    """A grid with a ``tuning:`` block runs more than its own runs under ``bench tune``: each cell's trials
+    (trials × objective variants, at the tuning seed) and, with a precision rule, up to its extra seeds on the
+    covered folds. None for a grid without one (or without a trial count)."""
+    from peft3d.grids.loader import expand_grid
+    from peft3d.tuning.precision import most_extra_runs
+
+    expanded = expand_grid(grid, seeds)
+    tuning = expanded.tuning
+    if not tuning.trials:
+        return None
+    cells = cells_of(expanded.specs, expanded.name, tuning.objective_variants, tuning.seed)
+    per_cell = tuning.trials * max(1, len(tuning.objective_variants))
+    stages = {"tuning trials": [(c.base, per_cell) for c in cells]}
+    if tuning.precision is not None:
+        stages["extra seeds (at most)"] = [(c.specs[0], most_extra_runs(c.specs, tuning.precision)) for c in cells]
+    return stages
