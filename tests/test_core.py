@@ -41,6 +41,8 @@ def test_run_id_stable_and_sensitive():
     assert a.replace(seed=2).run_id != a.run_id
     assert a.replace(budget=Budget(epochs=11)).run_id != a.run_id
     assert a.replace(tokenizer=TokenizerCfg(k=16)).run_id != a.run_id
+    assert a.replace(evaluate_test=False).run_id != a.run_id  # a test-less record never stands in for a run
+    assert a.replace(evaluate_test=True).run_id == a.run_id  # the default leaves earlier ids as they were
     # pinned: the same spec hashes to the same id on any machine and in any later session
     assert RunSpec(backbone="minilm", method="linear").run_id == RunSpec.from_dict(
         RunSpec(backbone="minilm", method="linear").to_dict()).run_id

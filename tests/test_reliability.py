@@ -143,6 +143,12 @@ def _without(key) -> bytes:
     return json.dumps(r).encode()
 
 
+def _without_test_metrics() -> bytes:
+    r = _golden_result()
+    r["metrics"] = {k: v for k, v in r["metrics"].items() if not k.startswith("test_")}
+    return json.dumps(r).encode()
+
+
 BAD_RESULTS = [  # (what the file holds, the problem named)
     (b"\xff\xfe{\"run_id\": 1}", "is not UTF-8 text"),
     ("directory", "is a directory"),
@@ -150,6 +156,7 @@ BAD_RESULTS = [  # (what the file holds, the problem named)
     (b"[1, 2]", "must be a JSON object"),
     (json.dumps(dict(_golden_result(), metrics="oops")).encode(), "metrics must be a JSON object"),
     (_without("metrics"), "status is success but there are no metrics"),
+    (_without_test_metrics(), "metrics lack ['test_acc'] (only a run with evaluate_test: false may)"),
     (_with_metric(test_acc=2.0), "metrics.test_acc must be a finite number in [0, 1], got 2.0"),
     (_with_metric(test_acc="high"), "metrics.test_acc must be a finite number in [0, 1], got 'high'"),
     (_with_metric(test_acc=float("nan")), "contains NaN"),
@@ -213,6 +220,17 @@ def test_writer_refuses_what_a_reader_would_reject(tmp_path):
     with pytest.raises(ResultInvalid, match="no metrics"):
         write_result(tmp_path, bad)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_only_a_run_that_skipped_its_test_split_may_lack_test_accuracy(tmp_path):
+    r = json.loads(_without_test_metrics())
+    with pytest.raises(ResultInvalid, match=r"metrics lack \['test_acc'\]"):
+        RunResult.from_dict(r)
+    r["spec"]["evaluate_test"] = False  # a tuning trial's record
+    trial = RunResult.from_dict(r)
+    assert trial.ok and trial.metrics.test_acc is None and trial.metrics.val_acc == r["metrics"]["val_acc"]
+    write_result(tmp_path, trial)
+    assert parse_result(run_path(tmp_path, r["run_id"])).to_dict() == r
 
 
 def test_result_round_trip_is_lossless(tmp_path):

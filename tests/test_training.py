@@ -49,6 +49,38 @@ def test_result_record_is_complete_and_honest():
     json.dumps(r, allow_nan=False)  # strict JSON
 
 
+def test_a_run_without_test_evaluation_trains_the_same_and_never_reads_its_test_split(monkeypatch):
+    """What a tuning trial runs: the same training and validation curve, no test pass, no test field."""
+    import peft3d.training.train as train
+
+    torch.set_num_threads(1)
+    evaluated: list[int] = []
+    real = train.evaluate
+
+    def counting(model, x, y, *a, **kw):
+        evaluated.append(len(y))
+        return real(model, x, y, *a, **kw)
+
+    monkeypatch.setattr(train, "evaluate", counting)
+    full = train_run(tiny_spec()).to_dict()
+    full_sizes, evaluated[:] = list(evaluated), []
+    trial = train_run(tiny_spec(evaluate_test=False)).to_dict()
+    assert full_sizes == [48, 240, 48, 240] and evaluated == [48, 48]  # val, test per epoch -> val alone
+    m, f = trial["metrics"], full["metrics"]
+    for k in ("val_acc", "selected_epoch", "n_val"):
+        assert m[k] == f[k]
+    for k in ("epoch", "train_loss", "train_acc", "val_acc", "lr"):
+        assert m["curves"][k] == f["curves"][k]
+    assert not {"test_acc", "test_macc", "test_acc_best_test", "test_acc_last", "n_test"} & set(m)
+    assert not {"test_acc", "test_macc"} & set(m["curves"])
+    assert trial["run_id"] != full["run_id"] and trial["spec"]["evaluate_test"] is False
+
+
+def test_selection_without_a_test_curve_reads_validation_alone():
+    c = Curves([1, 2], [1, 1], [0, 0], val_acc=[0.5, 0.7], test_acc=[], test_macc=[], lr=[0, 0])
+    assert select(c) == {"selected_epoch": 2, "val_acc": 0.7}
+
+
 def test_selection_uses_validation_not_test():
     c = Curves([1, 2, 3], [1, 1, 1], [0, 0, 0], val_acc=[0.5, 0.7, 0.7], test_acc=[0.9, 0.6, 0.8],
                test_macc=[0, 0, 0], lr=[0, 0, 0])

@@ -104,6 +104,36 @@ def test_sobol_points_are_the_same_in_every_study(tmp_path):
     assert len(sequences) == 1  # every arm tried the same learning rates in the same order
 
 
+def test_trials_skip_the_test_split_and_reuse_trials_that_evaluated_it(tmp_path):
+    """Trials never evaluate test. A study rebuilt over trial results written before that (same training, test
+    evaluated, so another run_id) reuses them instead of training again."""
+    import json
+
+    from peft3d.core.result import parse_result
+
+    specs = [s for s in study_specs() if s.backbone == "test_bert" and s.method == "linear"]
+    first = FoldExecutor()
+    original = tuner(tmp_path / "a", first, specs=specs)
+    original.run(run_final=lambda todo, blocks: None)
+    assert first.calls and all(s.evaluate_test is False for s in first.calls)
+    # the same trial results as an older peft3d stored them: evaluate_test true, under that spec's run_id
+    legacy = tmp_path / "b"
+    for path in (tmp_path / "a" / "tune").rglob("runs/*.json"):
+        r = parse_result(path).to_dict()
+        old = RunSpec.from_dict(r["spec"]).replace(evaluate_test=True)
+        r.update(run_id=old.run_id, spec=old.to_dict())
+        dest = legacy / path.parent.relative_to(tmp_path / "a") / f"{old.run_id}.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps(r))
+    rebuilt = FoldExecutor()
+    t = tuner(legacy, rebuilt, specs=specs)
+    t.run(run_final=lambda todo, blocks: None)
+    assert rebuilt.calls == []  # every trial replayed from the legacy results
+    values = [[(tr.state.name, tr.value) for tr in sorted(s.trials, key=lambda tr: tr.number)]
+              for s in (*original.studies.values(), *t.studies.values())]
+    assert values[0] == values[1]  # the same trials, states and objectives
+
+
 def test_a_bad_trial_is_pruned_between_folds(tmp_path):
     ex = FoldExecutor(bad_lr_above=5e-3)
     plan = TuningPlan(trials=8, sampler="qmc", space="shared", objective_variants=FOLDS, seed=100)

@@ -25,7 +25,7 @@ from peft3d.core.atomic import atomic_write
 SCHEMA = 1
 STATUSES = ("success", "failed", "pruned")
 ACCURACIES = ("val_acc", "test_acc", "test_macc", "test_acc_best_test", "test_acc_last")
-REQUIRED_ACCURACIES = ("val_acc", "test_acc")
+REQUIRED_ACCURACIES = ("val_acc",)  # and test_acc, unless the run's spec says evaluate_test: false
 COUNTS = ("selected_epoch", "best_test_epoch", "n_val", "n_test")
 ACC_CURVES = ("val_acc", "test_acc", "test_macc", "train_acc")
 
@@ -58,10 +58,11 @@ def _mapping(v: Any, where: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Metrics:
-    """Accuracies are fractions in [0, 1]; ``test_acc`` is read at the best-validation epoch."""
+    """Accuracies are fractions in [0, 1]; ``test_acc`` is read at the best-validation epoch (None, with every
+    test field, for a run that did not evaluate its test split: a tuning trial)."""
 
     val_acc: float
-    test_acc: float
+    test_acc: float | None = None
     test_macc: float | None = None
     test_acc_best_test: float | None = None
     test_acc_last: float | None = None
@@ -178,8 +179,11 @@ class RunResult:
         if ok and d.get("metrics") is None:
             raise ResultInvalid("status is success but there are no metrics")
         metrics = Metrics.from_dict(d["metrics"]) if ok or d.get("metrics") is not None else None
+        spec = _mapping(d.get("spec") or {}, "spec")
+        if ok and metrics.test_acc is None and spec.get("evaluate_test", True):
+            raise ResultInvalid("metrics lack ['test_acc'] (only a run with evaluate_test: false may)")
         params = Params.from_dict(d["params"]) if d.get("params") is not None else None
-        return cls(run_id=d["run_id"], status=d["status"], spec=_mapping(d.get("spec") or {}, "spec"),
+        return cls(run_id=d["run_id"], status=d["status"], spec=spec,
                    error=d.get("error"), label=d.get("label"), metrics=metrics, params=params,
                    sections={k: v for k, v in d.items() if k not in cls.TYPED}, schema=SCHEMA)
 

@@ -261,6 +261,10 @@ class RunSpec:
     # Save a resumable checkpoint every this many epochs (and on SIGTERM/SIGUSR1). Execution detail: not part
     # of run_id. 5: at paper size an epoch is minutes, a PEFT checkpoint megabytes; `full` writes the backbone.
     checkpoint_every: int = 5
+    # False: the run never evaluates its test split (a tuning trial, whose objective is validation alone: test
+    # must not be looked at while tuning, and skipping it saves the trial's test passes). Part of run_id when
+    # False: such a result has no test accuracy and must never stand in for a full run.
+    evaluate_test: bool = True
 
     NON_IDENTITY = ("data_root", "device", "grid", "checkpoint_every")
 
@@ -286,6 +290,8 @@ class RunSpec:
             d["budget"].pop("schedule")
         if d["budget"]["patience"] == 0:
             d["budget"].pop("patience")
+        if d["evaluate_test"]:
+            d.pop("evaluate_test")
         return d
 
     @property

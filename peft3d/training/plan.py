@@ -112,7 +112,8 @@ def run_counts(spec: RunSpec) -> tuple[int, int]:
     counts = DATASETS.meta(spec.dataset)["counts"]
     split = counts.get(spec.variant) or max(counts.values(), key=lambda c: c["train"])  # e.g. an "auto" variant
     val = round(split["train"] * VAL_FRACTION)
-    return max(1, (split["train"] - val) // spec.budget.batch_size), val + split["test"]
+    test = split["test"] if spec.evaluate_test else 0  # a tuning trial never evaluates its test split
+    return max(1, (split["train"] - val) // spec.budget.batch_size), val + test
 
 
 def measure_cell(spec: RunSpec, num_classes: int, s: PlanSettings) -> dict[str, Any]:

@@ -112,11 +112,15 @@ def _restore(saved: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer
 
 
 def select(curves: Curves) -> dict[str, Any]:
-    """Best validation epoch (earliest on ties) -> its test accuracy; optimistic and last alongside."""
+    """Best validation epoch (earliest on ties) -> its test accuracy; optimistic and last alongside (no test
+    field when the run did not evaluate its test split)."""
     v, t = np.asarray(curves.val_acc), np.asarray(curves.test_acc)
-    sel, best_t = int(np.argmax(v)), int(np.argmax(t))
-    return {"selected_epoch": curves.epoch[sel], "val_acc": float(v[sel]), "test_acc": float(t[sel]),
-            "test_macc": float(curves.test_macc[sel]),
+    sel = int(np.argmax(v))
+    chosen = {"selected_epoch": curves.epoch[sel], "val_acc": float(v[sel])}
+    if not len(t):
+        return chosen
+    best_t = int(np.argmax(t))
+    return {**chosen, "test_acc": float(t[sel]), "test_macc": float(curves.test_macc[sel]),
             "test_acc_best_test": float(t[best_t]), "best_test_epoch": curves.epoch[best_t],
             "test_acc_last": float(t[-1])}
 
@@ -146,7 +150,8 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
     proto = get_protocol(spec.protocol)
     # Deterministic evaluation inputs, computed once per dataset and cached on disk (keyed by content).
     val_x = eval_points(data.val.points, spec.num_points, proto, cache_key=data.cache_key("val"))
-    test_x = eval_points(data.test.points, spec.num_points, proto, cache_key=data.cache_key("test"))
+    test_x = (eval_points(data.test.points, spec.num_points, proto, cache_key=data.cache_key("test"))
+              if spec.evaluate_test else np.zeros((0, spec.num_points, 3), np.float32))
     # Training inputs: FPS candidate sets (8 random starts per sample, 1.2x oversampled, cached on disk), then a
     # random num_points of one of them per step -- the Point-BERT/Any2Point recipe without per-step CPU FPS.
     sampler = TrainSampler(data.train.points, spec.num_points, cache_key=data.cache_key("train"),
@@ -215,20 +220,21 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
             loop.train_s += time.time() - ts
             te = time.time()
             va = evaluate(model, val_x, data.val.labels, b.eval_batch_size, device, data.num_classes, precision)
-            tst = evaluate(model, test_x, data.test.labels, b.eval_batch_size, device, data.num_classes,
-                           precision)
+            tst = (evaluate(model, test_x, data.test.labels, b.eval_batch_size, device, data.num_classes,
+                            precision) if spec.evaluate_test else {})
             loop.eval_s += time.time() - te
             curves = loop.curves
             for k, v in (("epoch", epoch), ("train_loss", loop.losses / loop.seen),
-                         ("train_acc", loop.correct / loop.seen), ("val_acc", va["acc"]), ("test_acc", tst["acc"]),
-                         ("test_macc", tst["macc"]), ("lr", lr_used)):
-                getattr(curves, k).append(v)
+                         ("train_acc", loop.correct / loop.seen), ("val_acc", va["acc"]),
+                         ("test_acc", tst.get("acc")), ("test_macc", tst.get("macc")), ("lr", lr_used)):
+                if v is not None:
+                    getattr(curves, k).append(v)
             loop.epochs_done, loop.step, loop.order = epoch, 0, None
             if epoch < b.epochs and (epoch % every == 0 or ckpt.STOP.requested):
                 save()
             if progress:
                 progress({"epoch": epoch, "epochs": b.epochs, "train_loss": curves.train_loss[-1],
-                          "val_acc": va["acc"], "test_acc": tst["acc"]})
+                          "val_acc": va["acc"], **({"test_acc": tst["acc"]} if tst else {})})
             if ckpt.STOP.requested and epoch < b.epochs:
                 raise ckpt.Preempted(f"stopped after epoch {epoch}")
             if plateaued(curves.val_acc, b.patience):
@@ -238,8 +244,9 @@ def train_run(spec: RunSpec, progress: Progress | None = None, checkpoint: Path 
     curves, train_s, eval_s, steps = loop.curves, loop.train_s, loop.eval_s, loop.steps
     this_s = time.time() - t0  # this process's share of the run
     frozen_after = frozen_checksum(model)
-    metrics = Metrics.from_dict(dict(select(curves), n_val=len(data.val), n_test=len(data.test),
-                                     curves=curves.__dict__))
+    n_test = {"n_test": len(data.test)} if spec.evaluate_test else {}
+    metrics = Metrics.from_dict(dict(select(curves), n_val=len(data.val), **n_test,
+                                     curves={k: v for k, v in curves.__dict__.items() if v or k == "epoch"}))
     peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
     return RunResult(
         run_id=spec.run_id, status="success", spec=spec.to_dict(), label=spec.label, metrics=metrics,

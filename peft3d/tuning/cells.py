@@ -91,7 +91,7 @@ def space_description(base: RunSpec, shared_space: bool = False) -> dict[str, An
 
 def suggest(trial: Any, base: RunSpec, shared_space: bool = False) -> RunSpec:
     """The trial's RunSpec: the cell's spec with the sampled lr, weight decay and (unless ``shared_space``: the
-    same two-dimensional space for every method) the method's knobs."""
+    same two-dimensional space for every method) the method's knobs, without test evaluation."""
     from peft3d.methods import config_class
 
     lr = trial.suggest_float("lr", base.budget.lr / LR_FACTOR, base.budget.lr * LR_FACTOR, log=True)
@@ -99,7 +99,8 @@ def suggest(trial: Any, base: RunSpec, shared_space: bool = False) -> RunSpec:
     cls = config_class(base.method)
     knobs = {} if shared_space else cls.search_space(trial)
     cfg = cls.resolve({**dict(base.method_cfg), **knobs}, where=f"tune {base.method}").to_dict()
-    return base.replace(method_cfg=cfg, budget=replace(base.budget, lr=lr, weight_decay=wd))
+    # evaluate_test=False: the objective is validation alone, so a trial never evaluates the test split.
+    return base.replace(method_cfg=cfg, budget=replace(base.budget, lr=lr, weight_decay=wd), evaluate_test=False)
 
 
 def tuned_spec(spec: RunSpec, best: RunSpec) -> RunSpec:
@@ -120,7 +121,7 @@ def tune_stages(grid: str, seeds: list[int] | None) -> dict | None:
         return None
     cells = cells_of(expanded.specs, expanded.name, tuning.objective_variants, tuning.seed)
     per_cell = tuning.trials * max(1, len(tuning.objective_variants))
-    stages = {"tuning trials": [(c.base, per_cell) for c in cells]}
+    stages = {"tuning trials": [(c.base.replace(evaluate_test=False), per_cell) for c in cells]}
     if tuning.precision is not None:
         stages["extra seeds (at most)"] = [(c.specs[0], most_extra_runs(c.specs, tuning.precision)) for c in cells]
     return stages

@@ -71,8 +71,9 @@ class Outcome:
 def _execute_or_reuse(spec: RunSpec, trial_root: Path, execute: Execute, report: Report
                       ) -> tuple[RunResult | None, bool]:
     """Run ``spec`` unless the same configuration already ran (a retried trial, or a study rebuilt from the
-    committed trial results): then its stored curve is replayed to ``report``."""
-    prior = read_result(trial_root, spec.run_id)
+    committed trial results): then its stored curve is replayed to ``report``. A trial that ran before trials
+    skipped their test split has the same training under the id with test evaluation; it is reused too."""
+    prior = read_result(trial_root, spec.run_id) or read_result(trial_root, spec.replace(evaluate_test=True).run_id)
     if prior and prior.ok and prior.metrics:
         c = prior.metrics.curves
         for ep, v in zip(c["epoch"], c["val_acc"], strict=True):
