@@ -70,6 +70,37 @@ def test_progress_of_a_half_done_study_counts_trials_finals_hours_and_what_is_le
     assert total["runs_left_at_most"] == 3 * 2 * 3 + 4 * 15
     assert total["core_hours_left_at_most"] == pytest.approx(78 * TRIAL_S / 3600, abs=0.05)
     assert (total["runs"], total["cells_done"]) == (6, 0)
+    assert total["median_run_s_by_method"] == {"linear": TRIAL_S}
+    assert total["runs_left_at_the_overall_median"] == 2 * (2 * 3 + 15)  # the two adapter cells: none ran yet
+
+
+class SlowAdapterExecutor(TimedExecutor):
+    """The adapter's runs take three times the linear probe's."""
+
+    def __call__(self, spec, root, report):
+        r, pruned = super().__call__(spec, root, report)
+        if spec.method == "adapter":
+            r = timed(r.to_dict(), 3 * TRIAL_S, r.sections["finished_at"])
+            write_result(root, r)
+        return r, pruned
+
+
+def test_what_is_left_is_priced_at_each_method_s_own_median_run(tmp_path):
+    o = TuneOptions(n_trials=PLAN.trials, storage=f"sqlite:///{tmp_path / 'optuna.db'}", plan=PLAN)
+    t = Tuner("study", study_specs(), tmp_path, o, execute=SlowAdapterExecutor(), echo=lambda s: None)
+    t.prepare()
+    t.tune_cell(t.cells[0], 1)  # test_bert linear
+    t.tune_cell(t.cells[1], 2)  # test_bert adapter
+    p = grid_progress("study", t.cells, tmp_path, o.storage, PLAN.trials)
+    total = p["total"]
+    assert total["median_run_s_by_method"] == {"linear": TRIAL_S, "adapter": 3 * TRIAL_S}
+    assert total["runs_left_at_the_overall_median"] == 0
+    # left: 15 finals per cell, and the test_dinov2 cells' 2 trials x 3 folds; each at its own method's cost
+    linear_left, adapter_left = 15 + (15 + 6), 15 + (15 + 6)
+    assert total["runs_left_at_most"] == linear_left + adapter_left
+    want = (linear_left * TRIAL_S + adapter_left * 3 * TRIAL_S) / 3600
+    assert total["core_hours_left_at_most"] == pytest.approx(want, abs=0.05)
+    assert "linear 60 s, adapter 180 s" in progress_lines(p)[-1]
 
 
 def test_progress_of_a_finished_study_and_its_lines(tmp_path, tuner):

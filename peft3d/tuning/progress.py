@@ -115,9 +115,11 @@ def cell_progress(cell: Cell, study: Any | None, root: Path, grid: str, n_trials
 
 def grid_progress(grid: str, cells: list[Cell], root: Path, storage: Any, n_trials: int,
                   precision: Precision | None = None) -> dict[str, Any]:
-    """Every cell's progress, the totals, and an estimate of the core-hours left at the median run's cost
-    (an upper bound for the trials: a pruned trial stops after its first fold or two; with a precision rule, the
-    extra seeds it may still add are counted apart)."""
+    """Every cell's progress, the totals, and an estimate of the core-hours left: each cell's runs left at the
+    median run of its method (a method's steps and epochs to plateau differ: full fine-tuning and Any2Point cost
+    more than the linear probe), at the median of all runs for a method with none finished yet (counted apart,
+    as that part is the rough one). An upper bound for the trials: a pruned trial stops after its first fold or
+    two. With a precision rule, the extra seeds it may still add are counted apart."""
     import optuna
 
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
@@ -127,19 +129,42 @@ def grid_progress(grid: str, cells: list[Cell], root: Path, storage: Any, n_tria
     spent = [stage for _, stages in pairs for stage in stages]
     durations = [d for s in spent for d in s.durations]
     per_run = statistics.median(durations) if durations else None
-    runs_left = sum(max(0, n_trials - r["trials"]["counted"]) * max(1, len(c.objective_variants))
-                    + r["final"]["of"] - r["final"]["runs"] for r, c in zip(rows, cells, strict=True))
-    may_add = sum(r["final"]["may_add"] for r in rows)
+    per_method = _median_run_by_method(cells, [stages for _, stages in pairs])
+    left = _left(rows, cells, n_trials, per_method, per_run)
     return {"grid": grid, "cells": rows,
             "total": {"runs": sum(s.runs for s in spent),
                       "core_hours": round(sum(s.seconds for s in spent) / 3600, 2),
                       "cells_done": sum(r["final"]["runs"] == r["final"]["of"] and not r["final"]["may_add"]
                                         for r in rows),
                       "cells": len(rows), "median_run_s": round(per_run, 1) if per_run else None,
-                      "runs_left_at_most": runs_left,
-                      "core_hours_left_at_most": round(runs_left * per_run / 3600, 1) if per_run else None,
-                      "extra_seed_runs_possible": may_add,
-                      "extra_seed_core_hours_possible": round(may_add * per_run / 3600, 1) if per_run else None}}
+                      "median_run_s_by_method": {m: round(v, 1) for m, v in per_method.items()},
+                      **left}}
+
+
+def _median_run_by_method(cells: list[Cell], stages: list[list[Spent]]) -> dict[str, float]:
+    by: dict[str, list[float]] = {}
+    for cell, cell_stages in zip(cells, stages, strict=True):
+        by.setdefault(cell.base.method, []).extend(d for st in cell_stages for d in st.durations)
+    return {m: statistics.median(d) for m, d in by.items() if d}
+
+
+def _left(rows: list[dict[str, Any]], cells: list[Cell], n_trials: int, per_method: dict[str, float],
+          per_run: float | None) -> dict[str, Any]:
+    """Runs and core-hours left (and possible extra seeds), each cell's at its method's median run."""
+    runs = extra = unmeasured = 0
+    seconds = extra_seconds = 0.0
+    for r, c in zip(rows, cells, strict=True):
+        cell_runs = max(0, n_trials - r["trials"]["counted"]) * max(1, len(c.objective_variants)) \
+            + r["final"]["of"] - r["final"]["runs"]
+        cost = per_method.get(c.base.method, per_run or 0.0)
+        runs, extra = runs + cell_runs, extra + r["final"]["may_add"]
+        seconds, extra_seconds = seconds + cell_runs * cost, extra_seconds + r["final"]["may_add"] * cost
+        if c.base.method not in per_method:
+            unmeasured += cell_runs
+    hours = (lambda s: round(s / 3600, 1)) if per_run else (lambda s: None)
+    return {"runs_left_at_most": runs, "core_hours_left_at_most": hours(seconds),
+            "runs_left_at_the_overall_median": unmeasured,
+            "extra_seed_runs_possible": extra, "extra_seed_core_hours_possible": hours(extra_seconds)}
 
 
 def progress_lines(p: dict[str, Any]) -> list[str]:
@@ -156,8 +181,12 @@ def progress_lines(p: dict[str, Any]) -> list[str]:
         lines.append(f"{r['cell']:34} {trials:>14} {val:>8} {lr:>9} {f['runs']:>3}/{f['of']:<3} {hours:>7.2f}  "
                      f"{_span(t)} | {_span(f)}")
     tot = p["total"]
+    medians = ", ".join(f"{m} {v:.0f} s" for m, v in tot["median_run_s_by_method"].items())
+    rough = (f"; {tot['runs_left_at_the_overall_median']} runs of methods with no run yet at the median of all, "
+             f"{tot['median_run_s']:.0f} s" if tot["runs_left_at_the_overall_median"] else "")
     left = (f"at most {tot['runs_left_at_most']} runs ≈ {tot['core_hours_left_at_most']} core-hours left "
-            f"(median run {tot['median_run_s']:.0f} s)") if tot["median_run_s"] else "no run finished yet"
+            f"(each cell at its method's median run: {medians}{rough})") if tot["median_run_s"] \
+        else "no run finished yet"
     if tot["extra_seed_runs_possible"] and tot["median_run_s"]:
         left += (f"; the precision rule may add up to {tot['extra_seed_runs_possible']} runs ≈ "
                  f"{tot['extra_seed_core_hours_possible']} core-hours more")
