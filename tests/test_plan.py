@@ -3,6 +3,7 @@ is one line with exit code 2."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -135,7 +136,19 @@ def test_a_tuned_grid_s_plan_adds_its_trials_and_the_extra_seeds_it_may_run(tmp_
     run_s = {c["method"]: c["run_s"] for c in r["cells"]}  # weights do not change a cell's cost
     trials, extra = r["stages"]
     assert (trials["stage"], trials["runs"]) == ("tuning trials", 24)
-    assert trials["total_s"] == pytest.approx(2 * 6 * (run_s["linear"] + run_s["adapter"]), abs=0.5)
+    # a trial skips the test split: the cell's step and batch times, validation batches alone
+    trial_spec = stages["tuning trials"][0][0]
+    # (a tiny plan evaluates in batches of the training batch's size)
+    val_batches = math.ceil(run_counts(trial_spec)[1] / trial_spec.budget.batch_size)
+    assert val_batches < r["cells"][0]["eval_batches"]
+
+    def trial_s(c):
+        return c["epochs"] * (c["steps_per_epoch"] * c["s_per_step"] + val_batches * c["eval_s_per_batch"]) \
+            + c["build_s"]
+
+    trial_cost = {c["method"]: trial_s(c) for c in r["cells"]}
+    assert trials["total_s"] == pytest.approx(2 * 6 * (trial_cost["linear"] + trial_cost["adapter"]), abs=0.5)
+    assert trials["total_s"] < 2 * 6 * (run_s["linear"] + run_s["adapter"])
     assert (extra["runs"], extra["total_s"]) == (60, pytest.approx(2 * 15 * (run_s["linear"] + run_s["adapter"]),
                                                                    abs=0.5))
     assert tuning_stages("quickstart", None) is None  # no tuning block: the grid's runs are all there is

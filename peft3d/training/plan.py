@@ -67,7 +67,8 @@ class PlanSettings:
 def cell_key(spec: RunSpec) -> str:
     """What shapes a training step: every spec field but the seed, weights, dataset files and bookkeeping."""
     d = spec.to_dict()
-    for k in ("seed", "weights", "variant", "data_root", "grid", "device", "checkpoint_every", "protocol"):
+    for k in ("seed", "weights", "variant", "data_root", "grid", "device", "checkpoint_every", "protocol",
+              "evaluate_test"):  # how many evaluations a run makes, not what a step or a batch costs
         d.pop(k, None)
     return repr(sorted(d.items()))
 
@@ -199,14 +200,18 @@ def plan(s: PlanSettings, log: Callable[[str], None] = lambda _m: None,
 
 def cost_stages(stages: Stages, cells: dict[str, dict[str, Any]], total_mem: float,
                 s: PlanSettings) -> list[dict[str, Any]]:
-    """Runs and device seconds of each stage: every (spec, n) costs n runs of the grid cell of ``spec`` (a
-    stage's spec differs from its grid runs only by seed, variant or hyper-parameters, which do not change a
-    step's cost; a cell that does not fit adds nothing, as in the grid total)."""
-    run_s = {key: _row(cell, total_mem)["run_s"] for key, cell in cells.items()}
+    """Runs and device seconds of each stage: every (spec, n) costs n runs at the step and evaluation-batch times
+    of the grid cell of ``spec`` (a stage's spec differs from its grid runs only by seed, variant, hyper-parameters
+    or skipping the test split, which do not change a step's cost) and at its own number of evaluation batches (a
+    trial evaluates validation alone); a cell that does not fit adds nothing, as in the grid total."""
+    def run_s(spec: RunSpec) -> float:  # the grid cell's step and batch times, the stage spec's own evaluations
+        timed = _timed_spec(spec, s)
+        return _row({**cells[cell_key(timed)], "spec": timed}, total_mem)["run_s"] or 0.0
+
     out = []
     for name, items in stages.items():
         runs = sum(n for _, n in items)
-        seconds = sum(n * (run_s[cell_key(_timed_spec(spec, s))] or 0.0) for spec, n in items)
+        seconds = sum(n * run_s(spec) for spec, n in items)
         out.append({"stage": name, "runs": runs, "total_s": round(seconds, 1),
                     "device_hours": round(seconds / 3600, 3)})
     return out
