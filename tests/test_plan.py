@@ -147,7 +147,8 @@ def test_a_tuned_grid_s_plan_adds_its_trials_and_the_extra_seeds_it_may_run(tmp_
             + c["build_s"]
 
     trial_cost = {c["method"]: trial_s(c) for c in r["cells"]}
-    assert trials["total_s"] == pytest.approx(2 * 6 * (trial_cost["linear"] + trial_cost["adapter"]), abs=0.5)
+    # a run's cost is kept to 0.1 s: up to 0.05 s off for each of the 24 trial runs
+    assert trials["total_s"] == pytest.approx(2 * 6 * (trial_cost["linear"] + trial_cost["adapter"]), abs=1.3)
     assert trials["total_s"] < 2 * 6 * (run_s["linear"] + run_s["adapter"])
     assert (extra["runs"], extra["total_s"]) == (60, pytest.approx(2 * 15 * (run_s["linear"] + run_s["adapter"]),
                                                                    abs=0.5))
