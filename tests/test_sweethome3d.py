@@ -256,9 +256,9 @@ def test_real_package_prepares_checks_valid_and_shows_attributions(tmp_path):
     assert "Public domain" in r.stdout and "Creative Commons Attribution 3.0" in r.stdout
 
 
-def test_download_uses_apt_get_download_and_dpkg_deb(tmp_path, monkeypatch):
-    """No catalogue installed or given: prepare fetches the .deb with ``apt-get download`` and extracts it with
-    ``dpkg-deb -x`` into the cache (stand-in tools on PATH record their arguments and do the same)."""
+def _stand_in_apt(tmp_path, monkeypatch) -> Path:
+    """Stand-in ``apt-get`` and ``dpkg-deb`` on PATH that record their arguments and extract a test catalogue;
+    no catalogue installed. Returns the log of calls."""
     src = write_catalogue(tmp_path / "Test.sh3f")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -271,8 +271,17 @@ def test_download_uses_apt_get_download_and_dpkg_deb(tmp_path, monkeypatch):
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(sh3f, "INSTALLED", tmp_path / "not-installed")
+    return log
+
+
+def test_download_uses_apt_get_download_and_dpkg_deb(tmp_path, monkeypatch):
+    """No catalogue installed or given: prepare fetches the .deb with ``apt-get download`` and extracts it with
+    ``dpkg-deb -x`` into the cache (stand-in tools on PATH record their arguments and do the same)."""
+    log = _stand_in_apt(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
     cache_dir = tmp_path / "cache"
-    with pytest.raises(DataError, match="catalogues not found; fix: apt-get install sweethome3d-furniture"):
+    with pytest.raises(DataError, match=r"catalogues not found \(looked in .*\); fix: apt-get install "
+                                        r"sweethome3d-furniture"):
         sweethome3d.prepare(None, POINTS, cache_dir=str(cache_dir), log=lambda *_: None)
     path = sweethome3d.prepare(None, POINTS, cache_dir=str(cache_dir), download=True, log=lambda *_: None)
     calls = log.read_text().splitlines()
@@ -282,3 +291,25 @@ def test_download_uses_apt_get_download_and_dpkg_deb(tmp_path, monkeypatch):
     # the extracted copy is found again without downloading
     sweethome3d.prepare(None, POINTS, cache_dir=str(cache_dir), download=True, log=lambda *_: None)
     assert len(log.read_text().splitlines()) == 2
+
+
+def test_download_in_default_cache_is_found_under_another_cache(tmp_path, monkeypatch):
+    """`bench data prepare sweethome3d` extracts the .deb under the default cache; `bench tune --results DIR`
+    then sets PEFT3D_CACHE to DIR/cache. The extracted copy must still be found there (no second download), the
+    arrays built in the active cache, and a missing catalogue named with every place looked in."""
+    log = _stand_in_apt(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PEFT3D_CACHE", raising=False)
+    sweethome3d.prepare(None, POINTS, download=True, log=lambda *_: None)
+    assert (tmp_path / "results" / "cache" / "sweethome3d" / "deb" / sh3f.IN_DEB / "Test.sh3f").exists()
+    study_cache = tmp_path / "study" / "cache"
+    monkeypatch.setenv("PEFT3D_CACHE", str(study_cache))
+    path = sweethome3d.prepare(None, POINTS, log=lambda *_: None)
+    assert path.parent == study_cache / "sweethome3d" and len(log.read_text().splitlines()) == 2
+    _, meta = sweethome3d.read_cached(path)
+    assert str(Path("results") / "cache" / "sweethome3d" / "deb") in meta["origin"]
+    sweethome3d.SweetHome3D().check_files("f0", None)  # the check `bench run` does first finds it too
+    monkeypatch.chdir(tmp_path / "study")  # no default cache here: the error names both places
+    with pytest.raises(DataError, match=r"looked in .*not-installed, .*study/cache/sweethome3d/deb, "
+                                        r"results/cache/sweethome3d/deb\); fix: apt-get install"):
+        sweethome3d.prepare(None, POINTS, log=lambda *_: None)

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,9 +123,9 @@ def catalogue_files(root: Path) -> list[Path]:
     return []
 
 
-def find_catalogues(root: str | None, download_dir: Path | None = None) -> tuple[list[Path], str]:
+def find_catalogues(root: str | None, download_dirs: Sequence[Path] = ()) -> tuple[list[Path], str]:
     """(catalogue files, where they came from). ``root`` wins; else the installed Debian package; else a copy
-    extracted earlier into ``download_dir`` by :func:`download`."""
+    extracted earlier by :func:`download` into the first of ``download_dirs`` that holds one."""
     if root:
         r = Path(root).expanduser()
         files = catalogue_files(r)
@@ -134,11 +135,13 @@ def find_catalogues(root: str | None, download_dir: Path | None = None) -> tuple
         return files, str(r)
     if files := catalogue_files(INSTALLED):
         return files, f"Debian package {DEB_PACKAGE} ({INSTALLED})"
-    if download_dir is not None and (files := catalogue_files(download_dir)):
-        return files, f"{DEB_PACKAGE} .deb extracted in {download_dir}"
-    raise DataError(f"sweethome3d: furniture catalogues not found; fix: apt-get install {DEB_PACKAGE}, or run "
-                    f"`bench data prepare sweethome3d` (downloads the .deb with apt-get download, no root needed), "
-                    f"or pass --root DIR with the .sh3f files")
+    for d in download_dirs:
+        if files := catalogue_files(d):
+            return files, f"{DEB_PACKAGE} .deb extracted in {d}"
+    looked = ", ".join(str(p) for p in (INSTALLED, *download_dirs))
+    raise DataError(f"sweethome3d: furniture catalogues not found (looked in {looked}); fix: apt-get install "
+                    f"{DEB_PACKAGE}, or run `bench data prepare sweethome3d` (downloads the .deb with apt-get "
+                    f"download, no root needed), or pass --root DIR with the .sh3f files")
 
 
 def download(dest: Path) -> Path:

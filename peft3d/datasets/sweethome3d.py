@@ -79,14 +79,14 @@ def prepare(root: str | None = None, points: int = POINTS, skip_broken: bool = F
             cache_dir: str | None = None, download: bool = False, log=print) -> Path:
     """Build (or find) the cached arrays; returns the cache file. ``download``: fetch the Debian package with
     ``apt-get download`` when no catalogue is installed or given."""
-    dl = cache.cache_dir(cache_dir) / "sweethome3d" / "deb"
+    dl = download_dirs(cache_dir)
     try:
         files, origin = sh3f.find_catalogues(root, dl)
     except DataError:
         if not download or root:
             raise
-        log(f"downloading {sh3f.DEB_PACKAGE} into {dl} (apt-get download + dpkg-deb -x)")
-        files, origin = sh3f.find_catalogues(None, sh3f.download(dl))
+        log(f"downloading {sh3f.DEB_PACKAGE} into {dl[0]} (apt-get download + dpkg-deb -x)")
+        files, origin = sh3f.find_catalogues(None, [sh3f.download(dl[0])])
     digests = {f.name: file_sha256(f) for f in files}
     out = cache_file(digests, points, skip_broken, cache_dir)
     if out.exists() and read_cached(out) is not None:
@@ -95,6 +95,14 @@ def prepare(root: str | None = None, points: int = POINTS, skip_broken: bool = F
     meta.update(origin=origin, points=points, skip_broken=skip_broken)
     _save(out, arrays, meta)
     return out
+
+
+def download_dirs(cache_dir: str | None) -> list[Path]:
+    """Where a downloaded .deb may have been extracted: the active cache first, then the default one. Why both:
+    `bench tune`/`bench run --results DIR` move the cache under DIR, so a `bench data prepare sweethome3d` done
+    earlier with the default cache must still be found (the npz itself is rebuilt in the active cache)."""
+    dirs = [cache.cache_dir(cache_dir) / "sweethome3d" / "deb", cache.DEFAULT / "sweethome3d" / "deb"]
+    return [d for i, d in enumerate(dirs) if d.resolve() not in {e.resolve() for e in dirs[:i]}]
 
 
 def cache_file(digests: dict[str, str], points: int, skip_broken: bool, cache_dir: str | None) -> Path:
@@ -252,7 +260,7 @@ class SweetHome3D(DatasetFamily):
                 "basis": "class table on package 1.8-1"}
 
     def check_files(self, variant: str, root: str | None) -> None:
-        for f in sh3f.find_catalogues(root, cache.cache_dir(self.cache_dir) / "sweethome3d" / "deb")[0]:
+        for f in sh3f.find_catalogues(root, download_dirs(self.cache_dir))[0]:
             sh3f.read_catalogue(f)
 
     def info(self) -> str:
@@ -261,7 +269,8 @@ class SweetHome3D(DatasetFamily):
             "zip catalogues in /usr/share/sweethome3d/furniture), sampled to "
             f"{POINTS} surface points per model, unit sphere.",
             "  get it:   apt-get install sweethome3d-furniture   (or: bench data prepare sweethome3d, which "
-            "downloads the .deb without root; or --root DIR with the .sh3f files)",
+            "downloads the .deb without root into the cache; a later --results DIR, whose cache is DIR/cache, "
+            "still finds it there; or --root DIR with the .sh3f files)",
             "  prepare:  bench data prepare sweethome3d [--root DIR] [--skip-broken]",
             f"  variants s0..s{SPLITS - 1}: seeded class-stratified splits, {TEST_FRACTION:.0%} of each class "
             f"in test; f0..f{FOLDS - 1}: the folds of one seeded class-stratified {FOLDS}-fold partition (test = "
@@ -276,7 +285,7 @@ class SweetHome3D(DatasetFamily):
     def _attributions(self) -> list[str]:
         """From the prepared cache only (``info`` never builds it)."""
         try:
-            files, _ = sh3f.find_catalogues(None, cache.cache_dir(self.cache_dir) / "sweethome3d" / "deb")
+            files, _ = sh3f.find_catalogues(None, download_dirs(self.cache_dir))
         except DataError as e:
             return [f"  attributions: {e}"]
         digests = {f.name: file_sha256(f) for f in files}
