@@ -133,3 +133,41 @@ def test_a_tune_cannot_shrink_another_workers_budget(tmp_path):
     with pytest.raises(ConfigError, match="--trials 1 is below"):
         Tuner("smoke", specs, tmp_path, opts(tmp_path, 1, mlflow=False), execute=FakeExecutor(),
               echo=lambda s: None).prepare()
+
+
+def test_a_worker_tunes_the_next_cell_while_others_run_the_last_trials(tmp_path):
+    """A cell whose remaining budget is all other workers' running trials is left for later: the worker tunes
+    the next cell meanwhile (it used to idle for a whole trial), then finishes the first cell once it is full."""
+    specs = smoke_specs(["linear", "lora"])
+    o = opts(tmp_path, 1, mlflow=False, pruner="none")
+    o.finish_cells = True
+    lines, finals = [], []
+    tuner = Tuner("smoke", specs, tmp_path, o, execute=None, echo=lines.append)
+    tuner.prepare()
+    first, second = tuner.cells
+    study = tuner.studies[first.study_name]
+    from peft3d.tuning.cells import suggest
+
+    theirs = study.ask()  # another machine's worker runs the first cell's only trial, heartbeat fresh
+    theirs.set_user_attr("peft3d.owner", "a-host-far-away/4242/1")
+    theirs.set_user_attr("peft3d.core.spec", suggest(theirs, first.base).to_dict())
+    tuner.storage.record_heartbeat(theirs._trial_id)
+    fake = FakeExecutor()
+
+    def execute(spec, root, report):  # our trial of the second cell; the other worker finishes meanwhile
+        assert spec.method == second.base.method
+        out = fake(spec, root, report)
+        study.tell(theirs, 0.5)
+        return out
+
+    def run_final(todo, blocks):
+        finals.append({s.method for s in todo})
+        fake_final(tmp_path)(todo, blocks)
+
+    tuner.execute = execute
+    tuner.run(run_final=run_final)
+    text = "\n".join(lines)
+    assert f"{first.study_name}: its last 1 trial(s) run in other workers; tuning the next cell meanwhile" in text
+    assert "waiting for" not in text and len(fake.calls) == 1
+    assert finals[:2] == [{second.base.method}, {first.base.method}]  # each cell's runs as soon as it is full
+    assert all(counts(s)["counted"] == 1 for s in tuner.studies.values())

@@ -142,21 +142,28 @@ class TrialLoop:
     n_cells: int  # for the "[i/n]" of the log lines
     shared_space: bool = False  # lr and weight decay only (TuningPlan.space == "shared")
 
-    def tune_cell(self, cell: Cell, study: Any, index: int) -> None:
-        """Run trials of this cell's study until N are counted — by this worker or by others sharing the study."""
+    def tune_cell(self, cell: Cell, study: Any, index: int, wait: bool = True) -> bool:
+        """Run trials of this cell's study until N are counted — by this worker or by others sharing the study.
+        When only other workers' running trials are left, wait for them (``wait``), or else return False at
+        once: the caller tunes another cell meanwhile instead of idling for a whole trial. True: N counted."""
         n = self.n_trials
         if counts(study)["counted"] >= n:
-            return
+            return True
         parent = self.tracker.study_run(cell.study_name, study.user_attrs) if self.tracker else None
         trial = mrid = None
-        waiting = False
+        waiting = full = False
         try:
             while True:
                 self._recover(cell, study)
                 c = counts(study)
                 if c["counted"] >= n:
+                    full = True
                     break
                 if c["counted"] + c["running"] >= n:  # other workers' trials may still fill the budget
+                    if not wait:
+                        self.echo(f"[{index}/{self.n_cells}] {cell.study_name}: its last {c['running']} trial(s) "
+                                  "run in other workers; tuning the next cell meanwhile")
+                        break
                     if not waiting:
                         self.echo(f"[{index}/{self.n_cells}] {cell.study_name}: waiting for {c['running']} "
                                   "running trial(s) of other workers")
@@ -188,6 +195,7 @@ class TrialLoop:
             raise
         if self.tracker:
             self.tracker.end_study(parent, "FINISHED", counts(study))
+        return full
 
     def _recover(self, cell: Cell, study: Any) -> None:
         back = recover(study, self.retry)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from peft3d.core.errors import ConfigError
 from peft3d.core.spec import RunSpec
-from peft3d.tuning.budget import Echo, TuneOptions, open_studies, recover_orphans
+from peft3d.tuning.budget import Echo, TuneOptions, counts, open_studies, recover_orphans
 from peft3d.tuning.cells import Cell, cells_of
 from peft3d.tuning.final import Blocks, FinalRuns, read_manifest
 from peft3d.tuning.precision import check_covered
@@ -60,11 +60,12 @@ class Tuner:
         recover_orphans(self.grid, self.cells, self.storage, self.retry, self.echo)
         self.studies = open_studies(self.cells, self.storage, self.retry, self.opts, self.echo)
 
-    def tune_cell(self, cell: Cell, index: int) -> None:
-        """Run trials of this cell's study until N are counted — by this worker or by others sharing the study."""
+    def tune_cell(self, cell: Cell, index: int, wait: bool = True) -> bool:
+        """Run trials of this cell's study until N are counted — by this worker or by others sharing the study
+        (see :meth:`TrialLoop.tune_cell` for ``wait``); True once N are counted."""
         loop = TrialLoop(self.storage, self.retry, self.tracker, self.opts.n_trials, self.opts.heartbeat_s,
                          self.root, self.execute, self.echo, len(self.cells), self.opts.plan.space == "shared")
-        loop.tune_cell(cell, self.studies[cell.study_name], index)
+        return loop.tune_cell(cell, self.studies[cell.study_name], index, wait)
 
     def final(self) -> FinalRuns:
         return FinalRuns(self.grid, self.root, self.opts, self.cells, self.studies, self.echo)
@@ -74,12 +75,30 @@ class Tuner:
         manifest. ``run_final(todo, blocks)`` replaces the worker processes of the final runs (tests)."""
 
         self.prepare()
+        later: list[tuple[int, Cell]] = []  # cells whose last trials other workers were running
         for i, cell in enumerate(self.cells, 1):
+            if not self.tune_cell(cell, i, wait=False):
+                later.append((i, cell))
+            elif self.opts.finish_cells:  # this cell's results land before the next cell is tuned
+                self.finish([cell], run_final)
+            if self.opts.finish_cells:
+                later = self._finish_full(later, run_final)
+        for i, cell in later:  # nothing else to tune: wait for them
             self.tune_cell(cell, i)
-            if self.opts.finish_cells:  # this cell's results land before the next cell is tuned
+            if self.opts.finish_cells:
                 self.finish([cell], run_final)
         self.finish(self.cells, run_final)
         return read_manifest(self.root, self.grid)
+
+    def _finish_full(self, cells: list[tuple[int, Cell]], run_final) -> list[tuple[int, Cell]]:
+        """Run the final runs of the cells whose studies other workers have filled meanwhile; the rest."""
+        rest = []
+        for i, cell in cells:
+            if counts(self.studies[cell.study_name])["counted"] >= self.opts.n_trials:
+                self.finish([cell], run_final)
+            else:
+                rest.append((i, cell))
+        return rest
 
     def finish(self, cells: list[Cell], run_final: Callable[[list[RunSpec], Blocks], None] | None) -> None:
         """Run the best configurations of ``cells`` on the grid's seeds (what is not done yet), then write the
