@@ -26,6 +26,7 @@ FEW = (5, 10, 20)
 ARMS = {("minilm", "pretrained"): ("language", 0.0, 1e-3), ("minilm", "random"): (None, -3.0, 3e-3),
         ("dinov2_small", "pretrained"): ("vision", -1.0, 2e-3), ("dinov2_small", "random"): (None, -4.0, 5e-3),
         ("none", "random"): (None, -8.0, 1e-2)}
+SPACE = {"lr": "log-uniform [0.0003, 0.03]", "weight_decay": "log-uniform [0.0001, 0.1]"}  # as bench tune records it
 METHODS = {"linear": (0.0, 0), "any2point": (2.0, 30_000)}  # accuracy effect, the method's own parameters
 BLOCKS = {"minilm": 21_283_584, "dinov2_small": 21_302_016, "none": 0}
 SHARED, HEAD = 41_328, 7_315
@@ -138,7 +139,7 @@ def manifest_of(specs: list[RunSpec]) -> dict[str, Any]:
             name = f"transfer_study/{bb}[{w}]/sweethome3d:f0+f1+f2/{m}/0000"
             studies[name] = {"study": name, "n_trials": TRIALS, "counted": TRIALS, "complete": 6, "pruned": 1,
                              "failed": 1, "best_trial": best["number"], "best_value": best["value"],
-                             "best_params": best["params"],
+                             "best_params": best["params"], "space": dict(SPACE),
                              "cell": {"backbone": bb, "weights": w, "method": m, "dataset": "sweethome3d",
                                       "variants": ["f0", "f1", "f2"]}, "trials": trials}
     return {"grid": "transfer_study", "n_trials": TRIALS, "counting": "counted = COMPLETE + PRUNED + FAIL",

@@ -8,14 +8,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from study_fixture import BLOCKS, N_TEST, study_specs, write_study
+from study_fixture import BLOCKS, N_TEST, chosen_wd, study_specs, write_study
 
 from peft3d.analysis import formatting as fm
 from peft3d.core.errors import ConfigError
 from peft3d.core.result import read_result
 from peft3d.datasets import DATASETS, fold_group_of, fold_groups
 from peft3d.reporting import layouts
-from peft3d.reporting.tables import paired_frame, params_table, render_markdown, runs_frame, summarize
+from peft3d.reporting.tables import lr_at_edge, paired_frame, params_table, render_markdown, runs_frame, summarize
 from peft3d.reporting.transfer import transfer_frame, transfer_table
 
 POOLED = sum(N_TEST.values())  # 451: every model tested once over the five folds
@@ -169,6 +169,29 @@ def test_tuned_cells_show_their_chosen_lr_and_weight_decay(study):
     text = render_markdown("transfer_study.tuned", df, "linear")
     assert "## Tuned configuration per cell" in text and "2.0e-03" in text
     assert "test labels of another fold" in text  # the caveat of tuning on pooled folds, stated with the table
+
+
+def test_a_tuned_lr_at_the_edge_of_its_range_is_marked(tmp_path):
+    """A chosen lr in the outer tenth (log scale) of the searched range is marked §: the arm's optimum may lie
+    outside the range. Here the no-transformer arm's runs record a range whose top is just above its lr."""
+    import json
+
+    assert lr_at_edge(3.2e-4, "log-uniform [0.0003, 0.03]") and lr_at_edge(2.9e-2, "log-uniform [0.0003, 0.03]")
+    assert not lr_at_edge(1e-2, "log-uniform [0.0003, 0.03]")  # 76% of the way up: inside
+    assert lr_at_edge(1e-3, "uniform [0.0001, 0.1]") is None and lr_at_edge(None, "log-uniform [1, 2]") is None
+    specs, _ = write_study(tmp_path, few=False)
+    for s in specs:
+        if s.backbone == "none":
+            path = tmp_path / "runs" / f"{s.run_id}.json"
+            r = json.loads(path.read_text())
+            r["tuning"]["space"]["lr"] = "log-uniform [0.0001, 0.0105]"
+            path.write_text(json.dumps(r))
+    shown = transfer_table(runs_frame(specs, tmp_path)).set_index(["backbone", "weights", "method"])
+    wd = fm.sci(chosen_wd("none", "random", "linear"))
+    assert shown.loc[("none", "random", "linear"), "lr / wd"] == f"{fm.sci(1e-2)} § / {wd}"
+    assert not shown.drop(("none", "random", "linear"))["lr / wd"].str.contains("§").any()
+    text = render_markdown("transfer_study.tuned", runs_frame(specs, tmp_path), "linear")
+    assert f"| {fm.sci(1e-2)} § |" in text and "§: the chosen lr lies in the outer tenth" in text
 
 
 def test_each_methods_own_parameters_and_their_share_of_the_backbone(study):

@@ -13,6 +13,7 @@ import pandas as pd
 from peft3d.analysis.stats import Friedman
 
 MISSING = "—"
+EDGE_MARK = " §"  # a tuned lr in the outer tenth of its searched range (reporting.tables.lr_at_edge)
 
 
 def is_missing(x: Any) -> bool:

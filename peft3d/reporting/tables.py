@@ -9,6 +9,7 @@ dataset and a Friedman test across cells (:mod:`peft3d.analysis.stats`). Paper l
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,8 @@ RUN_COLUMNS = ["run_id", "backbone", "weights", "method", "preset", "dataset", "
                "full_dataset", "seed", "status", "error", "test_acc", "val_acc", "test_acc_best_test",
                "test_acc_last", "selected_epoch", "n_test", "params_method", "params_trainable_excl_head",
                "params_trainable", "params_total", "params_shared", "params_head", "params_backbone", "lr",
-               "weight_decay", "tuned", "tune_objective", "time_s", "step_ms", "pretrain_modality", "modality",
-               "control", "train_acc", "epochs", "late_selection"]
+               "weight_decay", "tuned", "tune_objective", "lr_edge", "time_s", "step_ms", "pretrain_modality",
+               "modality", "control", "train_acc", "epochs", "late_selection"]
 LATE_FRACTION = 0.1  # protocol.md "Convergence": a selected epoch in the last 10% of epochs may be under-trained
 
 
@@ -146,7 +147,23 @@ def _tuning_columns(r: RunResult | None) -> dict[str, Any]:
     budget = (r.spec.get("budget") if r else None) or {}
     tuning = r.section("tuning") if r else {}
     return {"lr": budget.get("lr"), "weight_decay": budget.get("weight_decay"), "tuned": bool(tuning),
-            "tune_objective": tuning.get("best_value")}
+            "tune_objective": tuning.get("best_value"),
+            "lr_edge": lr_at_edge(budget.get("lr"), (tuning.get("space") or {}).get("lr"))}
+
+
+EDGE_FRACTION = 0.1  # a chosen lr in the outer tenth of the log range: the optimum may lie outside it
+_LOG_RANGE = re.compile(r"log-uniform \[([0-9.eE+-]+), ([0-9.eE+-]+)\]")
+
+
+def lr_at_edge(lr: float | None, space: str | None) -> bool | None:
+    """Whether the chosen lr sits in the outer EDGE_FRACTION (log scale) of the study's lr range, as the result's
+    ``tuning.space`` records it ("log-uniform [lo, hi]"); None when either is unknown."""
+    m = _LOG_RANGE.fullmatch(space or "")
+    if lr is None or m is None:
+        return None
+    lo, hi = float(m[1]), float(m[2])
+    pos = math.log(lr / lo) / math.log(hi / lo)
+    return pos < EDGE_FRACTION or pos > 1 - EDGE_FRACTION
 
 
 def runs_frame(specs: list[RunSpec], root: Path) -> pd.DataFrame:
@@ -171,7 +188,7 @@ CELL_KEYS = ["backbone", "weights", "dataset", "method"]
 SUMMARY_COLUMNS = [*CELL_KEYS, "n", "n_expected", "mean", "std", "ci_low", "ci_high", "binom_se", "best_test_mean",
                    "last_mean", "n_test", "params", "params_method", "params_trainable", "modality", "reason",
                    "control", "train_mean", "val_mean", "n_late", "params_shared", "params_head", "params_backbone",
-                   "lr", "weight_decay", "tuned", "tune_objective"]
+                   "lr", "weight_decay", "tuned", "tune_objective", "lr_edge"]
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -295,13 +312,17 @@ def tuned_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Per tuned cell, the learning rate and weight decay ``bench tune`` chose, and its validation objective."""
     t = summary[summary["tuned"].fillna(False).astype(bool)]
     return pd.DataFrame({"backbone": t["backbone"], "weights": t["weights"], "dataset": t["dataset"],
-                         "method": t["method"], "lr": t["lr"].map(fm.sci),
+                         "method": t["method"],
+                         "lr": [fm.sci(lr) + (fm.EDGE_MARK if e else "")
+                                for lr, e in zip(t["lr"], t["lr_edge"], strict=True)],
                          "weight decay": t["weight_decay"].map(fm.sci),
                          "val objective": (t["tune_objective"] * 100).map(fm.num)})
 
 
 TUNED_NOTE = ("lr / weight decay: the best trial of the cell's study (validation objective, in %), which every "
-              "reported run of the cell trained with. `bench report --tuned` plots the objective against lr per arm.")
+              "reported run of the cell trained with. `bench report --tuned` plots the objective against lr per "
+              f"arm. {fm.EDGE_MARK.strip()}: the chosen lr lies in the outer tenth (log scale) of the searched range, "
+              "so the optimum may lie outside it.")
 
 
 def tuned_markdown(df: pd.DataFrame, summary: pd.DataFrame) -> list[str]:

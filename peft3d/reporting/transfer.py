@@ -39,8 +39,9 @@ def arm_config(runs: pd.DataFrame) -> dict:
         return float(vals[0]) if len(vals) == 1 else math.nan
 
     tuned = bool(len(runs)) and "tuned" in runs and bool(runs["tuned"].fillna(False).astype(bool).all())
+    edge = bool(runs["lr_edge"].fillna(False).astype(bool).any()) if "lr_edge" in runs else False
     return {"lr": one("lr"), "weight_decay": one("weight_decay"), "tuned": tuned,
-            "tune_objective": one("tune_objective")}
+            "tune_objective": one("tune_objective"), "lr_edge": edge}
 
 
 def _control_pool(cell: pd.DataFrame, kind: str, backbone: str, method: str) -> tuple[pd.DataFrame, str]:
@@ -117,7 +118,9 @@ def note(df: pd.DataFrame) -> str:
         pairing = ("paired by seed; p: two-sided paired permutation test (with 3 seeds p ≥ 0.25, so no single grid "
                    "of 3 seeds is 'significant': read Δ against the test set's noise floor and the CIs)")
     tuned = (" lr / wd: the learning rate and weight decay `bench tune` chose for the arm on validation (its "
-             "own study, the same budget as every arm)." if "tuned" in df and df["tuned"].fillna(False).any() else "")
+             f"own study, the same budget as every arm); {fm.EDGE_MARK.strip()}: that lr lies in the outer tenth (log "
+             "scale) of the searched range, so the arm's optimum may lie outside it."
+             if "tuned" in df and df["tuned"].fillna(False).any() else "")
     return ("Pretrained backbones ranked by mean test accuracy (%) within each dataset × method; controls below "
             "(random init: the same architecture, library initialisation; shuffled: every pretrained tensor's "
             f"entries permuted; none: no transformer blocks). Δ = pretrained − control in points, {pairing}. The "
@@ -144,9 +147,9 @@ def transfer_table(df: pd.DataFrame) -> pd.DataFrame:
         "val": tf["val_mean"].map(fm.num), "seeds": tf["n"].astype(int)})
     if tf["tuned"].any():
         shown.insert(shown.columns.get_loc("test mean ± std"), "lr / wd",
-                     [f"{fm.sci(lr)} / {fm.sci(wd)}" if t else fm.MISSING
-                      for lr, wd, t in zip(tf.get("lr", math.nan), tf.get("weight_decay", math.nan), tf["tuned"],
-                                           strict=True)])
+                     [f"{fm.sci(lr)}{fm.EDGE_MARK if e else ''} / {fm.sci(wd)}" if t else fm.MISSING
+                      for lr, wd, t, e in zip(tf.get("lr", math.nan), tf.get("weight_decay", math.nan), tf["tuned"],
+                                              tf.get("lr_edge", False), strict=True)])
     if is_pooled(df):
         shown = shown.rename(columns={"seeds": "(fold, seed)"})
     for k in kinds:
