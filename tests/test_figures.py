@@ -144,3 +144,25 @@ def test_data_efficiency_curve_is_legible(crowded):
     frame = pd.DataFrame(rows, columns=efficiency.COLUMNS)
     fig = efficiency.efficiency_figure(frame)
     assert collisions(fig) == [] and not math.isnan(frame["mean"].mean())
+
+
+def _legend_colors(fig) -> dict[str, tuple]:
+    """Backbone name -> colour of its legend entry (the legend below the panels)."""
+    (legend,) = fig.legends
+    pairs = zip(legend.get_texts(), legend.legend_handles, strict=True)
+    return {t.get_text(): tuple(h.get_color()) for t, h in pairs if h.get_marker() == "o" and h.get_linestyle() == "-"}
+
+
+def test_a_backbone_has_one_colour_in_every_arm_figure():
+    """The sensitivity plot and the data-efficiency curve list the backbones in different orders (studies vs
+    grid); a reader compares them, so each backbone keeps its colour in both."""
+    import pandas as pd
+
+    manifest = _manifest(["whisper_tiny", "minilm", "dinov2_small"], ["linear"], [1e-3, 3e-3, 1e-2])
+    sens = _legend_colors(sensitivity.sensitivity_figure(sensitivity.trials_frame(manifest)))
+    rows = [{"full_dataset": "sweethome3d/cv5", "method": "linear", "backbone": bb, "weights": "pretrained",
+             "control": "", "point": "all", "order": 0, "per_class": None, "n": 15, "mean": 70.0, "ci_low": 68.0,
+             "ci_high": 72.0} for bb in ["minilm", "dinov2_small", "whisper_tiny"]]
+    eff = _legend_colors(efficiency.efficiency_figure(pd.DataFrame(rows, columns=efficiency.COLUMNS)))
+    assert set(sens) == set(eff) == {"minilm", "dinov2_small", "whisper_tiny"}
+    assert sens == eff and len(set(sens.values())) == 3

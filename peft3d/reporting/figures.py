@@ -78,7 +78,7 @@ def arm_panels(frame: pd.DataFrame, keys: tuple[str, str], panel_w: float, draw:
     from matplotlib.lines import Line2D
 
     cells = list(dict.fromkeys(zip(frame[keys[0]], frame[keys[1]], strict=True)))
-    color = colors(list(dict.fromkeys(frame["backbone"])))
+    color = colors(sorted(set(frame["backbone"])))  # sorted: a backbone keeps its colour in every arm figure
     fig, cols = panels(len(cells), panel_w, 4.0)
     for i, (a, b) in enumerate(cells):
         ax = fig.add_subplot(math.ceil(len(cells) / cols), cols, i + 1)
