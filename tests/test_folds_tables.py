@@ -194,6 +194,28 @@ def test_a_tuned_lr_at_the_edge_of_its_range_is_marked(tmp_path):
     assert f"| {fm.sci(1e-2)} § |" in text and "§: the chosen lr lies in the outer tenth" in text
 
 
+def test_the_tuning_objective_is_re_measured_at_the_reported_seeds(study):
+    """The chosen configuration's objective (mean validation accuracy over f0-f2, the study's objective variants)
+    recomputed per reported seed from the result files; the table's mean ± SD and optimism follow from them."""
+    from peft3d.analysis import stats
+    from peft3d.reporting.tables import tuned_table
+
+    root, specs, df = study
+    per_seed = {}
+    for s in specs:
+        if (s.backbone, s.weights, s.method) == ("minilm", "random", "any2point") and s.variant in ("f0", "f1", "f2"):
+            per_seed.setdefault(s.seed, []).append(100 * read_result(root, s.run_id).metrics.val_acc)
+    assert sorted(len(v) for v in per_seed.values()) == [3, 3, 3]
+    mean, sd = stats.mean_std([float(np.mean(v)) for v in per_seed.values()])
+    t = tuned_table(summarize(df), df)
+    row = t[(t["backbone"] == "minilm") & (t["weights"] == "random") & (t["method"] == "any2point")].iloc[0]
+    assert row["re-measured (reported seeds)"] == f"{mean:.1f} ± {sd:.1f} (n = 3)"
+    best = read_result(root, next(s.run_id for s in specs if (s.backbone, s.weights, s.method) ==
+                                  ("minilm", "random", "any2point"))).section("tuning")["best_value"]
+    assert row["optimism"] == fm.signed(100 * best - mean)
+    assert "optimism" not in tuned_table(summarize(df)).columns  # without the runs: the chosen values alone
+
+
 def test_each_methods_own_parameters_and_their_share_of_the_backbone(study):
     _, _, df = study
     t = params_table(summarize(df)).set_index("backbone")

@@ -26,6 +26,7 @@ from peft3d.reporting.canvas import img
 from peft3d.reporting.folds import TUNED_ON_FOLDS, folds_note, replicates, tuned_on_folds, unit
 from peft3d.reporting.tables import (
     PARAMS_NOTE,
+    REMEASURED_NOTE,
     TUNED_NOTE,
     friedman_of,
     method_table,
@@ -178,9 +179,10 @@ def _transfer_html(df: pd.DataFrame) -> list[str]:
 
 
 def _tuned_html(df: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
-    t = tuned_table(summary)
+    t = tuned_table(summary, df)
     return [] if t.empty else ["<h2>Tuned configuration per cell</h2>", _table(t),
-                               _notes([TUNED_NOTE, TUNED_ON_FOLDS if tuned_on_folds(df) else ""])]
+                               _notes([TUNED_NOTE, REMEASURED_NOTE if "optimism" in t else "",
+                                       TUNED_ON_FOLDS if tuned_on_folds(df) else ""])]
 
 
 def _sensitivity_html(manifest: dict[str, Any]) -> list[str]:

@@ -32,14 +32,15 @@ from peft3d.reporting.folds import (
     tuned_on_folds,
     unit,
 )
+from peft3d.reporting.objective import remeasured
 from peft3d.reporting.transfer import arm_config, has_controls, transfer_markdown
 
 RUN_COLUMNS = ["run_id", "backbone", "weights", "method", "preset", "dataset", "run_dataset", "fold", "per_class",
                "full_dataset", "seed", "status", "error", "test_acc", "val_acc", "test_acc_best_test",
                "test_acc_last", "selected_epoch", "n_test", "params_method", "params_trainable_excl_head",
                "params_trainable", "params_total", "params_shared", "params_head", "params_backbone", "lr",
-               "weight_decay", "tuned", "tune_objective", "lr_edge", "time_s", "step_ms", "pretrain_modality",
-               "modality", "control", "train_acc", "epochs", "late_selection"]
+               "weight_decay", "tuned", "tune_objective", "tune_study", "lr_edge", "time_s", "step_ms",
+               "pretrain_modality", "modality", "control", "train_acc", "epochs", "late_selection"]
 LATE_FRACTION = 0.1  # protocol.md "Convergence": a selected epoch in the last 10% of epochs may be under-trained
 
 
@@ -147,7 +148,7 @@ def _tuning_columns(r: RunResult | None) -> dict[str, Any]:
     budget = (r.spec.get("budget") if r else None) or {}
     tuning = r.section("tuning") if r else {}
     return {"lr": budget.get("lr"), "weight_decay": budget.get("weight_decay"), "tuned": bool(tuning),
-            "tune_objective": tuning.get("best_value"),
+            "tune_objective": tuning.get("best_value"), "tune_study": tuning.get("study"),
             "lr_edge": lr_at_edge(budget.get("lr"), (tuning.get("space") or {}).get("lr"))}
 
 
@@ -188,7 +189,7 @@ CELL_KEYS = ["backbone", "weights", "dataset", "method"]
 SUMMARY_COLUMNS = [*CELL_KEYS, "n", "n_expected", "mean", "std", "ci_low", "ci_high", "binom_se", "best_test_mean",
                    "last_mean", "n_test", "params", "params_method", "params_trainable", "modality", "reason",
                    "control", "train_mean", "val_mean", "n_late", "params_shared", "params_head", "params_backbone",
-                   "lr", "weight_decay", "tuned", "tune_objective", "lr_edge"]
+                   "lr", "weight_decay", "tuned", "tune_objective", "tune_study", "lr_edge"]
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -308,15 +309,27 @@ def paired_markdown(df: pd.DataFrame, versus: str | None = None) -> list[str]:
             f"Wilcoxon signed-rank test; P(improvement) = P(method run > {versus} run) (Mann-Whitney U / n·m)."]
 
 
-def tuned_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per tuned cell, the learning rate and weight decay ``bench tune`` chose, and its validation objective."""
+def tuned_table(summary: pd.DataFrame, df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per tuned cell, the learning rate and weight decay ``bench tune`` chose, and its validation objective;
+    with the runs ``df``, that objective re-measured at the reported seeds (:mod:`peft3d.reporting.objective`)."""
     t = summary[summary["tuned"].fillna(False).astype(bool)]
-    return pd.DataFrame({"backbone": t["backbone"], "weights": t["weights"], "dataset": t["dataset"],
+    out = pd.DataFrame({"backbone": t["backbone"], "weights": t["weights"], "dataset": t["dataset"],
                          "method": t["method"],
                          "lr": [fm.sci(lr) + (fm.EDGE_MARK if e else "")
                                 for lr, e in zip(t["lr"], t["lr_edge"], strict=True)],
                          "weight decay": t["weight_decay"].map(fm.sci),
                          "val objective": (t["tune_objective"] * 100).map(fm.num)})
+    again = remeasured(df) if df is not None else pd.DataFrame()
+    if again.empty:
+        return out
+    by_study = again.set_index("tune_study")
+    hit = [by_study.loc[s] if s in by_study.index else None for s in t["tune_study"]]
+    out["re-measured (reported seeds)"] = [
+        fm.MISSING if h is None else f"{h['remeasured_mean']:.1f} ± {h['remeasured_sd']:.1f} (n = {int(h['n_seeds'])})"
+        if h["n_seeds"] > 1 else f"{h['remeasured_mean']:.1f} (n = 1)" for h in hit]
+    out["optimism"] = [fm.MISSING if h is None else fm.signed(o * 100 - h["remeasured_mean"])
+                       for h, o in zip(hit, t["tune_objective"], strict=True)]
+    return out
 
 
 TUNED_NOTE = ("lr / weight decay: the best trial of the cell's study (validation objective, in %), which every "
@@ -325,11 +338,19 @@ TUNED_NOTE = ("lr / weight decay: the best trial of the cell's study (validation
               "so the optimum may lie outside it.")
 
 
+REMEASURED_NOTE = ("Re-measured: the study's objective (mean validation accuracy over the variants its trials ran "
+                   "at) computed for the chosen configuration at each reported seed, mean ± SD over those seeds: "
+                   "what the configuration scores without being picked, and the noise of one trial's objective "
+                   "(trials closer than about this SD were not told apart). Optimism = val objective − re-measured "
+                   "mean: the winner's curse of picking the best of the study's trials.")
+
+
 def tuned_markdown(df: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
-    t = tuned_table(summary)
+    t = tuned_table(summary, df)
     if t.empty:
         return []
-    return ["## Tuned configuration per cell", "", fm.markdown(t), "", TUNED_NOTE, "",
+    return ["## Tuned configuration per cell", "", fm.markdown(t), "", TUNED_NOTE,
+            *([REMEASURED_NOTE] if "optimism" in t else []), "",
             *([TUNED_ON_FOLDS, ""] if tuned_on_folds(df) else [])]
 
 

@@ -125,3 +125,13 @@ def tune_stages(grid: str, seeds: list[int] | None) -> dict | None:
     if tuning.precision is not None:
         stages["extra seeds (at most)"] = [(c.specs[0], most_extra_runs(c.specs, tuning.precision)) for c in cells]
     return stages
+
+
+_STUDY_WHERE = re.compile(r"^[^/]+/[^/]+\[[^/]+\]/[^/:]+:([^/]+)/")
+
+
+def objective_variants_of(study_name: str) -> tuple[str, ...]:
+    """The variants a study's trials ran at, read back from its name (:attr:`Cell.study_name`: "grid/backbone
+    [weights]/dataset:v1+v2/method/..."); () for a name of another form."""
+    m = _STUDY_WHERE.match(study_name)
+    return tuple(m[1].split("+")) if m else ()
