@@ -11,6 +11,7 @@ from test_tune import result_for
 from peft3d.core.errors import ConfigError
 from peft3d.core.result import RunResult, write_result
 from peft3d.core.spec import Budget, RunSpec
+from peft3d.core.studies import objective_variants_of
 from peft3d.grids.plan import TuningPlan, parse_plan
 from peft3d.tuning.budget import TuneOptions
 from peft3d.tuning.cells import cells_of
@@ -64,6 +65,9 @@ def test_pooled_cells_span_folds_and_seeds_and_trials_run_at_the_tuning_seed():
     c = cells[0]
     assert len(c.specs) == 15 and (c.base.variant, c.base.seed) == ("f0", 100)
     assert "sweethome3d:f0+f1+f2" in c.study_name
+    assert objective_variants_of(c.study_name) == ("f0", "f1", "f2")  # the tables read them back from the name
+    assert objective_variants_of(cells_of(study_specs(), "study")[0].study_name) == ("f0",)  # one variant each
+    assert objective_variants_of("a study named by hand") == ()
     tried = c.base.replace(budget=Budget(epochs=3, lr=1e-3))
     assert [(s.variant, s.seed, s.budget.lr) for s in c.trial_specs(tried)] == [
         ("f0", 100, 1e-3), ("f1", 100, 1e-3), ("f2", 100, 1e-3)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from peft3d.analysis import stats
-from peft3d.tuning.cells import objective_variants_of
+from peft3d.core.studies import objective_variants_of
 
 COLUMNS = ["tune_study", "n_seeds", "remeasured_mean", "remeasured_sd"]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from peft3d.core.digest import text_sha256
 from peft3d.core.spec import RunSpec
+from peft3d.core.studies import study_where
 
 WD_RANGE = (1e-4, 0.1)
 LR_FACTOR = 10.0
@@ -42,10 +43,10 @@ class Cell:
         b = self.base
         if self.objective_variants:
             digest = text_sha256(_identity_without(b, "seed", "variant"))[:8]
-            where = f"{b.dataset}:{'+'.join(self.objective_variants)}"
+            where = study_where(b.dataset, self.objective_variants)
         else:
             digest = text_sha256(_identity_without(b, "seed"))[:8]  # (spaced JSON: kept, names existing studies)
-            where = f"{b.dataset}:{b.variant}"
+            where = study_where(b.dataset, (b.variant,))
         preset = f"/{b.preset}" if b.preset else ""
         return f"{self.grid}/{b.backbone}[{b.weights}]/{where}/{b.method}{preset}/{digest}"
 
@@ -126,12 +127,3 @@ def tune_stages(grid: str, seeds: list[int] | None) -> dict | None:
         stages["extra seeds (at most)"] = [(c.specs[0], most_extra_runs(c.specs, tuning.precision)) for c in cells]
     return stages
 
-
-_STUDY_WHERE = re.compile(r"^[^/]+/[^/]+\[[^/]+\]/[^/:]+:([^/]+)/")
-
-
-def objective_variants_of(study_name: str) -> tuple[str, ...]:
-    """The variants a study's trials ran at, read back from its name (:attr:`Cell.study_name`: "grid/backbone
-    [weights]/dataset:v1+v2/method/..."); () for a name of another form."""
-    m = _STUDY_WHERE.match(study_name)
-    return tuple(m[1].split("+")) if m else ()
