@@ -14,6 +14,8 @@ from peft3d.analysis.stats import Friedman
 
 MISSING = "—"
 EDGE_MARK = " §"  # a tuned lr in the outer tenth of its searched range (reporting.tables.lr_at_edge)
+EDGE_NOTE = ("§: the chosen lr lies in the outer tenth (log scale) of the searched range, so the optimum may lie "
+             "outside it.")
 
 
 def is_missing(x: Any) -> bool:

@@ -9,7 +9,6 @@ dataset and a Friedman test across cells (:mod:`peft3d.analysis.stats`). Paper l
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from peft3d.analysis import formatting as fm
 from peft3d.analysis import stats
 from peft3d.core.result import RunResult, load_results
 from peft3d.core.spec import RunSpec, default_pipeline_options
+from peft3d.core.studies import log_uniform_bounds
 from peft3d.reporting.folds import (
     TUNED_ON_FOLDS,
     Pooling,
@@ -153,16 +153,15 @@ def _tuning_columns(r: RunResult | None) -> dict[str, Any]:
 
 
 EDGE_FRACTION = 0.1  # a chosen lr in the outer tenth of the log range: the optimum may lie outside it
-_LOG_RANGE = re.compile(r"log-uniform \[([0-9.eE+-]+), ([0-9.eE+-]+)\]")
 
 
 def lr_at_edge(lr: float | None, space: str | None) -> bool | None:
     """Whether the chosen lr sits in the outer EDGE_FRACTION (log scale) of the study's lr range, as the result's
     ``tuning.space`` records it ("log-uniform [lo, hi]"); None when either is unknown."""
-    m = _LOG_RANGE.fullmatch(space or "")
-    if lr is None or m is None:
+    bounds = log_uniform_bounds(space)
+    if lr is None or bounds is None:
         return None
-    lo, hi = float(m[1]), float(m[2])
+    lo, hi = bounds
     pos = math.log(lr / lo) / math.log(hi / lo)
     return pos < EDGE_FRACTION or pos > 1 - EDGE_FRACTION
 
@@ -334,8 +333,7 @@ def tuned_table(summary: pd.DataFrame, df: pd.DataFrame | None = None) -> pd.Dat
 
 TUNED_NOTE = ("lr / weight decay: the best trial of the cell's study (validation objective, in %), which every "
               "reported run of the cell trained with. `bench report --tuned` plots the objective against lr per "
-              f"arm. {fm.EDGE_MARK.strip()}: the chosen lr lies in the outer tenth (log scale) of the searched range, "
-              "so the optimum may lie outside it.")
+              f"arm. {fm.EDGE_NOTE}")
 
 
 REMEASURED_NOTE = ("Re-measured: the study's objective (mean validation accuracy over the variants its trials ran "

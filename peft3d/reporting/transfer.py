@@ -120,8 +120,7 @@ def note(df: pd.DataFrame) -> str:
         pairing = ("paired by seed; p: two-sided paired permutation test (with 3 seeds p ≥ 0.25, so no single grid "
                    "of 3 seeds is 'significant': read Δ against the test set's noise floor and the CIs)")
     tuned = (" lr / wd: the learning rate and weight decay `bench tune` chose for the arm on validation (its "
-             f"own study, the same budget as every arm); {fm.EDGE_MARK.strip()}: that lr lies in the outer tenth (log "
-             "scale) of the searched range, so the arm's optimum may lie outside it."
+             f"own study, the same budget as every arm). {fm.EDGE_NOTE}"
              if "tuned" in df and df["tuned"].fillna(False).any() else "")
     return ("Pretrained backbones ranked by mean test accuracy (%) within each dataset × method; controls below "
             "(random init: the same architecture, library initialisation; shuffled: every pretrained tensor's "

@@ -14,7 +14,7 @@ from typing import Any
 
 from peft3d.core.digest import text_sha256
 from peft3d.core.spec import RunSpec
-from peft3d.core.studies import study_where
+from peft3d.core.studies import log_uniform, study_where
 
 WD_RANGE = (1e-4, 0.1)
 LR_FACTOR = 10.0
@@ -84,7 +84,7 @@ def cells_of(specs: list[RunSpec], grid: str, objective_variants: tuple[str, ...
 
 def space_description(base: RunSpec, shared_space: bool = False) -> dict[str, Any]:
     b = base.budget
-    return {"lr": f"log-uniform [{b.lr / LR_FACTOR:.3g}, {b.lr * LR_FACTOR:.3g}]",
+    return {"lr": log_uniform(b.lr / LR_FACTOR, b.lr * LR_FACTOR),
             "weight_decay": f"log-uniform [{WD_RANGE[0]:g}, {WD_RANGE[1]:g}]",
             "method": "its configured settings (shared space)" if shared_space
             else f"{base.method} config search_space()"}
