@@ -109,6 +109,58 @@ def test_pretrained_vs_control_pairs_over_fold_and_seed(study):
     assert row["vs_none:pairs"] == 15
 
 
+def _fold_corrected(a: pd.Series, b: pd.Series) -> float:
+    """The corrected resampled t-test recomputed from scratch: seeds averaged per fold, variance x (1/J + 1/4)
+    for J folds of the 5-fold partition, t with J - 1 degrees of freedom."""
+    from scipy import stats as sps
+
+    common = a.index.intersection(b.index)
+    d = (a[common] - b[common]).groupby(level=0).mean().to_numpy()
+    t = d.mean() / math.sqrt((1 / len(d) + 1 / 4) * d.var(ddof=1))
+    return float(2 * sps.t.sf(abs(t), len(d) - 1))
+
+
+def test_fold_comparisons_carry_the_corrected_t_test_beside_the_permutation_p(study):
+    root, specs, df = study
+    tf = transfer_frame(df).set_index(["dataset", "method", "backbone", "weights"])
+    row = tf.loc[("sweethome3d/cv5", "linear", "dinov2_small", "pretrained")]
+    a = _acc(root, specs, backbone="dinov2_small", weights="pretrained", method="linear")
+    b = _acc(root, specs, backbone="dinov2_small", weights="random", method="linear")
+    full = [i for i in a.index if i[0] in N_TEST]
+    assert row["vs_random:p_folds"] == pytest.approx(_fold_corrected(a[full], b[full]))
+    assert row["vs_random:p_folds"] > row["vs_random:p"]  # 5 fold differences, not 15 independent pairs
+    few = tf.loc[("sweethome3d/cv5_n10", "linear", "dinov2_small", "pretrained")]
+    f10 = [i for i in a.index if i[0].endswith("_n10")]
+    assert few["vs_random:p_folds"] == pytest.approx(_fold_corrected(a[f10], b[f10]))  # the partition's 1/(k-1)
+    pf = paired_frame(df, "linear").set_index(["backbone", "weights", "dataset"])
+    a2p = _acc(root, specs, backbone="minilm", weights="random", method="any2point")
+    lin = _acc(root, specs, backbone="minilm", weights="random", method="linear")
+    assert pf.loc[("minilm", "random", "sweethome3d/cv5"), "p_folds"] == pytest.approx(_fold_corrected(a2p, lin))
+    shown = transfer_table(df).set_index(["dataset", "method", "backbone", "weights"])
+    cell = shown.loc[("sweethome3d/cv5", "linear", "dinov2_small", "pretrained"), "Δ vs random"]
+    assert f"; p (folds) {fm.p_relation(row['vs_random:p_folds'])})" in cell
+    text = render_markdown("transfer_study.tuned", df, "linear")
+    assert "| p (folds) |" in text.replace("   ", " ").replace("  ", " ") and "Nadeau & Bengio" in text
+
+
+def test_a_dataset_without_folds_has_no_corrected_p(tmp_path):
+    from study_fixture import result_json
+
+    from peft3d.core.result import RunResult, write_result
+    from peft3d.core.spec import RunSpec
+
+    rng = np.random.default_rng(11)
+    specs = [RunSpec(backbone="minilm", method=m, dataset="synthetic", variant="scan", seed=s)
+             for m in ("linear", "lora") for s in (0, 1, 2)]
+    for s in specs:
+        write_result(tmp_path, RunResult.from_dict(result_json(s, float(rng.uniform(0.5, 0.9)), 240,
+                                                               {"method": 0}, "language")))
+    df = runs_frame(specs, tmp_path)
+    assert paired_frame(df, "linear")["p_folds"].isna().all()
+    text = render_markdown("quickstart", df, "linear")
+    assert "p (folds)" not in text and "Nadeau" not in text
+
+
 def test_markdown_names_the_pooled_cell_and_says_what_replicates_mean(study):
     _, _, df = study
     text = render_markdown("transfer_study.tuned", df, "linear")

@@ -111,3 +111,22 @@ def test_nemenyi_cd_reproduces_demsar_table(k, q):
 
 def test_nemenyi_cd_undefined():
     assert math.isnan(stats.nemenyi_cd(1, 5)) and math.isnan(stats.nemenyi_cd(3, 0))
+
+
+def test_corrected_fold_t_test_reduces_to_scipys_t_test_and_widens_with_shared_training_data():
+    d = [6.2, -0.4, 5.9, 3.3, 6.7]  # one paired difference per fold (points)
+    assert stats.corrected_fold_p(d, 0.0) == pytest.approx(sps.ttest_1samp(d, 0.0).pvalue)  # no overlap: plain t
+    # five folds of a 5-fold partition: variance x (1/5 + 1/4) instead of 1/5, t with 4 degrees of freedom
+    t = np.mean(d) / math.sqrt((1 / 5 + 1 / 4) * np.var(d, ddof=1))
+    assert stats.corrected_fold_p(d, 0.25) == pytest.approx(2 * sps.t.sf(t, 4))
+    assert stats.corrected_fold_p(d, 0.25) > stats.corrected_fold_p(d, 0.0)
+    assert stats.corrected_fold_p([-x for x in d], 0.25) == pytest.approx(stats.corrected_fold_p(d, 0.25))
+
+
+def test_corrected_fold_t_test_edge_cases():
+    assert math.isnan(stats.corrected_fold_p([3.0], 0.25))  # one fold: no spread to test against
+    assert math.isnan(stats.corrected_fold_p([1.0, 2.0], None)) and math.isnan(stats.corrected_fold_p([1.0, 2.0], -1))
+    assert math.isnan(stats.corrected_fold_p([1.0, 2.0], float("nan")))
+    assert stats.corrected_fold_p([0.0, 0.0, 0.0], 0.25) == 1.0
+    assert stats.corrected_fold_p([2.0, 2.0, 2.0], 0.25) == 0.0
+    assert stats.corrected_fold_p([1.0, float("nan"), 3.0], 0.25) == pytest.approx(stats.corrected_fold_p([1, 3], 0.25))

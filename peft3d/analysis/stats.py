@@ -75,6 +75,29 @@ def paired_permutation_p(a: Sequence[float], b: Sequence[float], n_resamples: in
     return float(res.pvalue)
 
 
+def corrected_fold_p(fold_diffs: Sequence[float], test_train_ratio: float) -> float:
+    """Two-sided p of the corrected resampled t-test (Nadeau & Bengio, Machine Learning 2003) over the k folds of
+    one cross-validation: ``fold_diffs`` holds one paired difference per fold (the seeds of a fold averaged
+    first: they share the fold's test models), ``test_train_ratio`` = n_test / n_train of a fold.
+
+    The k differences are not independent: any two folds train on overlapping data. The test inflates their
+    variance by (1/k + n_test/n_train) instead of the naive 1/k and reads t with k - 1 degrees of freedom: the
+    conservative counterpart of :func:`paired_permutation_p` over (fold, seed) pairs, which treats every pair
+    as independent. scipy has no such test (it is a variance correction around ``scipy.stats.t``), so the
+    correction is written here; the t distribution is scipy's."""
+    d = _arr(fold_diffs)
+    k = len(d)
+    if k < 2 or test_train_ratio is None or not test_train_ratio >= 0:  # ratio 0: the plain paired t-test
+        return NAN
+    if np.all(d == 0):
+        return 1.0
+    var = float(d.var(ddof=1))
+    if var == 0:
+        return 0.0  # every fold moved by the same nonzero amount: no spread left to explain it
+    t = float(d.mean()) / math.sqrt((1 / k + test_train_ratio) * var)
+    return float(2 * stats.t.sf(abs(t), k - 1))
+
+
 def wilcoxon_p(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``); nan when all differences are 0."""
     x, y = np.asarray(a, float), np.asarray(b, float)

@@ -9,10 +9,13 @@ guesses from a variant's name: a dataset without ``fold_groups`` keeps one cell 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import pandas as pd
+
+from peft3d.analysis import stats
 
 REPLICATE = ("fold", "seed")
 
@@ -25,6 +28,7 @@ class Pooling:
     fold: str = ""  # the variant when it is a fold of a declared partition, else ""
     per_class: int | None = None  # the group's labelled training models per class (None: all)
     full: str | None = None  # the cell's dataset of the partition this group subsamples (few-label groups)
+    n_folds: int = 0  # k of the partition the fold belongs to (0 for a plain dataset)
 
 
 def pooling(specs: Iterable[Any]) -> dict[tuple[str, str], Pooling]:
@@ -49,7 +53,7 @@ def pooling(specs: Iterable[Any]) -> dict[tuple[str, str], Pooling]:
             out[(family, variant)] = Pooling(f"{family}/{variant}")
         else:
             full = labels.get((family, g.subsample_of)) or (f"{family}/{g.subsample_of}" if g.subsample_of else None)
-            out[(family, variant)] = Pooling(labels[(family, g.name)], variant, g.per_class, full)
+            out[(family, variant)] = Pooling(labels[(family, g.name)], variant, g.per_class, full, len(g.folds))
     return out
 
 
@@ -79,6 +83,32 @@ def permutation_note(df: pd.DataFrame) -> str:
                 "the folds of one seed share no test model, the seeds of one fold share all of them, so the pairs "
                 "are not independent and p is optimistic for between-seed noise")
     return "sign flips, exact for few seeds: with 3 seeds p ≥ 0.25"
+
+
+def test_train_ratio(runs: pd.DataFrame) -> float:
+    """n_test / n_train of the k-fold partition ``runs`` belong to: 1/(k − 1) (a fold's test part against the
+    training part it is tested after, validation included: it is carved from it). A few-label group takes its
+    partition's ratio: its training subsets overlap no more than the partition's, so the correction stays on the
+    conservative side. nan when the runs are not folds of a partition."""
+    k = int(runs["n_folds"].max()) if "n_folds" in runs and len(runs) and runs["n_folds"].notna().any() else 0
+    return 1 / (k - 1) if k > 1 else math.nan
+
+
+def fold_corrected_p(a: pd.Series, b: pd.Series, ratio: float) -> float:
+    """The corrected resampled t-test's p (:func:`peft3d.analysis.stats.corrected_fold_p`) of ``a`` − ``b``,
+    both indexed by (fold, seed): the seeds a fold shares are averaged into one difference per fold first."""
+    common = a.index.intersection(b.index)
+    if not len(common) or not isinstance(common, pd.MultiIndex):
+        return math.nan
+    diffs = (a[common] - b[common]).groupby(level=0).mean()
+    return stats.corrected_fold_p(diffs.to_numpy(), ratio)
+
+
+CORRECTED_NOTE = ("p (folds): the corrected resampled t-test (Nadeau & Bengio 2003; Bouckaert & Frank 2004) on one "
+                  "difference per fold (its seeds averaged), variance × (1/J + 1/(k − 1)) for J folds of a k-fold "
+                  "partition, whose models share training data, J − 1 degrees of freedom: the conservative p, where "
+                  "the (fold, seed) permutation p is the optimistic one; a difference is clear of the noise only "
+                  "when both are small")
 
 
 def pooled_n_test(ok: pd.DataFrame) -> float:

@@ -23,7 +23,7 @@ from peft3d.analysis import formatting as fm
 from peft3d.core.result import RunResult, atomic_write_text, load_results
 from peft3d.reporting import efficiency, figures, layouts, sensitivity
 from peft3d.reporting.canvas import img
-from peft3d.reporting.folds import TUNED_ON_FOLDS, folds_note, replicates, tuned_on_folds, unit
+from peft3d.reporting.folds import CORRECTED_NOTE, TUNED_ON_FOLDS, folds_note, replicates, tuned_on_folds, unit
 from peft3d.reporting.tables import (
     PARAMS_NOTE,
     REMEASURED_NOTE,
@@ -220,11 +220,15 @@ def _paired_html(df: pd.DataFrame, versus: str | None) -> str:
     t = usable.copy()
     for c in ("delta",):
         t[c] = t[c].map(lambda x: f"{x:+.2f}")
-    for c in ("p_permutation", "p_wilcoxon"):
+    folds = t["p_folds"].notna().any()
+    if not folds:
+        t = t.drop(columns="p_folds")
+    for c in ("p_permutation", "p_wilcoxon", "p_folds")[:3 if folds else 2]:
         t[c] = t[c].map(fm.p_value)
     t["prob_improvement"] = t["prob_improvement"].map(lambda x: fm.num(x, ".3f"))
     return _table(t) + _notes([f"Δ = method − {t['versus'].iloc[0]} (points), paired by {unit(df)}; two-sided "
-                               "paired permutation and Wilcoxon tests; P(improvement) = Mann-Whitney U / n·m."])
+                               "paired permutation and Wilcoxon tests; P(improvement) = Mann-Whitney U / n·m." +
+                               (f" {CORRECTED_NOTE}." if folds else "")])
 
 
 def _friedman_html(summary: pd.DataFrame) -> str:

@@ -20,8 +20,10 @@ from peft3d.core.result import RunResult, load_results
 from peft3d.core.spec import RunSpec, default_pipeline_options
 from peft3d.core.studies import log_uniform_bounds
 from peft3d.reporting.folds import (
+    CORRECTED_NOTE,
     TUNED_ON_FOLDS,
     Pooling,
+    fold_corrected_p,
     folds_note,
     is_pooled,
     permutation_note,
@@ -29,6 +31,7 @@ from peft3d.reporting.folds import (
     pooling,
     replicate_keys,
     replicates,
+    test_train_ratio,
     tuned_on_folds,
     unit,
 )
@@ -37,7 +40,7 @@ from peft3d.reporting.transfer import arm_config, has_controls, transfer_markdow
 
 RUN_COLUMNS = ["run_id", "backbone", "weights", "method", "preset", "dataset", "run_dataset", "fold", "per_class",
                "full_dataset", "seed", "status", "error", "test_acc", "val_acc", "test_acc_best_test",
-               "test_acc_last", "selected_epoch", "n_test", "params_method", "params_trainable_excl_head",
+               "test_acc_last", "selected_epoch", "n_test", "n_folds", "params_method", "params_trainable_excl_head",
                "params_trainable", "params_total", "params_shared", "params_head", "params_backbone", "lr",
                "weight_decay", "tuned", "tune_objective", "tune_study", "lr_edge", "time_s", "step_ms",
                "pretrain_modality", "modality", "control", "train_acc", "epochs", "late_selection"]
@@ -119,7 +122,8 @@ def _run_row(s: RunSpec, label: str, r: RunResult | None, pool: Pooling) -> dict
         "status": r.status if r else "missing", "error": r.error if r else "not run yet",
         "test_acc": m and m.test_acc, "val_acc": m and m.val_acc,
         "test_acc_best_test": m and m.test_acc_best_test, "test_acc_last": m and m.test_acc_last,
-        "selected_epoch": sel, "n_test": m and m.n_test, **_param_columns(r), **_tuning_columns(r),
+        "selected_epoch": sel, "n_test": m and m.n_test, "n_folds": pool.n_folds, **_param_columns(r),
+        **_tuning_columns(r),
         "time_s": time.get("total_s"), "step_ms": time.get("step_ms"),
         "pretrain_modality": (r and r.pretrain_modality) or _registry_modality(s.backbone),
         "control": control_of(s.backbone, s.weights),
@@ -256,12 +260,14 @@ def paired_frame(df: pd.DataFrame, versus: str | None = None) -> pd.DataFrame:
         for m in [m for m in methods if m != versus and m in wide]:
             pair = wide[[m, versus]].dropna()
             r = stats.paired_compare(pair[m].to_numpy(), pair[versus].to_numpy())
+            p_folds = fold_corrected_p(pair[m], pair[versus], test_train_ratio(g[g["method"].isin([m, versus])])) \
+                if is_pooled(g) else math.nan
             rows.append(dict(zip(["backbone", "weights", "dataset"], key, strict=True), method=m, versus=versus,
                              n_pairs=r.n,
                              delta=r.mean_diff, p_permutation=r.p_permutation, p_wilcoxon=r.p_wilcoxon,
-                             prob_improvement=r.prob_improvement))
+                             p_folds=p_folds, prob_improvement=r.prob_improvement))
     return pd.DataFrame(rows, columns=["backbone", "weights", "dataset", "method", "versus", "n_pairs", "delta",
-                                       "p_permutation", "p_wilcoxon", "prob_improvement"])
+                                       "p_permutation", "p_wilcoxon", "p_folds", "prob_improvement"])
 
 
 def friedman_of(summary: pd.DataFrame) -> stats.Friedman:
@@ -303,9 +309,13 @@ def paired_markdown(df: pd.DataFrame, versus: str | None = None) -> list[str]:
                       "p (permutation)": usable["p_permutation"].map(fm.p_value),
                       "p (Wilcoxon)": usable["p_wilcoxon"].map(fm.p_value),
                       "P(improvement)": usable["prob_improvement"].map(lambda x: fm.num(x, ".2f"))})
+    folds = usable["p_folds"].notna().any()
+    if folds:
+        t.insert(t.columns.get_loc("p (Wilcoxon)") + 1, "p (folds)", usable["p_folds"].map(fm.p_value))
     return [head, "", fm.markdown(t), "",
             "Δ = method − " + str(versus) + f". Two-sided paired permutation test ({permutation_note(df)}) and "
-            f"Wilcoxon signed-rank test; P(improvement) = P(method run > {versus} run) (Mann-Whitney U / n·m)."]
+            f"Wilcoxon signed-rank test; P(improvement) = P(method run > {versus} run) (Mann-Whitney U / n·m)." +
+            (f" {CORRECTED_NOTE}." if folds else "")]
 
 
 def tuned_table(summary: pd.DataFrame, df: pd.DataFrame | None = None) -> pd.DataFrame:

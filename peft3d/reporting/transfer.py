@@ -14,7 +14,14 @@ import pandas as pd
 
 from peft3d.analysis import formatting as fm
 from peft3d.analysis import stats
-from peft3d.reporting.folds import is_pooled, permutation_note, replicate_keys
+from peft3d.reporting.folds import (
+    CORRECTED_NOTE,
+    fold_corrected_p,
+    is_pooled,
+    permutation_note,
+    replicate_keys,
+    test_train_ratio,
+)
 
 CONTROL_KINDS = ["random init", "shuffled", "no transformer"]
 SHORT = {"random init": "random", "shuffled": "shuffled", "no transformer": "none"}
@@ -88,6 +95,8 @@ def transfer_frame(df: pd.DataFrame) -> pd.DataFrame:
                     key = SHORT[kind]
                     r.update({f"vs_{key}:delta": p.mean_diff, f"vs_{key}:p": p.p_permutation,
                               f"vs_{key}:pairs": p.n, f"vs_{key}:of": tag})
+                    if is_pooled(g):
+                        r[f"vs_{key}:p_folds"] = fold_corrected_p(a, b, test_train_ratio(pd.concat([g, pool])))
             rows.append(r)
     out = pd.DataFrame(rows)
     if out.empty:
@@ -106,7 +115,9 @@ def _vs_cell(r: pd.Series, key: str) -> str:
     if fm.is_missing(d):
         return fm.MISSING
     of = r.get(f"vs_{key}:of") or ""
+    folds = r.get(f"vs_{key}:p_folds")
     return f"{fm.signed(d)} (p {fm.p_relation(r[f'vs_{key}:p'])}, n={int(r[f'vs_{key}:pairs'])}" + \
+        ("" if fm.is_missing(folds) else f"; p (folds) {fm.p_relation(folds)}") + \
         (f"; vs {of})" if of else ")")
 
 
@@ -115,7 +126,7 @@ def note(df: pd.DataFrame) -> str:
     """What the section's numbers are; the pairing and the smallest p follow the table's replicates."""
     if is_pooled(df):
         pairing = ("paired by (fold, seed); p: two-sided paired permutation test over those pairs (" +
-                   permutation_note(df) + ")")
+                   permutation_note(df) + "); " + CORRECTED_NOTE + ")")
     else:
         pairing = ("paired by seed; p: two-sided paired permutation test (with 3 seeds p ≥ 0.25, so no single grid "
                    "of 3 seeds is 'significant': read Δ against the test set's noise floor and the CIs)")
