@@ -100,6 +100,8 @@ def test_a_tuned_kfold_study_report_has_its_sections(study_report):
     assert "Overlapping labels" not in text and "Plot failed" not in text
     assert "sweethome3d/cv5_n5" in text and "paired by (fold, seed)" in text
     assert "binomial SE of the pooled test set" in text
+    assert "; p (folds) " in text and "Nadeau &amp; Bengio" in text  # the conservative p beside each Δ, explained
+    assert "<th>p_folds</th>" in text  # and in the paired comparisons between methods
     # the sensitivity table counts, at the (lr, wd) points both studies completed, where pretrained led
     pre, rnd = trials_of("minilm", "pretrained", "linear"), trials_of("minilm", "random", "linear")
     shared = [(a, b) for a, b in zip(pre, rnd, strict=True)
