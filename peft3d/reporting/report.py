@@ -222,8 +222,8 @@ def _paired_html(df: pd.DataFrame, versus: str | None) -> str:
         t[c] = t[c].map(lambda x: f"{x:+.2f}")
     folds = t["p_folds"].notna().any()
     if not folds:
-        t = t.drop(columns="p_folds")
-    for c in ("p_permutation", "p_wilcoxon", "p_folds")[:3 if folds else 2]:
+        t = t.drop(columns="p_folds")  # no k-fold cell here: the conservative p does not apply
+    for c in [c for c in ("p_permutation", "p_wilcoxon", "p_folds") if c in t]:
         t[c] = t[c].map(fm.p_value)
     t["prob_improvement"] = t["prob_improvement"].map(lambda x: fm.num(x, ".3f"))
     return _table(t) + _notes([f"Δ = method − {t['versus'].iloc[0]} (points), paired by {unit(df)}; two-sided "

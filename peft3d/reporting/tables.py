@@ -260,8 +260,7 @@ def paired_frame(df: pd.DataFrame, versus: str | None = None) -> pd.DataFrame:
         for m in [m for m in methods if m != versus and m in wide]:
             pair = wide[[m, versus]].dropna()
             r = stats.paired_compare(pair[m].to_numpy(), pair[versus].to_numpy())
-            p_folds = fold_corrected_p(pair[m], pair[versus], test_train_ratio(g[g["method"].isin([m, versus])])) \
-                if is_pooled(g) else math.nan
+            p_folds = fold_corrected_p(pair[m], pair[versus], test_train_ratio(g)) if is_pooled(g) else math.nan
             rows.append(dict(zip(["backbone", "weights", "dataset"], key, strict=True), method=m, versus=versus,
                              n_pairs=r.n,
                              delta=r.mean_diff, p_permutation=r.p_permutation, p_wilcoxon=r.p_wilcoxon,

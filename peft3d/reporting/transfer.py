@@ -96,7 +96,7 @@ def transfer_frame(df: pd.DataFrame) -> pd.DataFrame:
                     r.update({f"vs_{key}:delta": p.mean_diff, f"vs_{key}:p": p.p_permutation,
                               f"vs_{key}:pairs": p.n, f"vs_{key}:of": tag})
                     if is_pooled(g):
-                        r[f"vs_{key}:p_folds"] = fold_corrected_p(a, b, test_train_ratio(pd.concat([g, pool])))
+                        r[f"vs_{key}:p_folds"] = fold_corrected_p(a, b, test_train_ratio(g))  # pool: same folds
             rows.append(r)
     out = pd.DataFrame(rows)
     if out.empty:
@@ -126,7 +126,7 @@ def note(df: pd.DataFrame) -> str:
     """What the section's numbers are; the pairing and the smallest p follow the table's replicates."""
     if is_pooled(df):
         pairing = ("paired by (fold, seed); p: two-sided paired permutation test over those pairs (" +
-                   permutation_note(df) + "); " + CORRECTED_NOTE + ")")
+                   permutation_note(df) + "); " + CORRECTED_NOTE)
     else:
         pairing = ("paired by seed; p: two-sided paired permutation test (with 3 seeds p ≥ 0.25, so no single grid "
                    "of 3 seeds is 'significant': read Δ against the test set's noise floor and the CIs)")
