@@ -70,37 +70,56 @@ def test_progress_of_a_half_done_study_counts_trials_finals_hours_and_what_is_le
     assert total["runs_left_at_most"] == 3 * 2 * 3 + 4 * 15
     assert total["core_hours_left_at_most"] == pytest.approx(78 * TRIAL_S / 3600, abs=0.05)
     assert (total["runs"], total["cells_done"]) == (6, 0)
-    assert total["median_run_s_by_method"] == {"linear": TRIAL_S}
-    assert total["runs_left_at_the_overall_median"] == 2 * (2 * 3 + 15)  # the two adapter cells: none ran yet
+    assert total["median_run_s"] == TRIAL_S
+    # priced: test_bert linear's finals at their own median; test_bert adapter at test_bert's linear median (a lower
+    # bound); the test_dinov2 cells, with no linear run on their backbone, at the overall median
+    assert total["runs_left_by_rule"] == {"own": 15, "ratio": 0, "perf": 0, "floor": 2 * 3 + 15,
+                                          "overall": 2 * (2 * 3 + 15)}
 
 
-class SlowAdapterExecutor(TimedExecutor):
-    """The adapter's runs take three times the linear probe's."""
+class CostlyExecutor(TimedExecutor):
+    """A run on test_dinov2 costs twice one on test_bert, an adapter's three times the linear probe's."""
 
     def __call__(self, spec, root, report):
         r, pruned = super().__call__(spec, root, report)
-        if spec.method == "adapter":
-            r = timed(r.to_dict(), 3 * TRIAL_S, r.sections["finished_at"])
-            write_result(root, r)
+        cost = TRIAL_S * (2 if spec.backbone == "test_dinov2" else 1) * (3 if spec.method == "adapter" else 1)
+        r = timed(r.to_dict(), cost, r.sections["finished_at"])
+        write_result(root, r)
         return r, pruned
 
 
-def test_what_is_left_is_priced_at_each_method_s_own_median_run(tmp_path):
+def costly_tuner(tmp_path, *cells):
     o = TuneOptions(n_trials=PLAN.trials, storage=f"sqlite:///{tmp_path / 'optuna.db'}", plan=PLAN)
-    t = Tuner("study", study_specs(), tmp_path, o, execute=SlowAdapterExecutor(), echo=lambda s: None)
+    t = Tuner("study", study_specs(), tmp_path, o, execute=CostlyExecutor(), echo=lambda s: None)
     t.prepare()
-    t.tune_cell(t.cells[0], 1)  # test_bert linear
-    t.tune_cell(t.cells[1], 2)  # test_bert adapter
-    p = grid_progress("study", t.cells, tmp_path, o.storage, PLAN.trials)
+    for i in cells:  # 0: test_bert linear, 1: test_bert adapter, 2: test_dinov2 linear, 3: test_dinov2 adapter
+        t.tune_cell(t.cells[i], i + 1)
+    return t
+
+
+def test_a_method_new_to_a_backbone_is_priced_by_its_cost_ratio_on_the_others(tmp_path):
+    t = costly_tuner(tmp_path, 0, 1, 2)
+    p = grid_progress("study", t.cells, tmp_path, t.opts.storage, PLAN.trials)
     total = p["total"]
-    assert total["median_run_s_by_method"] == {"linear": TRIAL_S, "adapter": 3 * TRIAL_S}
-    assert total["runs_left_at_the_overall_median"] == 0
-    # left: 15 finals per cell, and the test_dinov2 cells' 2 trials x 3 folds; each at its own method's cost
-    linear_left, adapter_left = 15 + (15 + 6), 15 + (15 + 6)
-    assert total["runs_left_at_most"] == linear_left + adapter_left
-    want = (linear_left * TRIAL_S + adapter_left * 3 * TRIAL_S) / 3600
+    # each tuned cell's 15 finals at its own median; test_dinov2 adapter's 2 trials x 3 folds + 15 finals at
+    # test_dinov2's linear median (120 s) x the adapter's ratio on test_bert (3): 360 s, not the 180 s it costs there
+    assert total["runs_left_by_rule"] == {"own": 45, "ratio": 21, "perf": 0, "floor": 0, "overall": 0}
+    want = (15 * TRIAL_S + 15 * 3 * TRIAL_S + 15 * 2 * TRIAL_S + 21 * 6 * TRIAL_S) / 3600
     assert total["core_hours_left_at_most"] == pytest.approx(want, abs=0.05)
-    assert "linear 60 s, adapter 180 s" in progress_lines(p)[-1]
+    line = progress_lines(p)[-1]
+    assert "45 at the median of their backbone × method × labels" in line
+    assert "21 scaled from the linear probe by the method's cost ratio on other backbones" in line
+
+
+def test_a_method_that_never_ran_is_priced_by_bench_perf_else_at_the_linear_floor(tmp_path):
+    t = costly_tuner(tmp_path, 0, 2)  # the linear probe on both backbones, no adapter anywhere
+    perf = {("test_dinov2", "adapter"): 2.5}  # a bench perf record of test_dinov2 only
+    p = grid_progress("study", t.cells, tmp_path, t.opts.storage, PLAN.trials, perf_ratios=perf)
+    total = p["total"]
+    assert total["runs_left_by_rule"] == {"own": 30, "ratio": 0, "perf": 21, "floor": 21, "overall": 0}
+    want = (15 * TRIAL_S + 15 * 2 * TRIAL_S + 21 * 2.5 * 2 * TRIAL_S + 21 * TRIAL_S) / 3600
+    assert total["core_hours_left_at_most"] == pytest.approx(want, abs=0.05)
+    assert "21 at the linear probe's median on their backbone (a lower bound" in progress_lines(p)[-1]
 
 
 def test_progress_of_a_finished_study_and_its_lines(tmp_path, tuner):
@@ -122,6 +141,14 @@ def test_a_result_from_before_wall_s_counts_its_total_s():
     s.add({"time": {"total_s": 10.0, "wall_s": 30.0}})  # no finished_at: counted, no place in time
     assert (s.runs, s.seconds) == (2, 72.0)
     assert s.as_dict()["began"] == "2026-12-05T10:00:00+00:00"
+
+
+def test_perf_without_progress_is_one_line_and_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "peft3d", "tune", "--grid", "transfer_study", "--results",
+                        str(tmp_path), "--perf", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "--perf prices what is left: it goes with --progress" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_progress_without_a_storage_is_one_line_and_exit_2(tmp_path):

@@ -29,17 +29,19 @@ def _sigterm_as_interrupt(*_: object) -> None:
 
 
 def _show_progress(grid: str, cells: list, root: Path, url: str, trials: int, as_json: bool,
-                   precision: Precision | None = None) -> None:
+                   precision: Precision | None = None, perf: Path | None = None) -> None:
     import json
 
     from peft3d.tuning.budget import redact
+    from peft3d.tuning.pricing import read_perf_ratios
     from peft3d.tuning.progress import grid_progress, progress_lines
 
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
         fail(f"no tuning storage at {url[len('sqlite:///'):]}: nothing tuned yet for grid {grid} in {root}; "
              f"fix: pass the --results (or --storage) the study runs with")
     check_storage(url)
-    p = grid_progress(grid, cells, root, url, trials, precision)
+    ratios = read_perf_ratios(perf) if perf is not None else None
+    p = grid_progress(grid, cells, root, url, trials, precision, ratios)
     if as_json:
         print(json.dumps({**p, "storage": redact(url)}, indent=1))
         return
@@ -67,6 +69,9 @@ def tune(grid: str = GridOpt, trials: Optional[int] = typer.Option(None, "--tria
          progress: bool = typer.Option(False, "--progress", help="where each cell stands (trials, best, tuned "
                                        "runs) and the core-hours spent and left; starts nothing"),
          as_json: bool = typer.Option(False, "--json", help="with --progress: print JSON"),
+         perf: Optional[Path] = typer.Option(None, "--perf", help="with --progress: a `bench perf --json` record "
+                                             "or a folder of them, to price methods with no finished run yet by "
+                                             "their step-time ratio to the linear probe"),
          finish_cells: bool = typer.Option(False, "--finish-cells", help="run each cell's tuned runs as soon as "
                                            "its study is full (results land cell by cell)"),
          include: Optional[list[Path]] = IncludeOpt) -> None:
@@ -93,9 +98,11 @@ def tune(grid: str = GridOpt, trials: Optional[int] = typer.Option(None, "--tria
         for c in cells_of(specs, name, plan.objective_variants, plan.seed):
             typer.echo(f"  {c.study_name}  ({len(c.specs)} runs, trials at seed {c.base.seed})")
         return
+    if perf is not None and not progress:
+        fail("--perf prices what is left: it goes with --progress; fix: add --progress, or drop --perf")
     if progress:
         _show_progress(name, cells_of(specs, name, plan.objective_variants, plan.seed), results_dir(results),
-                       storage_url(root, storage), trials, as_json, plan.precision)
+                       storage_url(root, storage), trials, as_json, plan.precision, perf)
         return
     check_roots(specs)
     if pruner not in ("median", "none"):

@@ -7,7 +7,6 @@ takes one core (the CPU workers are pinned), so the summed wall time of the runs
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from peft3d.tuning.budget import counts
 from peft3d.tuning.cells import Cell, tuned_spec
 from peft3d.tuning.final import best_spec
 from peft3d.tuning.precision import extra_runs, most_extra_runs
+from peft3d.tuning.pricing import RULES, CostKey, Pricer, cost_key
 
 
 @dataclass
@@ -31,12 +31,14 @@ class Spent:
     began: datetime | None = None
     ended: datetime | None = None
     intervals: list[tuple[float, float]] = field(default_factory=list)  # (start, end), epoch seconds
+    keys: list[CostKey | None] = field(default_factory=list)  # each run's cost key (None: a result without spec)
 
     def add(self, result: dict[str, Any]) -> None:
         t = result.get("time") or {}
         # wall_s counts every segment of a resumed run; older results carry total_s, their last segment only
         s = float(t.get("wall_s", t.get("total_s", 0.0)))
         self.durations.append(s)
+        self.keys.append(cost_key(result["spec"]) if "spec" in result else None)
         if not result.get("finished_at"):
             return  # a result written by hand or by a test: counted, but it has no place in time
         end = datetime.strptime(result["finished_at"], "%Y-%m-%dT%H:%M:%S%z")
@@ -84,11 +86,21 @@ def _trial_results(root: Path, cell: Cell) -> list[dict[str, Any]]:
     return out
 
 
+@dataclass
+class Left:
+    """One cell's runs still to go, by cost key, and the extra-seed runs its precision rule may still add (priced
+    at the cell's base: the rule covers all-label folds)."""
+
+    runs: list[CostKey]
+    may_add: int
+    extra_key: CostKey
+
+
 def cell_progress(cell: Cell, study: Any | None, root: Path, grid: str, n_trials: int,
-                  precision: Precision | None = None) -> tuple[dict[str, Any], list[Spent]]:
-    """One cell's trials, its tuned runs and their cost (the row, and its two stages for the totals); ``study``
-    None when it has not started. With a precision rule, the tuned runs include the extra seeds it has asked for,
-    and ``may_add`` the runs it may still ask for."""
+                  precision: Precision | None = None) -> tuple[dict[str, Any], list[Spent], Left]:
+    """One cell's trials, its tuned runs and their cost (the row, its two stages for the totals, and what is left);
+    ``study`` None when it has not started. With a precision rule, the tuned runs include the extra seeds it has
+    asked for, and ``may_add`` the runs it may still ask for."""
     trials, finals = Spent(), Spent()
     for r in _trial_results(root, cell):
         trials.add(r)
@@ -96,6 +108,7 @@ def cell_progress(cell: Cell, study: Any | None, root: Path, grid: str, n_trials
                                                   "running": 0}
     best, trial = best_spec(study) if study is not None else (None, None)
     tuned, may_add = list(cell.specs), most_extra_runs(cell.specs, precision)
+    left = [cost_key(s) for s in cell.trial_specs(cell.base)] * max(0, n_trials - c["counted"])
     if best is not None:
         tuned = [tuned_spec(s, best).replace(grid=f"{grid}.tuned") for s in cell.specs]
         extra, may_add = extra_runs(tuned, precision, root)
@@ -104,67 +117,63 @@ def cell_progress(cell: Cell, study: Any | None, root: Path, grid: str, n_trials
             r = read_result(root, s.run_id)
             if r is not None and r.ok:
                 finals.add(r.to_dict())
+            else:
+                left.append(cost_key(s))
+    else:
+        left += [cost_key(s) for s in tuned]
     b = cell.base
     row = {"cell": f"{b.backbone}[{b.weights}]/{b.method}", "study": cell.study_name,
            "trials": {**{k: c[k] for k in ("counted", "complete", "pruned", "failed", "running")}, "of": n_trials,
                       **trials.as_dict()},
            "best": {"value": trial.value, "params": dict(trial.params)} if trial is not None else None,
            "final": {"of": len(tuned), "may_add": may_add, **finals.as_dict()}}
-    return row, [trials, finals]
+    return row, [trials, finals], Left(left, may_add, cost_key(b))
 
 
 def grid_progress(grid: str, cells: list[Cell], root: Path, storage: Any, n_trials: int,
-                  precision: Precision | None = None) -> dict[str, Any]:
-    """Every cell's progress, the totals, and an estimate of the core-hours left: each cell's runs left at the
-    median run of its method (a method's steps and epochs to plateau differ: full fine-tuning and Any2Point cost
-    more than the linear probe), at the median of all runs for a method with none finished yet (counted apart,
-    as that part is the rough one). An upper bound for the trials: a pruned trial stops after its first fold or
-    two. With a precision rule, the extra seeds it may still add are counted apart."""
+                  precision: Precision | None = None,
+                  perf_ratios: dict[tuple[str, str], float] | None = None) -> dict[str, Any]:
+    """Every cell's progress, the totals, and an estimate of the core-hours left: each run left priced from the
+    finished runs most like it (:mod:`peft3d.tuning.pricing`; ``perf_ratios`` from ``bench perf`` records). An
+    upper bound for the trials: a pruned trial stops after its first fold or two. With a precision rule, the
+    extra seeds it may still add are counted apart."""
     import optuna
 
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    pairs = [cell_progress(c, optuna.load_study(study_name=c.study_name, storage=storage)
+    parts = [cell_progress(c, optuna.load_study(study_name=c.study_name, storage=storage)
                            if c.study_name in names else None, root, grid, n_trials, precision) for c in cells]
-    rows = [row for row, _ in pairs]
-    spent = [stage for _, stages in pairs for stage in stages]
-    durations = [d for s in spent for d in s.durations]
-    per_run = statistics.median(durations) if durations else None
-    per_method = _median_run_by_method(cells, [stages for _, stages in pairs])
-    left = _left(rows, cells, n_trials, per_method, per_run)
+    rows = [row for row, _, _ in parts]
+    spent = [stage for _, stages, _ in parts for stage in stages]
+    pricer = Pricer(perf_ratios=dict(perf_ratios or {}))
+    for stage in spent:
+        for key, seconds in zip(stage.keys, stage.durations, strict=True):
+            if key is not None:
+                pricer.add(key, seconds)
+    overall = pricer.overall
     return {"grid": grid, "cells": rows,
             "total": {"runs": sum(s.runs for s in spent),
                       "core_hours": round(sum(s.seconds for s in spent) / 3600, 2),
                       "cells_done": sum(r["final"]["runs"] == r["final"]["of"] and not r["final"]["may_add"]
                                         for r in rows),
-                      "cells": len(rows), "median_run_s": round(per_run, 1) if per_run else None,
-                      "median_run_s_by_method": {m: round(v, 1) for m, v in per_method.items()},
-                      **left}}
+                      "cells": len(rows), "median_run_s": round(overall, 1) if overall else None,
+                      **_left([left for _, _, left in parts], pricer)}}
 
 
-def _median_run_by_method(cells: list[Cell], stages: list[list[Spent]]) -> dict[str, float]:
-    by: dict[str, list[float]] = {}
-    for cell, cell_stages in zip(cells, stages, strict=True):
-        by.setdefault(cell.base.method, []).extend(d for st in cell_stages for d in st.durations)
-    return {m: statistics.median(d) for m, d in by.items() if d}
-
-
-def _left(rows: list[dict[str, Any]], cells: list[Cell], n_trials: int, per_method: dict[str, float],
-          per_run: float | None) -> dict[str, Any]:
-    """Runs and core-hours left (and possible extra seeds), each cell's at its method's median run."""
-    runs = extra = unmeasured = 0
+def _left(lefts: list[Left], pricer: Pricer) -> dict[str, Any]:
+    """Runs and core-hours left (and possible extra seeds), each run at its price, with how many runs each pricing
+    rule priced."""
     seconds = extra_seconds = 0.0
-    for r, c in zip(rows, cells, strict=True):
-        cell_runs = max(0, n_trials - r["trials"]["counted"]) * max(1, len(c.objective_variants)) \
-            + r["final"]["of"] - r["final"]["runs"]
-        cost = per_method.get(c.base.method, per_run or 0.0)
-        runs, extra = runs + cell_runs, extra + r["final"]["may_add"]
-        seconds, extra_seconds = seconds + cell_runs * cost, extra_seconds + r["final"]["may_add"] * cost
-        if c.base.method not in per_method:
-            unmeasured += cell_runs
-    hours = (lambda s: round(s / 3600, 1)) if per_run else (lambda s: None)
-    return {"runs_left_at_most": runs, "core_hours_left_at_most": hours(seconds),
-            "runs_left_at_the_overall_median": unmeasured,
-            "extra_seed_runs_possible": extra, "extra_seed_core_hours_possible": hours(extra_seconds)}
+    by_rule = dict.fromkeys(RULES, 0)
+    for left in lefts:
+        for key in left.runs:
+            price, rule = pricer.price(key)
+            seconds += price or 0.0
+            by_rule[rule] += 1
+        extra_seconds += left.may_add * (pricer.price(left.extra_key)[0] or 0.0)
+    hours = (lambda s: round(s / 3600, 1)) if pricer.overall else (lambda s: None)
+    return {"runs_left_at_most": sum(len(left.runs) for left in lefts), "core_hours_left_at_most": hours(seconds),
+            "runs_left_by_rule": by_rule, "extra_seed_runs_possible": sum(left.may_add for left in lefts),
+            "extra_seed_core_hours_possible": hours(extra_seconds)}
 
 
 def progress_lines(p: dict[str, Any]) -> list[str]:
@@ -181,18 +190,26 @@ def progress_lines(p: dict[str, Any]) -> list[str]:
         lines.append(f"{r['cell']:34} {trials:>14} {val:>8} {lr:>9} {f['runs']:>3}/{f['of']:<3} {hours:>7.2f}  "
                      f"{_span(t)} | {_span(f)}")
     tot = p["total"]
-    medians = ", ".join(f"{m} {v:.0f} s" for m, v in tot["median_run_s_by_method"].items())
-    rough = (f"; {tot['runs_left_at_the_overall_median']} runs of methods with no run yet at the median of all, "
-             f"{tot['median_run_s']:.0f} s" if tot["runs_left_at_the_overall_median"] else "")
     left = (f"at most {tot['runs_left_at_most']} runs ≈ {tot['core_hours_left_at_most']} core-hours left "
-            f"(each cell at its method's median run: {medians}{rough})") if tot["median_run_s"] \
-        else "no run finished yet"
+            f"({_rules_line(tot)})") if tot["median_run_s"] else "no run finished yet"
     if tot["extra_seed_runs_possible"] and tot["median_run_s"]:
         left += (f"; the precision rule may add up to {tot['extra_seed_runs_possible']} runs ≈ "
                  f"{tot['extra_seed_core_hours_possible']} core-hours more")
     lines.append(f"{tot['cells_done']}/{tot['cells']} cells done; {tot['runs']} runs, {tot['core_hours']} "
                  f"core-hours spent; {left}")
     return lines
+
+
+def _rules_line(tot: dict[str, Any]) -> str:
+    """How the runs left were priced, e.g. 'each run from the finished runs most like it: 30 at their median, 39
+    scaled from the linear probe by the cost ratio on other backbones'."""
+    said = {"own": "at the median of their backbone × method × labels",
+            "ratio": "scaled from the linear probe by the method's cost ratio on other backbones",
+            "perf": "scaled from the linear probe by its `bench perf` step-time ratio",
+            "floor": "at the linear probe's median on their backbone (a lower bound; --perf prices them better)",
+            "overall": f"at the overall median, {tot['median_run_s']:.0f} s (rough)"}
+    parts = [f"{n} {said[rule]}" for rule, n in tot["runs_left_by_rule"].items() if n]
+    return "runs priced from the finished runs most like them: " + "; ".join(parts) if parts else "none left"
 
 
 def _span(stage: dict[str, Any]) -> str:
