@@ -106,7 +106,11 @@ def test_a_method_new_to_a_backbone_is_priced_by_its_cost_ratio_on_the_others(tm
     assert total["runs_left_by_rule"] == {"own": 45, "ratio": 21, "perf": 0, "floor": 0, "overall": 0}
     want = (15 * TRIAL_S + 15 * 3 * TRIAL_S + 15 * 2 * TRIAL_S + 21 * 6 * TRIAL_S) / 3600
     assert total["core_hours_left_at_most"] == pytest.approx(want, abs=0.05)
-    line = progress_lines(p)[-1]
+    assert total["core_hours_left_by_method"] == {  # rounded to 0.1 h
+        "linear": pytest.approx((15 * TRIAL_S + 15 * 2 * TRIAL_S) / 3600, abs=0.051),
+        "adapter": pytest.approx((15 * 3 * TRIAL_S + 21 * 6 * TRIAL_S) / 3600, abs=0.051)}
+    line, by_method = progress_lines(p)[-2:]
+    assert by_method.startswith("core-hours left by method (without extra seeds): linear 0.8, adapter 2.9")
     assert "45 at the median of their backbone × method × labels" in line
     assert "21 scaled from the linear probe by the method's cost ratio on other backbones" in line
 
@@ -119,7 +123,7 @@ def test_a_method_that_never_ran_is_priced_by_bench_perf_else_at_the_linear_floo
     assert total["runs_left_by_rule"] == {"own": 30, "ratio": 0, "perf": 21, "floor": 21, "overall": 0}
     want = (15 * TRIAL_S + 15 * 2 * TRIAL_S + 21 * 2.5 * 2 * TRIAL_S + 21 * TRIAL_S) / 3600
     assert total["core_hours_left_at_most"] == pytest.approx(want, abs=0.05)
-    assert "21 at the linear probe's median on their backbone (a lower bound" in progress_lines(p)[-1]
+    assert "21 at the linear probe's median on their backbone (a lower bound" in progress_lines(p)[-2]
 
 
 def test_progress_of_a_finished_study_and_its_lines(tmp_path, tuner):

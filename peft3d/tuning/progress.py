@@ -161,17 +161,20 @@ def grid_progress(grid: str, cells: list[Cell], root: Path, storage: Any, n_tria
 
 def _left(lefts: list[Left], pricer: Pricer) -> dict[str, Any]:
     """Runs and core-hours left (and possible extra seeds), each run at its price, with how many runs each pricing
-    rule priced."""
-    seconds = extra_seconds = 0.0
+    rule priced and the core-hours left per method (what cutting a method would save)."""
+    extra_seconds = 0.0
     by_rule = dict.fromkeys(RULES, 0)
+    by_method: dict[str, float] = {}
     for left in lefts:
         for key in left.runs:
             price, rule = pricer.price(key)
-            seconds += price or 0.0
+            by_method[key[1]] = by_method.get(key[1], 0.0) + (price or 0.0)
             by_rule[rule] += 1
         extra_seconds += left.may_add * (pricer.price(left.extra_key)[0] or 0.0)
     hours = (lambda s: round(s / 3600, 1)) if pricer.overall else (lambda s: None)
-    return {"runs_left_at_most": sum(len(left.runs) for left in lefts), "core_hours_left_at_most": hours(seconds),
+    return {"runs_left_at_most": sum(len(left.runs) for left in lefts),
+            "core_hours_left_at_most": hours(sum(by_method.values())),
+            "core_hours_left_by_method": {m: hours(s) for m, s in by_method.items()},
             "runs_left_by_rule": by_rule, "extra_seed_runs_possible": sum(left.may_add for left in lefts),
             "extra_seed_core_hours_possible": hours(extra_seconds)}
 
@@ -197,6 +200,9 @@ def progress_lines(p: dict[str, Any]) -> list[str]:
                  f"{tot['extra_seed_core_hours_possible']} core-hours more")
     lines.append(f"{tot['cells_done']}/{tot['cells']} cells done; {tot['runs']} runs, {tot['core_hours']} "
                  f"core-hours spent; {left}")
+    if tot["median_run_s"] and tot["core_hours_left_by_method"]:
+        lines.append("core-hours left by method (without extra seeds): " + ", ".join(
+            f"{m} {h}" for m, h in tot["core_hours_left_by_method"].items()))
     return lines
 
 
