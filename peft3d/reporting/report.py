@@ -21,7 +21,7 @@ import pandas as pd
 
 from peft3d.analysis import formatting as fm
 from peft3d.core.result import RunResult, atomic_write_text, load_results
-from peft3d.reporting import efficiency, figures, layouts, sensitivity
+from peft3d.reporting import cost, efficiency, figures, layouts, sensitivity
 from peft3d.reporting.canvas import img
 from peft3d.reporting.folds import CORRECTED_NOTE, TUNED_ON_FOLDS, folds_note, replicates, tuned_on_folds, unit
 from peft3d.reporting.tables import (
@@ -152,6 +152,7 @@ def render_report(grid: str, df: pd.DataFrame, results: dict[str, RunResult | No
                      "weights, no transformer), not a transfer result."]),
              *_tuned_html(df, summary),
              "<h2>Trainable parameters</h2>", _table(params_table(summary)), _notes([PARAMS_NOTE]),
+             *_cost_html(df),
              "<h2>Paired comparisons and Friedman test</h2>", _paired_html(df, versus), _friedman_html(summary),
              "<h2>Accuracy vs trainable parameters</h2>", _safe(plot_pareto, summary),
              "<h2>Modality ranking</h2>", _safe(plot_modality, df),
@@ -176,6 +177,11 @@ def _layouts_html(df: pd.DataFrame, versus: str | None, reference: str | None) -
 def _transfer_html(df: pd.DataFrame) -> list[str]:
     shown = transfer_table(df)
     return [] if shown.empty else [f"<h2>{html.escape(TITLE)}</h2>", _table(shown), _notes([note(df)])]
+
+
+def _cost_html(df: pd.DataFrame) -> list[str]:
+    table = cost.cost_table(df)
+    return [] if table.empty else [f"<h2>{cost.COST_TITLE}</h2>", _table(table), _notes([cost.COST_NOTE])]
 
 
 def _tuned_html(df: pd.DataFrame, summary: pd.DataFrame) -> list[str]:

@@ -19,6 +19,7 @@ from peft3d.analysis import stats
 from peft3d.core.result import RunResult, load_results
 from peft3d.core.spec import RunSpec, default_pipeline_options
 from peft3d.core.studies import log_uniform_bounds
+from peft3d.reporting.cost import cost_markdown
 from peft3d.reporting.folds import (
     CORRECTED_NOTE,
     TUNED_ON_FOLDS,
@@ -124,7 +125,8 @@ def _run_row(s: RunSpec, label: str, r: RunResult | None, pool: Pooling) -> dict
         "test_acc_best_test": m and m.test_acc_best_test, "test_acc_last": m and m.test_acc_last,
         "selected_epoch": sel, "n_test": m and m.n_test, "n_folds": pool.n_folds, **_param_columns(r),
         **_tuning_columns(r),
-        "time_s": time.get("total_s"), "step_ms": time.get("step_ms"),
+        # wall_s counts every segment of a resumed run; older results carry total_s, their last segment only
+        "time_s": time.get("wall_s", time.get("total_s")), "step_ms": time.get("step_ms"),
         "pretrain_modality": (r and r.pretrain_modality) or _registry_modality(s.backbone),
         "control": control_of(s.backbone, s.weights),
         "train_acc": train[sel - 1] if sel and len(train) >= sel else None,
@@ -443,7 +445,7 @@ def render_markdown(grid: str, df: pd.DataFrame, versus: str | None = None) -> s
              *([folds_note(df), ""] if is_pooled(df) else []),
              "## Trainable parameters: each method's own, apart from the shared tokenizer and head", "",
              fm.markdown(params_table(summary)), "", PARAMS_NOTE, "",
-             *tuned_markdown(df, summary)]
+             *cost_markdown(df), *tuned_markdown(df, summary)]
     if (summary["n"] > 0).any():
         parts += ["## Statistics", "", fm.markdown(stats_table(summary)), "",
                   f"95% CI: percentile bootstrap of the mean over {replicates(df)} (scipy.stats.bootstrap). binom. "
