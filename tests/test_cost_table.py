@@ -68,7 +68,7 @@ def test_markdown_and_report_show_it_and_a_grid_without_step_times_does_not(tmp_
     assert cost_table(untimed).empty and COST_TITLE not in render_markdown("g", untimed, "linear")
 
 
-def test_a_resumed_run_counts_every_segment():
+def test_minutes_and_hours_come_from_the_runs_wall_time():
     df = pd.DataFrame({"status": ["success"], "step_ms": [10.0], "dataset": ["d"], "backbone": ["b"],
                        "method": ["linear"], "epochs": [5], "time_s": [7200.0]})
     row = cost_table(df).iloc[0]

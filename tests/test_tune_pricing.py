@@ -27,17 +27,13 @@ def test_the_cost_key_ignores_weights_and_seed_and_keeps_the_labels_per_class():
 
 
 def test_each_rule_in_turn():
-    p = Pricer(perf_ratios={("c", "dapt"): 1.5})
-    assert p.price(key("a", "linear")) == (None, "overall")  # nothing finished anywhere
-    for s in (100.0, 110.0, 120.0):
-        p.add(key("a", "linear"), s)
-    p.add(key("a", "any2point"), 330.0)
-    for s in (200.0, 220.0):
-        p.add(key("b", "linear"), s)
-    p.add(key("b", "any2point"), 420.0)
-    p.add(key("c", "linear"), 50.0)
-    p.add(key("c", "linear", 5), 10.0)
+    assert Pricer.of([]).price(key("a", "linear")) == (None, "overall")  # nothing finished anywhere
+    runs = [(key("a", "linear"), s) for s in (100.0, 110.0, 120.0)] + [(key("a", "any2point"), 330.0)]
+    runs += [(key("b", "linear"), s) for s in (200.0, 220.0)] + [(key("b", "any2point"), 420.0)]
+    runs += [(key("c", "linear"), 50.0), (key("c", "linear", 5), 10.0)]
+    p = Pricer.of(runs, {("c", "dapt"): 1.5})
     assert p.price(key("a", "any2point")) == (330.0, "own")
+    assert p.price(key("a", "linear")) == (110.0, "own")  # the median of its three runs
     # ratios 3.0 on a and 2.0 on b, median 2.5, times c's linear median
     assert p.price(key("c", "any2point")) == pytest.approx((125.0, "ratio"))
     assert p.price(key("c", "dapt")) == pytest.approx((75.0, "perf"))  # no dapt anywhere: bench perf's ratio

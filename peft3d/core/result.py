@@ -209,6 +209,14 @@ class RunResult:
 
 # ------------------------------------------------------------------------------------------------ the store
 
+def wall_seconds(time_section: dict[str, Any]) -> float | None:
+    """What a run cost in wall seconds, from its result's ``time`` section: ``wall_s`` counts every segment of a
+    resumed run; results written before it carry ``total_s``, their last segment only. None when neither is
+    recorded."""
+    s = time_section.get("wall_s", time_section.get("total_s"))
+    return None if s is None else float(s)
+
+
 def results_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(override or os.environ.get("PEFT3D_RESULTS", "results")).resolve()
 

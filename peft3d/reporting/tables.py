@@ -16,7 +16,7 @@ import pandas as pd
 
 from peft3d.analysis import formatting as fm
 from peft3d.analysis import stats
-from peft3d.core.result import RunResult, load_results
+from peft3d.core.result import RunResult, load_results, wall_seconds
 from peft3d.core.spec import RunSpec, default_pipeline_options
 from peft3d.core.studies import log_uniform_bounds
 from peft3d.reporting.cost import cost_markdown
@@ -125,8 +125,7 @@ def _run_row(s: RunSpec, label: str, r: RunResult | None, pool: Pooling) -> dict
         "test_acc_best_test": m and m.test_acc_best_test, "test_acc_last": m and m.test_acc_last,
         "selected_epoch": sel, "n_test": m and m.n_test, "n_folds": pool.n_folds, **_param_columns(r),
         **_tuning_columns(r),
-        # wall_s counts every segment of a resumed run; older results carry total_s, their last segment only
-        "time_s": time.get("wall_s", time.get("total_s")), "step_ms": time.get("step_ms"),
+        "time_s": wall_seconds(time), "step_ms": time.get("step_ms"),
         "pretrain_modality": (r and r.pretrain_modality) or _registry_modality(s.backbone),
         "control": control_of(s.backbone, s.weights),
         "train_acc": train[sel - 1] if sel and len(train) >= sel else None,

@@ -20,7 +20,7 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from peft3d.core.errors import ConfigError
 from peft3d.core.spec import RunSpec
@@ -37,34 +37,35 @@ def cost_key(spec: RunSpec | Mapping[str, Any]) -> CostKey:
     return get("backbone"), get("method"), get("dataset"), few_label_parts(get("variant"))[1]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Pricer:
-    """Prices runs by the rules of this module from the observed (key, seconds) of finished runs and the step-time
-    ratios of ``bench perf`` records, {(backbone, method): ratio to the linear probe}."""
+    """Prices runs by the rules of this module from the median seconds of the finished runs of each cost key, the
+    median of all of them, and the step-time ratios of ``bench perf`` records, {(backbone, method): ratio to the
+    floor method}. Built once by :meth:`of`: every price is then dictionary look-ups."""
 
-    observed: dict[CostKey, list[float]] = field(default_factory=dict)
+    medians: dict[CostKey, float]
+    overall: float | None
     perf_ratios: dict[tuple[str, str], float] = field(default_factory=dict)
     floor: str = field(default_factory=floor_method)
 
-    def add(self, key: CostKey, seconds: float) -> None:
-        self.observed.setdefault(key, []).append(seconds)
-
-    def median(self, key: CostKey) -> float | None:
-        seen = self.observed.get(key)
-        return statistics.median(seen) if seen else None
-
-    @property
-    def overall(self) -> float | None:
-        every = [s for seen in self.observed.values() for s in seen]
-        return statistics.median(every) if every else None
+    @classmethod
+    def of(cls, runs: Iterable[tuple[CostKey, float]],
+           perf_ratios: Mapping[tuple[str, str], float] | None = None) -> "Pricer":
+        """From the (cost key, wall seconds) of every finished run."""
+        seen: dict[CostKey, list[float]] = {}
+        for key, seconds in runs:
+            seen.setdefault(key, []).append(seconds)
+        every = [s for group in seen.values() for s in group]
+        return cls({k: statistics.median(v) for k, v in seen.items()},
+                   statistics.median(every) if every else None, dict(perf_ratios or {}))
 
     def price(self, key: CostKey) -> tuple[float | None, str]:
         """(seconds, rule) for one run of ``key``; seconds None only when no run has finished anywhere."""
-        own = self.median(key)
+        own = self.medians.get(key)
         if own is not None:
             return own, "own"
         backbone, method, dataset, labels = key
-        floor = self.median((backbone, self.floor, dataset, labels))
+        floor = self.medians.get((backbone, self.floor, dataset, labels))
         if floor is not None:
             ratios = self._ratios_elsewhere(key)
             if ratios:
@@ -79,8 +80,9 @@ class Pricer:
         and labels)."""
         backbone, method, dataset, labels = key
         out = []
-        for other in {k[0] for k in self.observed} - {backbone}:
-            m, floor = self.median((other, method, dataset, labels)), self.median((other, self.floor, dataset, labels))
+        for other in {k[0] for k in self.medians} - {backbone}:
+            m, floor = self.medians.get((other, method, dataset, labels)), self.medians.get((other, self.floor,
+                                                                                           dataset, labels))
             if m is not None and floor:
                 out.append(m / floor)
         return out

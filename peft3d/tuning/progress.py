@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from peft3d.core.result import ResultInvalid, parse_result, read_result
+from peft3d.core.result import ResultInvalid, parse_result, read_result, wall_seconds
 from peft3d.grids.plan import Precision
 from peft3d.tuning.budget import counts
 from peft3d.tuning.cells import Cell, tuned_spec
@@ -34,9 +34,7 @@ class Spent:
     keys: list[CostKey | None] = field(default_factory=list)  # each run's cost key (None: a result without spec)
 
     def add(self, result: dict[str, Any]) -> None:
-        t = result.get("time") or {}
-        # wall_s counts every segment of a resumed run; older results carry total_s, their last segment only
-        s = float(t.get("wall_s", t.get("total_s", 0.0)))
+        s = wall_seconds(result.get("time") or {}) or 0.0
         self.durations.append(s)
         self.keys.append(cost_key(result["spec"]) if "spec" in result else None)
         if not result.get("finished_at"):
@@ -144,11 +142,9 @@ def grid_progress(grid: str, cells: list[Cell], root: Path, storage: Any, n_tria
                            if c.study_name in names else None, root, grid, n_trials, precision) for c in cells]
     rows = [row for row, _, _ in parts]
     spent = [stage for _, stages, _ in parts for stage in stages]
-    pricer = Pricer(perf_ratios=dict(perf_ratios or {}))
-    for stage in spent:
-        for key, seconds in zip(stage.keys, stage.durations, strict=True):
-            if key is not None:
-                pricer.add(key, seconds)
+    pricer = Pricer.of([(key, seconds) for stage in spent for key, seconds in zip(stage.keys, stage.durations,
+                                                                                   strict=True) if key is not None],
+                       perf_ratios or {})
     overall = pricer.overall
     return {"grid": grid, "cells": rows,
             "total": {"runs": sum(s.runs for s in spent),
@@ -207,8 +203,9 @@ def progress_lines(p: dict[str, Any]) -> list[str]:
 
 
 def _rules_line(tot: dict[str, Any]) -> str:
-    """How the runs left were priced, e.g. 'each run from the finished runs most like it: 30 at their median, 39
-    scaled from the linear probe by the cost ratio on other backbones'."""
+    """How the runs left were priced, e.g. 'runs priced from the finished runs most like them: 30 at the median of
+    their backbone × method × labels; 39 scaled from the linear probe by the method's cost ratio on other
+    backbones'."""
     said = {"own": "at the median of their backbone × method × labels",
             "ratio": "scaled from the linear probe by the method's cost ratio on other backbones",
             "perf": "scaled from the linear probe by its `bench perf` step-time ratio",
