@@ -132,6 +132,13 @@ def test_submit_tune_needs_trials_and_dry_run_shows_the_worker_command(tmp_path)
     assert "3 tuning worker(s) (local) on storage postgresql://***@db:5432/optuna" in out.stdout
     assert "bench tune --grid" in out.stdout and "--trials 2" in out.stdout and "secret" not in out.stdout
     assert not (tmp_path / "r" / "submissions.jsonl").exists()
+    assert "--finish-cells" not in out.stdout
+    out = bench("submit", "--grid", str(grid), "--results", str(tmp_path / "r"), "--executor", "local", "--tune",
+                "--trials", "2", "--finish-cells", "--dry-run")
+    assert out.returncode == 0 and "--finish-cells --trials 2" in out.stdout, out.stderr
+    out = bench("submit", "--grid", str(grid), "--results", str(tmp_path / "r"), "--executor", "local",
+                "--finish-cells", "--dry-run")
+    assert out.returncode == 2 and "--finish-cells orders the tuning workers' work: it goes with --tune" in out.stderr
 
 
 @pytest.mark.slow  # two tuning workers as a local submitit array (the SLURM path with the local executor)

@@ -165,6 +165,42 @@ def test_plan_errors_are_one_line():
     with pytest.raises(ConfigError, match="tuning.trials must be a whole number"):
         parse_plan({"trials": 0}, "grid g")
     assert parse_plan(None, "g") == TuningPlan() and not TuningPlan().pooled
+    with pytest.raises(ConfigError, match="tuning.finish_cells must be true or false, got 'yes'"):
+        parse_plan({"finish_cells": "yes"}, "grid g")
+    assert parse_plan({"finish_cells": True}, "g").finish_cells and not TuningPlan().finish_cells
+
+
+def test_the_grid_s_finish_cells_orders_every_worker_it_starts(tmp_path, monkeypatch):
+    """`tuning.finish_cells` in a grid turns on --finish-cells for `bench tune` without the flag; a grid without
+    it leaves the flag to decide. The transfer study sets it, so a SLURM user's workers keep its order."""
+    from typer.testing import CliRunner
+
+    from peft3d.cli import tune as _mount  # noqa: F401  (registers the command)
+    from peft3d.cli.app import app
+    from peft3d.grids.loader import expand_grid
+    from peft3d.tuning import tune
+
+    seen = []
+
+    class Capture:
+        def __init__(self, grid, specs, root, opts, echo):
+            seen.append(opts.finish_cells)
+            self.cells = []
+
+        def run(self):  # stop here, as Ctrl-C would: nothing tuned, nothing to tabulate
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tune, "Tuner", Capture)
+    base = ("backbones: [test_bert]\nmethods: [linear]\nweights: [random]\nnum_points: 64\n"
+            "datasets: [synthetic]\ntuning: {trials: 2%s}\n")
+    for name, extra, flag in (("on", ", finish_cells: true", []), ("off", "", []), ("flag", "", ["--finish-cells"])):
+        grid = tmp_path / f"{name}.yaml"
+        grid.write_text(base % extra)
+        out = CliRunner().invoke(app, ["tune", "--grid", str(grid), "--results", str(tmp_path / name),
+                                       "--no-mlflow", *flag])
+        assert out.exit_code == 130, out.output
+    assert seen == [True, False, True]
+    assert expand_grid("transfer_study").tuning.finish_cells
 
 
 def test_a_grid_s_tuning_block_is_checked_against_its_datasets(tmp_path):

@@ -50,6 +50,9 @@ def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
                                                  "workers (postgresql://… across machines)"),
            pruner: str = typer.Option("median", "--pruner", help="--tune: median | none"),
            heartbeat: int = typer.Option(60, "--heartbeat", help="--tune: seconds between trial heartbeats"),
+           finish_cells: bool = typer.Option(False, "--finish-cells", help="--tune: each cell's tuned runs as soon "
+                                             "as its study is full (default where the grid sets "
+                                             "tuning.finish_cells)"),
            dry_run: bool = typer.Option(False, "--dry-run", help="list what would be submitted"),
            include: Optional[list[Path]] = IncludeOpt) -> None:
     """Submit a grid's missing runs as one job array (submitit map_array) and return; see bench status.
@@ -62,6 +65,8 @@ def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         fail(f"--executor must be slurm or local, got {executor!r}")
     if cpus_per_task < 1 or gpus_per_task < 0 or (max_parallel is not None and max_parallel < 1):
         fail("--cpus-per-task and --max-parallel must be >= 1, --gpus-per-task >= 0")
+    if finish_cells and not tune:
+        fail("--finish-cells orders the tuning workers' work: it goes with --tune; fix: add --tune, or drop it")
     expanded = open_grid(grid, include, seeds, data_root, "cuda" if gpus_per_task else None)
     specs = expanded.specs
     check_roots(specs)
@@ -74,6 +79,7 @@ def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         argv += [x for r in data_root or [] for x in ("--data-root", r)]
         argv += [x for f in include or [] for x in ("--include", str(Path(f).resolve()))]
         argv += ["--device", "cuda"] if gpus_per_task else []
+        argv += ["--finish-cells"] if finish_cells else []
         budget = trials if trials is not None else expanded.tuning.trials
         _submit_tune(argv, budget, workers, storage, root, executor, opts, expanded.name, dry_run)
         return

@@ -73,7 +73,8 @@ def tune(grid: str = GridOpt, trials: Optional[int] = typer.Option(None, "--tria
                                              "or a folder of them, to price methods with no finished run yet by "
                                              "their step-time ratio to the linear probe"),
          finish_cells: bool = typer.Option(False, "--finish-cells", help="run each cell's tuned runs as soon as "
-                                           "its study is full (results land cell by cell)"),
+                                           "its study is full (results land cell by cell); on by default where "
+                                           "the grid sets tuning.finish_cells"),
          include: Optional[list[Path]] = IncludeOpt) -> None:
     """Tune every backbone × dataset × method cell with the same number of Optuna trials (validation metric,
     pruning on the validation curve), then run the best configuration of each on the grid's seeds.
@@ -116,7 +117,7 @@ def tune(grid: str = GridOpt, trials: Optional[int] = typer.Option(None, "--tria
     os.environ.setdefault("PEFT3D_CACHE", str(root / "cache"))  # one evaluation FPS cache for every study
     opts = TuneOptions(n_trials=trials, storage=storage_url(root, storage), pruner=pruner, jobs=max(1, jobs),
                        mlflow_uri=None if no_mlflow else default_uri(root, tracking_uri), heartbeat_s=heartbeat,
-                       plan=plan, finish_cells=finish_cells)
+                       plan=plan, finish_cells=finish_cells or plan.finish_cells)
     t0 = time.time()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     tuner = Tuner(name, specs, root, opts, echo=typer.echo)

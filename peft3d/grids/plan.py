@@ -16,6 +16,9 @@ tuning:
     ci_half_width: 3.0             #   while its table cell's 95% CI half-width (points) is wider than this,
     extra_seeds: [3, 4, 5]         #   run the next of these seeds on all its folds (in order; at most all of them)
     datasets: [sweethome3d/cv5]    #   the table cells the rule covers (default: all), named as tables name them
+  finish_cells: true               # run each cell's tuned runs as soon as its study is full (default false: every
+                                   #   study first, then every tuned run); the grid's order is then the order in
+                                   #   which results land, for every worker (`bench tune`, `bench submit --tune`)
 ```
 """
 from __future__ import annotations
@@ -54,6 +57,7 @@ class TuningPlan:
     objective_variants: tuple[str, ...] = ()
     seed: int | None = None
     precision: Precision | None = None
+    finish_cells: bool = False  # when results land, not what they are: no study name or run depends on it
 
     @property
     def pooled(self) -> bool:
@@ -67,7 +71,7 @@ def parse_plan(block: Any, where: str) -> TuningPlan:
         return TuningPlan()
     if not isinstance(block, dict):
         raise ConfigError(f"{where}: tuning must be a mapping (trials, sampler, space, objective_variants, seed, "
-                          "precision)")
+                          "precision, finish_cells)")
     known = {f.name for f in fields(TuningPlan)}
     unknown = sorted(set(block) - known)
     if unknown:
@@ -88,7 +92,10 @@ def parse_plan(block: Any, where: str) -> TuningPlan:
         raise ConfigError(f"{where}: tuning.seed must be a whole number >= 0, got {seed!r}")
     space = block.get("space", "with_knobs")
     precision = parse_precision(block.get("precision"), where)
-    return TuningPlan(trials, block.get("sampler", "tpe"), space, tuple(variants), seed, precision)
+    finish_cells = block.get("finish_cells", False)
+    if not isinstance(finish_cells, bool):
+        raise ConfigError(f"{where}: tuning.finish_cells must be true or false, got {finish_cells!r}")
+    return TuningPlan(trials, block.get("sampler", "tpe"), space, tuple(variants), seed, precision, finish_cells)
 
 
 def _whole(x: Any) -> bool:
