@@ -170,4 +170,7 @@ def test_a_worker_tunes_the_next_cell_while_others_run_the_last_trials(tmp_path)
     assert f"{first.study_name}: its last 1 trial(s) run in other workers; tuning the next cell meanwhile" in text
     assert "waiting for" not in text and len(fake.calls) == 1
     assert finals[:2] == [{second.base.method}, {first.base.method}]  # each cell's runs as soon as it is full
+    named = list(dict.fromkeys(x.split(": ", 1)[0] for x in lines if x.startswith("tuned runs of ")))
+    assert named == [f"tuned runs of {second.study_name}", f"tuned runs of {first.study_name}",
+                     "tuned runs of 2 cells"]  # each cell by name, then the closing pass over every cell
     assert all(counts(s)["counted"] == 1 for s in tuner.studies.values())

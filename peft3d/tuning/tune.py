@@ -113,7 +113,9 @@ class Tuner:
             if not tried:
                 for m in missing:
                     self.echo(f"{m}: no complete trial (all pruned or failed): no tuned runs for this cell")
-            self.echo(f"tuned runs: {len(specs)}, {len(specs) - len(todo)} already done, {len(todo)} to run")
+            which = cells[0].study_name if len(cells) == 1 else f"{len(cells)} cells"  # a log line names its cell
+            self.echo(f"tuned runs of {which}: {len(specs)}, {len(specs) - len(todo)} already done, "
+                      f"{len(todo)} to run")
             fresh = [s for s in todo if s.run_id not in tried]
             if not fresh:  # done, or only runs that already failed in this call: never loop on them
                 break
