@@ -70,6 +70,7 @@ def test_every_grid_command_reads_once(counted, monkeypatch, capsys, tmp_path, a
     (tmp_path / "g.yaml").write_text("include: [_pipeline_paper, base.yaml]\nseeds: [0, 1]\n"
                                      "also: [{methods: [adapter]}]\n")
     args = [a.replace("{tmp}", str(tmp_path / "results")) for a in argv]
+    (tmp_path / "results" / "runs").mkdir(parents=True)  # a results folder, before any run landed
     code, out, err = bench(monkeypatch, capsys, *args, "--grid", str(tmp_path / "g.yaml"))
     assert code == 0, err
     assert reads == Counter({"g.yaml": 1, "_pipeline_paper.yaml": 1, "base.yaml": 1})

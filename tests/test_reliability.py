@@ -200,6 +200,20 @@ def test_invalid_result_is_reported_once_quarantined_and_never_tabulated(tmp_pat
     assert row["status"] == "missing" and math.isnan(row["test_acc"])  # redone by the next run, never a number
 
 
+@pytest.mark.parametrize("command", [["table"], ["report"], ["table", "--tuned"], ["report", "--tuned"]])
+def test_a_results_folder_that_never_held_a_run_is_one_line_and_nothing_written(bench, tmp_path, command):
+    """A mistyped --results used to write a table of blanks (every run 'missing') into a folder it created."""
+    where = tmp_path / "typo"
+    r = bench(*command, "--grid", "smoke", "--results", where)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    if "--tuned" in command:
+        assert "no tuned runs for grid 'smoke'" in r.output and "run 'bench tune --grid smoke' first" in r.output
+    else:
+        assert f"no results at {where} (it has no runs/ folder); fix: pass the --results the grid smoke ran with" \
+            in r.output
+    assert not where.exists()
+
+
 def test_bench_table_and_report_survive_every_bad_result(bench, tmp_path):
     specs = expand("smoke")
     for s, (content, _) in zip(specs, BAD_RESULTS, strict=False):

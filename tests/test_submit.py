@@ -169,3 +169,30 @@ def test_submit_tune_local_workers_share_the_studies(tmp_path):
         assert len(done) == 2
         owners |= {t.user_attrs["peft3d.owner"] for t in done}
     print(f"counted trials by {len(owners)} worker(s): {sorted(owners)}")
+
+
+def test_status_of_a_tuned_grid_lists_its_tuned_runs(tmp_path):
+    """`bench status` of a tuned study used to report every run missing (it listed the grid's runs at the
+    untuned lr, which a tuned study never runs); --tuned lists the manifest's runs, and says which cells wait."""
+    from study_fixture import write_study
+    from typer.testing import CliRunner
+
+    from peft3d.cli.app import _mount, app
+    from peft3d.core.result import atomic_write_text
+
+    _mount()
+    specs, manifest = write_study(tmp_path)
+    status = ["status", "--grid", "transfer_study", "--results", str(tmp_path)]
+    out = CliRunner().invoke(app, [*status, "--tuned"])
+    assert out.exit_code == 0 and out.output.splitlines()[-1] == f"{len(specs)} done", out.output
+    (tmp_path / "runs" / f"{specs[0].run_id}.json").unlink()
+    first = next(iter(manifest["studies"].values()))
+    first["best_params"] = None  # a cell whose trials found no configuration yet
+    atomic_write_text(tmp_path / "tune" / "transfer_study.json", json.dumps(manifest))
+    lines = CliRunner().invoke(app, [*status, "--tuned"]).output.splitlines()
+    assert lines[-2] == f"{len(specs) - 1} done, 1 missing" and specs[0].run_id in lines[0]
+    assert lines[-1].startswith(f"1 of {len(manifest['studies'])} cells have no best trial yet")
+    lines = CliRunner().invoke(app, status).output.splitlines()
+    assert lines[-1] == ("grid transfer_study is tuned (bench tune): the runs its tables report are listed by "
+                         "bench status --grid transfer_study --tuned")
+    assert "done" not in lines[-2]  # the grid's own (untuned) runs: none ran

@@ -43,6 +43,14 @@ COMMANDS = ("ls", "validate", "run", "table", "data", "params", "perf", "plan", 
             "reproduce")
 
 
+def require_results(root: Path, grid: str) -> None:
+    """Tables and reports read a results folder; one that never held a run is a mistyped --results, not a grid
+    with every run missing: say so instead of writing a table of blanks into a new folder."""
+    if not (root / "runs").is_dir():
+        fail(f"no results at {root} (it has no runs/ folder); fix: pass the --results the grid {grid} ran with "
+             f"(bench status --grid {grid} --results DIR lists what is missing)")
+
+
 def parse_roots(items: list[str] | None) -> dict[str, str]:
     """``--data-root FAMILY=PATH`` options -> ``{family: path}``."""
     out = {}

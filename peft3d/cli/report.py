@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import GridOpt, IncludeOpt, ResultsOpt, app, fail, open_grid
+from peft3d.cli.app import GridOpt, IncludeOpt, ResultsOpt, app, fail, open_grid, require_results
 
 
 @app.command("report")
@@ -27,6 +27,8 @@ def report(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         fail(f"--reference must be 'paper', got {reference!r}")
     root = results_dir(results)
     expanded = open_grid(grid, include, seeds, data_root)
+    if not tuned:  # the tuned path says itself that nothing was tuned there
+        require_results(root, expanded.name)
     name, specs = expanded.name, expanded.specs
     extra, manifest = None, None
     if tuned:  # the tuned runs, and the manifest whose trials the learning-rate sensitivity section plots

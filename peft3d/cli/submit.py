@@ -133,12 +133,16 @@ def _submit_tune(argv: list[str], trials: int | None, workers: int, storage: str
 def status(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
            seeds: Optional[str] = typer.Option(None, "--seeds"),
            as_json: bool = typer.Option(False, "--json", help="print JSON"),
+           tuned: bool = typer.Option(False, "--tuned", help="the tuned runs of 'bench tune' (the grid's runs at "
+                                      "each cell's chosen configuration) instead of the grid's own runs"),
            include: Optional[list[Path]] = IncludeOpt) -> None:
     """done / running (epoch) / queued / failed per run of a grid, from results, claims, checkpoints, jobs."""
     from peft3d.core.result import results_dir
     from peft3d.schedule.submit import run_states
 
-    rows = run_states(open_grid(grid, include, seeds).specs, results_dir(results))
+    expanded, root = open_grid(grid, include, seeds), results_dir(results)
+    specs, note = _tuned_specs(expanded.name, root) if tuned else (expanded.specs, _tuned_hint(expanded, root))
+    rows = run_states(specs, root)
     if as_json:
         print(json.dumps(rows, indent=1))
         return
@@ -154,3 +158,28 @@ def status(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         job = f" job {r['job']}" if r["job"] else ""
         typer.echo(f"{r['state']:8} {r['run_id']}  {r['label']}{job} {extra}{detail}".rstrip())
     typer.echo(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    if note:
+        typer.echo(note)
+
+
+def _tuned_specs(grid: str, root: Path) -> tuple[list, str]:
+    """The tuned runs the manifest lists, and a line on the cells whose runs are not known yet (no best trial)."""
+    from peft3d.core.spec import RunSpec
+    from peft3d.tuning.final import read_manifest
+
+    manifest = read_manifest(root, grid)
+    studies = manifest["studies"].values()
+    waiting = sum(1 for s in studies if not s.get("best_params"))
+    note = (f"{waiting} of {len(studies)} cells have no best trial yet, so their tuned runs are not listed; "
+            f"trials and what is left: bench tune --grid {grid} --progress") if waiting else ""
+    return [RunSpec.from_dict(d) for d in manifest["runs"]], note
+
+
+def _tuned_hint(expanded, root: Path) -> str:
+    """A tuned grid reports its tuned runs, not its own (which run at the grid's untuned lr): say where they are."""
+    from peft3d.tuning.final import manifest_path
+
+    if expanded.tuning.trials is None or not manifest_path(root, expanded.name).exists():
+        return ""
+    return (f"grid {expanded.name} is tuned (bench tune): the runs its tables report are listed by "
+            f"bench status --grid {expanded.name} --tuned")

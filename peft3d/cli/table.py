@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from peft3d.cli.app import GridOpt, IncludeOpt, ResultsOpt, app, fail, open_grid, write_table
+from peft3d.cli.app import GridOpt, IncludeOpt, ResultsOpt, app, fail, open_grid, require_results, write_table
 
 
 @app.command("table")
@@ -37,6 +37,8 @@ def table(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         fail(f"--reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     root = results_dir(results)
     expanded = open_grid(grid, include, seeds, data_root)
+    if not tuned:  # the tuned path says itself that nothing was tuned there
+        require_results(root, expanded.name)
     name, specs, footer = expanded.name, expanded.specs, None
     if tuned:
         from peft3d.tuning.final import tuned_table
