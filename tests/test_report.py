@@ -149,6 +149,7 @@ def test_bench_report_cli(tmp_path):
     assert out.exit_code == 0, out.output
     html = (tmp_path / "report" / "smoke.html").read_text()
     assert all(s.run_id in html for s in specs)
+    assert "so it reads above test: compare cells by test" in html  # the val column's caveat
 
 
 def test_bench_report_tuned_plots_the_manifests_trials(tmp_path):

@@ -28,6 +28,7 @@ from peft3d.reporting.tables import (
     PARAMS_NOTE,
     REMEASURED_NOTE,
     TUNED_NOTE,
+    VAL_TRAIN_NOTE,
     friedman_of,
     method_table,
     paired_frame,
@@ -146,8 +147,8 @@ def render_report(grid: str, df: pd.DataFrame, results: dict[str, RunResult | No
              "<h2>Method table</h2>", _table(method_table(summary)),
              "<h2>Per-cell statistics</h2>", _table(stats_table(summary)) if (summary["n"] > 0).any() else "",
              _notes([f"95% CI: percentile bootstrap of the mean over {replicates(df)} (scipy.stats.bootstrap); "
-                     "binom. SE: sqrt(p(1−p)/n_test), a k-fold cell's over its pooled test set. val / train: "
-                     "accuracy at the selected epoch. ‡: some run of the cell selected an epoch in the last 10% of "
+                     "binom. SE: sqrt(p(1−p)/n_test), a k-fold cell's over its pooled test set. " + VAL_TRAIN_NOTE
+                     + " ‡: some run of the cell selected an epoch in the last 10% of "
                      "its epochs (possibly under-trained). control: the row is a control (random init, shuffled "
                      "weights, no transformer), not a transfer result."]),
              *_tuned_html(df, summary),

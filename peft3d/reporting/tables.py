@@ -412,6 +412,10 @@ def _span(values: pd.Series) -> str:
     return fm.params(lo) if lo == hi else f"{fm.params(lo)}–{fm.params(hi)}"
 
 
+# val is what selected the epoch (the maximum over a run's epochs on a small split), so it reads high; the
+# note says so wherever the column appears, so that nobody ranks cells by it
+VAL_TRAIN_NOTE = ("val / train: accuracy at the selected epoch; val chose that epoch (its maximum over the run's "
+                  "epochs), so it reads above test: compare cells by test.")
 PARAMS_NOTE = ("Each method's own trainable parameters (the PEFT module; `full`: every backbone block; `linear`: "
                "none), in brackets as a share of the backbone's block parameters (counted before the method adds "
                "to them). Every method also trains the shared tokenizer, positional encoding and norms and the "
@@ -449,8 +453,8 @@ def render_markdown(grid: str, df: pd.DataFrame, versus: str | None = None) -> s
         parts += ["## Statistics", "", fm.markdown(stats_table(summary)), "",
                   f"95% CI: percentile bootstrap of the mean over {replicates(df)} (scipy.stats.bootstrap). binom. "
                   "SE: the test set's own sampling noise, sqrt(p(1−p)/n_test). † best-on-test is optimistic (epoch "
-                  "selected on test, as papers do) and never the headline. val / train: accuracy at the selected "
-                  "epoch. ‡ late sel.: runs whose selected epoch lies in the last 10% of their epochs "
+                  "selected on test, as papers do) and never the headline. " + VAL_TRAIN_NOTE
+                  + " ‡ late sel.: runs whose selected epoch lies in the last 10% of their epochs "
                   "(possibly under-trained; the cell is marked ‡ in the table above).", "",
                   *paired_markdown(df, versus), "", *friedman_markdown(summary), ""]
     parts.append(f"{n_ok}/{n_all} runs succeeded.")
