@@ -179,7 +179,7 @@ def _tuned_hint(expanded, root: Path) -> str:
     """A tuned grid reports its tuned runs, not its own (which run at the grid's untuned lr): say where they are."""
     from peft3d.tuning.final import manifest_path
 
-    if expanded.tuning.trials is None or not manifest_path(root, expanded.name).exists():
+    if not manifest_path(root, expanded.name).exists():  # a grid tuned with --trials has no tuning.trials
         return ""
     return (f"grid {expanded.name} is tuned (bench tune): the runs its tables report are listed by "
             f"bench status --grid {expanded.name} --tuned")
