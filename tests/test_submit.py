@@ -138,7 +138,22 @@ def test_submit_tune_needs_trials_and_dry_run_shows_the_worker_command(tmp_path)
     assert out.returncode == 0 and "--finish-cells --trials 2" in out.stdout, out.stderr
     out = bench("submit", "--grid", str(grid), "--results", str(tmp_path / "r"), "--executor", "local",
                 "--finish-cells", "--dry-run")
-    assert out.returncode == 2 and "--finish-cells orders the tuning workers' work: it goes with --tune" in out.stderr
+    assert out.returncode == 2 and "--finish-cells configures tuning workers: it goes with --tune" in out.stderr
+
+
+@pytest.mark.parametrize("typed,line", [
+    (["--pruner", "median"], "--pruner configures tuning workers: it goes with --tune; fix: add --tune, or drop it"),
+    (["--workers", "2"], "--workers configures tuning workers: it goes with --tune; fix: add --tune, or drop it"),
+    (["--trials", "3", "--heartbeat", "30"],
+     "--trials, --heartbeat configure tuning workers: they go with --tune; fix: add --tune, or drop them")])
+def test_submit_without_tune_refuses_tuning_options_even_at_their_defaults(tmp_path, typed, line):
+    # a typed tuning option without --tune would submit plain runs and drop it silently
+    grid = tiny_grid(tmp_path)
+    out = bench("submit", "--grid", str(grid), "--results", str(tmp_path / "r"), "--executor", "local", *typed,
+                "--dry-run")
+    assert out.returncode == 2, out.stdout
+    assert out.stderr.strip().splitlines() == [f"error: {line}"]
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow  # two tuning workers as a local submitit array (the SLURM path with the local executor)

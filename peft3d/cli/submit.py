@@ -29,8 +29,25 @@ def _minutes(hms: str | None) -> int | None:
     return total
 
 
+# bench submit's options that only configure tuning workers, by parameter name -> flag
+TUNE_ONLY = {"trials": "--trials", "workers": "--workers", "storage": "--storage", "pruner": "--pruner",
+             "heartbeat": "--heartbeat", "finish_cells": "--finish-cells"}
+
+
+def _refuse_tune_options(ctx: typer.Context) -> None:
+    """Without --tune, a tuning option the user typed would be silently ignored (runs at the grid's lr instead of
+    tuning workers): refuse it in one line. The context's parameter source tells typed from default values; it is
+    compared by name because recent typer releases carry their own copy of click's enum."""
+    typed = [flag for name, flag in TUNE_ONLY.items()
+             if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")]
+    if typed:
+        fail(f"{', '.join(typed)} configure{'s' if len(typed) == 1 else ''} tuning workers: "
+             f"{'it goes' if len(typed) == 1 else 'they go'} with --tune; fix: add --tune, or drop "
+             f"{'it' if len(typed) == 1 else 'them'}")
+
+
 @app.command("submit")
-def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
+def submit(ctx: typer.Context, grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
            seeds: Optional[str] = typer.Option(None, "--seeds"),
            data_root: Optional[list[str]] = typer.Option(None, "--data-root", help="FAMILY=PATH"),
            executor: str = typer.Option("slurm", "--executor", help="slurm | local (this machine, same path)"),
@@ -65,8 +82,8 @@ def submit(grid: str = GridOpt, results: Optional[Path] = ResultsOpt,
         fail(f"--executor must be slurm or local, got {executor!r}")
     if cpus_per_task < 1 or gpus_per_task < 0 or (max_parallel is not None and max_parallel < 1):
         fail("--cpus-per-task and --max-parallel must be >= 1, --gpus-per-task >= 0")
-    if finish_cells and not tune:
-        fail("--finish-cells orders the tuning workers' work: it goes with --tune; fix: add --tune, or drop it")
+    if not tune:
+        _refuse_tune_options(ctx)
     expanded = open_grid(grid, include, seeds, data_root, "cuda" if gpus_per_task else None)
     specs = expanded.specs
     check_roots(specs)
