@@ -147,11 +147,14 @@ def test_a_result_from_before_wall_s_counts_its_total_s():
     assert s.as_dict()["began"] == "2026-12-05T10:00:00+00:00"
 
 
-def test_perf_without_progress_is_one_line_and_exit_2(tmp_path):
+@pytest.mark.parametrize("option,line", [
+    (["--perf", "."], "--perf prices what is left: it goes with --progress"),
+    (["--json"], "--json prints the progress as JSON: it goes with --progress")])
+def test_a_progress_option_without_progress_is_one_line_and_exit_2(tmp_path, option, line):
     r = subprocess.run([sys.executable, "-m", "peft3d", "tune", "--grid", "transfer_study", "--results",
-                        str(tmp_path), "--perf", str(tmp_path)], capture_output=True, text=True, timeout=120)
+                        str(tmp_path), *option], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
-    assert r.stderr.strip().count("\n") == 0 and "--perf prices what is left: it goes with --progress" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and line in r.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 

@@ -101,6 +101,8 @@ def tune(grid: str = GridOpt, trials: Optional[int] = typer.Option(None, "--tria
         return
     if perf is not None and not progress:
         fail("--perf prices what is left: it goes with --progress; fix: add --progress, or drop --perf")
+    if as_json and not progress:  # would otherwise start the workers and print their log, not JSON
+        fail("--json prints the progress as JSON: it goes with --progress; fix: add --progress, or drop --json")
     if progress:
         _show_progress(name, cells_of(specs, name, plan.objective_variants, plan.seed), results_dir(results),
                        storage_url(root, storage), trials, as_json, plan.precision, perf)
