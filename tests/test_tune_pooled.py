@@ -216,3 +216,49 @@ def test_a_grid_s_tuning_block_is_checked_against_its_datasets(tmp_path):
     bad.write_text(base + "tuning: {objective_variants: [f0, f2]}\n")
     with pytest.raises(ConfigError, match=r"objective_variants \['f2'\] are not among the grid's sweethome3d"):
         expand_grid(str(bad))
+
+
+def test_a_method_s_own_lr_centre_keeps_the_width_and_the_sobol_positions_of_every_other_cell(tmp_path):
+    """A grid's ``also:`` entry may move one method's lr range (full fine-tuning wants a lower lr); its cells must
+    still get the same two-decade width, the same weight decays and the same points on the log scale, so the
+    lr-sensitivity curves of both ranges are drawn at matching positions."""
+    import optuna
+
+    from peft3d.grids.loader import expand_grid
+    from peft3d.tuning.budget import make_sampler
+    from peft3d.tuning.cells import space_description, suggest
+
+    grid = tmp_path / "moved.yaml"
+    grid.write_text("backbones: [test_bert]\nmethods: [linear]\nweights: [random]\nnum_points: 64\n"
+                    "datasets: [synthetic]\nbudget: {lr: 0.003}\n"
+                    "tuning: {trials: 4, sampler: qmc, space: shared}\n"
+                    "also:\n  - {methods: [full], budget: {lr: 0.0003}}\n")
+    expanded = expand_grid(str(grid))
+    cells = {c.base.method: c for c in cells_of(expanded.specs, expanded.name)}
+    assert space_description(cells["linear"].base)["lr"] == "log-uniform [0.0003, 0.03]"
+    assert space_description(cells["full"].base)["lr"] == "log-uniform [3e-05, 0.003]"
+    drawn = {}
+    for method, cell in cells.items():
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(expanded.tuning, cell.study_name, 0)[0])
+        points = []
+        for k in range(4):
+            trial = study.ask()
+            spec = suggest(trial, cell.base, shared_space=True)
+            points.append((spec.budget.lr, spec.budget.weight_decay))
+            study.tell(trial, float(k))
+        drawn[method] = points
+    np.testing.assert_allclose([lr for lr, _ in drawn["full"]], [lr / 10 for lr, _ in drawn["linear"]], rtol=1e-9)
+    assert [wd for _, wd in drawn["full"]] == pytest.approx([wd for _, wd in drawn["linear"]], rel=1e-12)
+    assert len({lr for lr, _ in drawn["linear"]}) == 4  # four distinct points, not one repeated
+
+
+def test_the_transfer_study_tunes_full_fine_tuning_one_decade_lower_than_every_other_method():
+    from peft3d.grids.loader import expand_grid
+    from peft3d.tuning.cells import space_description
+
+    ranges = {}
+    for spec in expand_grid("transfer_study").specs:
+        ranges.setdefault(spec.method, set()).add(space_description(spec)["lr"])
+    assert ranges.pop("full") == {"log-uniform [3e-05, 0.003]"}
+    assert set(ranges) == {"linear", "any2point", "lora", "dapt", "pointgst", "idpt"}
+    assert all(r == {"log-uniform [0.0003, 0.03]"} for r in ranges.values()), ranges
