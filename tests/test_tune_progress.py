@@ -2,6 +2,7 @@
 from the Optuna storage and the result files of a tune driven by a fake executor (no training)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -149,7 +150,7 @@ def test_a_result_from_before_wall_s_counts_its_total_s():
 
 @pytest.mark.parametrize("option,line", [
     (["--perf", "."], "--perf prices what is left: it goes with --progress"),
-    (["--json"], "--json prints the progress as JSON: it goes with --progress")])
+    (["--json"], "--json prints the progress or the studies as JSON: it goes with --progress or --dry-run")])
 def test_a_progress_option_without_progress_is_one_line_and_exit_2(tmp_path, option, line):
     r = subprocess.run([sys.executable, "-m", "peft3d", "tune", "--grid", "transfer_study", "--results",
                         str(tmp_path), *option], capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -177,3 +178,21 @@ def test_busy_hours_leave_out_the_gap_between_sessions_and_count_overlaps_once()
     assert d["busy_hours"] == pytest.approx(2.0)  # 10:00-11:30 and 09:00-09:30, not the 23.5 h span
     assert (d["began"], d["ended"]) == ("2026-12-05T10:00:00+00:00", "2026-12-06T09:30:00+00:00")
     assert s.seconds / 3600 == pytest.approx(3.0)  # core-hours: every run counted
+
+
+def test_dry_run_lists_each_study_with_its_lr_range_as_text_or_json(tmp_path):
+    args = [sys.executable, "-m", "peft3d", "tune", "--grid", "transfer_study", "--results", str(tmp_path),
+            "--dry-run"]
+    text = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    as_json = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    rows = json.loads(as_json.stdout)
+    assert len(rows) == 31 and len(text.stdout.splitlines()) == 31
+    full = [r for r in rows if "/full/" in r["study"]]
+    assert len(full) == 6 and {r["lr"] for r in full} == {"log-uniform [3e-05, 0.003]"}
+    assert {r["lr"] for r in rows if r not in full} == {"log-uniform [0.0003, 0.03]"}
+    assert {r["tuning_seed"] for r in rows} == {100}
+    first = rows[0]
+    assert text.stdout.splitlines()[0] == (f"  {first['study']}  ({first['runs']} runs, trials at seed 100, "
+                                          f"lr {first['lr']})")
+    assert list(tmp_path.iterdir()) == []  # a listing writes nothing

@@ -28,6 +28,22 @@ def _sigterm_as_interrupt(*_: object) -> None:
     raise KeyboardInterrupt  # `kill PID` cleans up like Ctrl-C (trial marked interrupted, MLflow runs KILLED)
 
 
+def _show_studies(cells: list, as_json: bool) -> None:
+    """The studies a tune would fill: name, runs, tuning seed and lr range (a grid may centre one method's range
+    elsewhere, so the range is per study)."""
+    import json
+
+    from peft3d.tuning.cells import space_description
+
+    rows = [{"study": c.study_name, "runs": len(c.specs), "tuning_seed": c.base.seed,
+             "lr": space_description(c.base)["lr"]} for c in cells]
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        typer.echo(f"  {r['study']}  ({r['runs']} runs, trials at seed {r['tuning_seed']}, lr {r['lr']})")
+
+
 def _show_progress(grid: str, cells: list, root: Path, url: str, trials: int, as_json: bool,
                    precision: Precision | None = None, perf: Path | None = None) -> None:
     import json
@@ -68,7 +84,7 @@ def tune(grid: str = GridOpt, trials: Optional[int] = typer.Option(None, "--tria
          dry_run: bool = typer.Option(False, "--dry-run", help="list the studies"),
          progress: bool = typer.Option(False, "--progress", help="where each cell stands (trials, best, tuned "
                                        "runs) and the core-hours spent and left; starts nothing"),
-         as_json: bool = typer.Option(False, "--json", help="with --progress: print JSON"),
+         as_json: bool = typer.Option(False, "--json", help="with --progress or --dry-run: print JSON"),
          perf: Optional[Path] = typer.Option(None, "--perf", help="with --progress: a `bench perf --json` record "
                                              "or a folder of them, to price methods with no finished run yet by "
                                              "their step-time ratio to the linear probe"),
@@ -96,13 +112,13 @@ def tune(grid: str = GridOpt, trials: Optional[int] = typer.Option(None, "--tria
     if trials is None:
         fail(f"grid {name} sets no tuning.trials; fix: pass --trials N")
     if dry_run:  # listing the studies needs no data
-        for c in cells_of(specs, name, plan.objective_variants, plan.seed):
-            typer.echo(f"  {c.study_name}  ({len(c.specs)} runs, trials at seed {c.base.seed})")
+        _show_studies(cells_of(specs, name, plan.objective_variants, plan.seed), as_json)
         return
     if perf is not None and not progress:
         fail("--perf prices what is left: it goes with --progress; fix: add --progress, or drop --perf")
     if as_json and not progress:  # would otherwise start the workers and print their log, not JSON
-        fail("--json prints the progress as JSON: it goes with --progress; fix: add --progress, or drop --json")
+        fail("--json prints the progress or the studies as JSON: it goes with --progress or --dry-run; fix: add "
+             "one of them, or drop --json")
     if progress:
         _show_progress(name, cells_of(specs, name, plan.objective_variants, plan.seed), results_dir(results),
                        storage_url(root, storage), trials, as_json, plan.precision, perf)
