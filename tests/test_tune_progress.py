@@ -196,3 +196,32 @@ def test_dry_run_lists_each_study_with_its_lr_range_as_text_or_json(tmp_path):
     assert text.stdout.splitlines()[0] == (f"  {first['study']}  ({first['runs']} runs, trials at seed 100, "
                                           f"lr {first['lr']})")
     assert list(tmp_path.iterdir()) == []  # a listing writes nothing
+
+
+def test_a_best_lr_at_the_edge_of_its_range_is_said_when_the_tuned_runs_start_and_in_progress(tmp_path):
+    """Range 3e-4..3e-2 (lr 3e-3 ÷/× 10): both trials of the first cell forced to 3.1e-4 (the outer tenth), the
+    second cell's to 3e-3 (the middle). Only the first is named, once, before its tuned runs, and marked §."""
+    from peft3d.tuning.cells import lr_edge_note
+
+    said: list[str] = []
+    o = TuneOptions(n_trials=PLAN.trials, storage=f"sqlite:///{tmp_path / 'optuna.db'}", plan=PLAN)
+    tuner = Tuner("study", study_specs(), tmp_path, o, execute=TimedExecutor(), echo=said.append)
+    tuner.prepare()
+    edge, middle = tuner.cells[0], tuner.cells[1]
+    for cell, lr in ((edge, 3.1e-4), (middle, 3e-3)):
+        for wd in (1e-3, 1e-2):
+            tuner.studies[cell.study_name].enqueue_trial({"lr": lr, "weight_decay": wd})
+        tuner.tune_cell(cell, 1)
+    tuner.finish([edge, middle], write_finals(tmp_path))
+    notes = [s for s in said if s.startswith("§ ")]
+    assert notes == [f"§ {edge.study_name}: its best lr 3.10e-04 lies at the edge of its range (log-uniform "
+                     "[0.0003, 0.03]), so the optimum may lie outside it: look at the trials (bench report --tuned) "
+                     "before trusting the cell"]
+    assert said.index(notes[0]) < next(i for i, s in enumerate(said) if s.startswith("tuned runs of"))
+    assert lr_edge_note(middle, 3e-3) is None and lr_edge_note(middle, None) is None
+    assert lr_edge_note(middle, 2.9e-2) is not None  # the upper tenth too
+    lines = progress_lines(grid_progress("study", tuner.cells, tmp_path, o.storage, PLAN.trials))
+    rows = {line.split()[0]: line for line in lines[1:5]}
+    assert "3.10e-04 §" in rows["test_bert[pretrained]/linear"]
+    assert "3.00e-03 §" not in rows[middle.base.backbone + "[pretrained]/" + middle.base.method]
+    assert notes[0] in lines

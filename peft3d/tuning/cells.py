@@ -90,6 +90,20 @@ def space_description(base: RunSpec, shared_space: bool = False) -> dict[str, An
             else f"{base.method} config search_space()"}
 
 
+def lr_edge_note(cell: Cell, best_lr: float | None) -> str | None:
+    """A line when a study's best lr lies in the outer tenth (log scale) of its range, as the tables mark it (§):
+    the optimum may lie outside the range. Said when the tuned runs start and in ``--progress``, so whoever runs a
+    study sees it before its tuned runs are spent (the transfer study moved full fine-tuning's range on such a
+    sign); None otherwise."""
+    from peft3d.reporting.tables import lr_at_edge
+
+    lr_range = space_description(cell.base)["lr"]
+    if not lr_at_edge(best_lr, lr_range):
+        return None
+    return (f"§ {cell.study_name}: its best lr {best_lr:.2e} lies at the edge of its range ({lr_range}), so the "
+            "optimum may lie outside it: look at the trials (bench report --tuned) before trusting the cell")
+
+
 def suggest(trial: Any, base: RunSpec, shared_space: bool = False) -> RunSpec:
     """The trial's RunSpec: the cell's spec with the sampled lr, weight decay and (unless ``shared_space``: the
     same two-dimensional space for every method) the method's knobs, without test evaluation."""

@@ -15,7 +15,7 @@ from typing import Any
 from peft3d.core.result import ResultInvalid, parse_result, read_result, wall_seconds
 from peft3d.grids.plan import Precision
 from peft3d.tuning.budget import counts
-from peft3d.tuning.cells import Cell, tuned_spec
+from peft3d.tuning.cells import Cell, lr_edge_note, tuned_spec
 from peft3d.tuning.final import best_spec
 from peft3d.tuning.precision import extra_runs, most_extra_runs
 from peft3d.tuning.pricing import RULES, CostKey, Pricer, cost_key
@@ -123,7 +123,8 @@ def cell_progress(cell: Cell, study: Any | None, root: Path, grid: str, n_trials
     row = {"cell": f"{b.backbone}[{b.weights}]/{b.method}", "study": cell.study_name,
            "trials": {**{k: c[k] for k in ("counted", "complete", "pruned", "failed", "running")}, "of": n_trials,
                       **trials.as_dict()},
-           "best": {"value": trial.value, "params": dict(trial.params)} if trial is not None else None,
+           "best": {"value": trial.value, "params": dict(trial.params),
+                    "lr_edge_note": lr_edge_note(cell, trial.params.get("lr"))} if trial is not None else None,
            "final": {"of": len(tuned), "may_add": may_add, **finals.as_dict()}}
     return row, [trials, finals], Left(left, may_add, cost_key(b))
 
@@ -177,7 +178,7 @@ def _left(lefts: list[Left], pricer: Pricer) -> dict[str, Any]:
 
 def progress_lines(p: dict[str, Any]) -> list[str]:
     """The human view: one line per cell, then the totals."""
-    lines = [f"{'cell':34} {'trials':>14} {'best val':>8} {'lr':>9} {'final':>7} {'core-h':>7}  "
+    lines = [f"{'cell':34} {'trials':>14} {'best val':>8} {'lr':>10} {'final':>7} {'core-h':>7}  "
              "trials | tuned runs: first start → last end (wall hours with a run going)"]
     for r in p["cells"]:
         t, f, best = r["trials"], r["final"], r["best"]
@@ -185,9 +186,11 @@ def progress_lines(p: dict[str, Any]) -> list[str]:
             + (" +running" if t["running"] else "")
         val = f"{best['value']:.3f}" if best else "-"
         lr = f"{best['params']['lr']:.2e}" if best and "lr" in best["params"] else "-"
+        lr += " §" if best and best.get("lr_edge_note") else "  "
         hours = t["core_hours"] + f["core_hours"]
-        lines.append(f"{r['cell']:34} {trials:>14} {val:>8} {lr:>9} {f['runs']:>3}/{f['of']:<3} {hours:>7.2f}  "
+        lines.append(f"{r['cell']:34} {trials:>14} {val:>8} {lr:>10} {f['runs']:>3}/{f['of']:<3} {hours:>7.2f}  "
                      f"{_span(t)} | {_span(f)}")
+    lines += [r["best"]["lr_edge_note"] for r in p["cells"] if r["best"] and r["best"].get("lr_edge_note")]
     tot = p["total"]
     left = (f"at most {tot['runs_left_at_most']} runs ≈ {tot['core_hours_left_at_most']} core-hours left "
             f"({_rules_line(tot)})") if tot["median_run_s"] else "no run finished yet"
