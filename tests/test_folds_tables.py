@@ -248,6 +248,13 @@ def test_a_tuned_lr_at_the_edge_of_its_range_is_marked(tmp_path):
     assert not shown.drop(("none", "random", "linear"))["lr / wd"].str.contains("§").any()
     text = render_markdown("transfer_study.tuned", runs_frame(specs, tmp_path), "linear")
     assert f"| {fm.sci(1e-2)} § |" in text and "§: the chosen lr lies in the outer tenth" in text
+    from peft3d.reporting.tables import tuned_table  # each cell's own searched range beside its chosen lr
+
+    df = runs_frame(specs, tmp_path)
+    t = tuned_table(summarize(df))
+    none = t["backbone"] == "none"
+    assert set(t.loc[none, "lr range"]) == {"1.0e-04..1.1e-02"} and none.sum() >= 1
+    assert set(t.loc[~none, "lr range"]) == {"3.0e-04..3.0e-02"}
 
 
 def test_the_tuning_objective_is_re_measured_at_the_reported_seeds(study):

@@ -43,7 +43,7 @@ RUN_COLUMNS = ["run_id", "backbone", "weights", "method", "preset", "dataset", "
                "full_dataset", "seed", "status", "error", "test_acc", "val_acc", "test_acc_best_test",
                "test_acc_last", "selected_epoch", "n_test", "n_folds", "params_method", "params_trainable_excl_head",
                "params_trainable", "params_total", "params_shared", "params_head", "params_backbone", "lr",
-               "weight_decay", "tuned", "tune_objective", "tune_study", "lr_edge", "time_s", "step_ms",
+               "weight_decay", "tuned", "tune_objective", "tune_study", "lr_edge", "lr_range", "time_s", "step_ms",
                "pretrain_modality", "modality", "control", "train_acc", "epochs", "late_selection"]
 LATE_FRACTION = 0.1  # protocol.md "Convergence": a selected epoch in the last 10% of epochs may be under-trained
 
@@ -154,7 +154,14 @@ def _tuning_columns(r: RunResult | None) -> dict[str, Any]:
     tuning = r.section("tuning") if r else {}
     return {"lr": budget.get("lr"), "weight_decay": budget.get("weight_decay"), "tuned": bool(tuning),
             "tune_objective": tuning.get("best_value"), "tune_study": tuning.get("study"),
-            "lr_edge": lr_at_edge(budget.get("lr"), (tuning.get("space") or {}).get("lr"))}
+            "lr_edge": lr_at_edge(budget.get("lr"), (tuning.get("space") or {}).get("lr")),
+            "lr_range": _range_text((tuning.get("space") or {}).get("lr"))}
+
+
+def _range_text(space: str | None) -> str | None:
+    """"log-uniform [0.0003, 0.03]" -> "3e-04..3e-02": the searched lr range, short enough for a table column."""
+    bounds = log_uniform_bounds(space)
+    return None if bounds is None else f"{fm.sci(bounds[0])}..{fm.sci(bounds[1])}"
 
 
 EDGE_FRACTION = 0.1  # a chosen lr in the outer tenth of the log range: the optimum may lie outside it
@@ -193,7 +200,7 @@ CELL_KEYS = ["backbone", "weights", "dataset", "method"]
 SUMMARY_COLUMNS = [*CELL_KEYS, "n", "n_expected", "mean", "std", "ci_low", "ci_high", "binom_se", "best_test_mean",
                    "last_mean", "n_test", "params", "params_method", "params_trainable", "modality", "reason",
                    "control", "train_mean", "val_mean", "n_late", "params_shared", "params_head", "params_backbone",
-                   "lr", "weight_decay", "tuned", "tune_objective", "tune_study", "lr_edge"]
+                   "lr", "weight_decay", "tuned", "tune_objective", "tune_study", "lr_edge", "lr_range"]
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -326,6 +333,7 @@ def tuned_table(summary: pd.DataFrame, df: pd.DataFrame | None = None) -> pd.Dat
                          "method": t["method"],
                          "lr": [fm.sci(lr) + (fm.EDGE_MARK if e else "")
                                 for lr, e in zip(t["lr"], t["lr_edge"], strict=True)],
+                         "lr range": t["lr_range"].fillna(fm.MISSING),
                          "weight decay": t["weight_decay"].map(fm.sci),
                          "val objective": (t["tune_objective"] * 100).map(fm.num)})
     again = remeasured(df) if df is not None else pd.DataFrame()
@@ -342,8 +350,9 @@ def tuned_table(summary: pd.DataFrame, df: pd.DataFrame | None = None) -> pd.Dat
 
 
 TUNED_NOTE = ("lr / weight decay: the best trial of the cell's study (validation objective, in %), which every "
-              "reported run of the cell trained with. `bench report --tuned` plots the objective against lr per "
-              f"arm. {fm.EDGE_NOTE}")
+              "reported run of the cell trained with; lr range: the log-uniform range that study searched (a grid "
+              "may centre one method's range elsewhere, never narrower or wider). `bench report --tuned` plots the "
+              f"objective against lr per arm. {fm.EDGE_NOTE}")
 
 
 REMEASURED_NOTE = ("Re-measured: the study's objective (mean validation accuracy over the variants its trials ran "
