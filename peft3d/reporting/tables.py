@@ -159,7 +159,7 @@ def _tuning_columns(r: RunResult | None) -> dict[str, Any]:
 
 
 def _range_text(space: str | None) -> str | None:
-    """"log-uniform [0.0003, 0.03]" -> "3e-04..3e-02": the searched lr range, short enough for a table column."""
+    """"log-uniform [0.0003, 0.03]" -> "3.0e-04..3.0e-02" (the lr column's format): the searched lr range."""
     bounds = log_uniform_bounds(space)
     return None if bounds is None else f"{fm.sci(bounds[0])}..{fm.sci(bounds[1])}"
 

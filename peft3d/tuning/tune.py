@@ -27,7 +27,7 @@ from peft3d.core.errors import ConfigError
 from peft3d.core.spec import RunSpec
 from peft3d.tuning.budget import Echo, TuneOptions, counts, open_studies, recover_orphans
 from peft3d.tuning.cells import Cell, cells_of, lr_edge_note
-from peft3d.tuning.final import Blocks, FinalRuns, read_manifest
+from peft3d.tuning.final import Blocks, FinalRuns, best_spec, read_manifest
 from peft3d.tuning.precision import check_covered
 from peft3d.tuning.sharing import StaleRetry, open_storage
 from peft3d.tuning.tracking import TuneTracker
@@ -101,8 +101,6 @@ class Tuner:
         return rest
 
     def _say_lr_edges(self, cells: list[Cell]) -> None:
-        from peft3d.tuning.final import best_spec
-
         for cell in cells:
             _, trial = best_spec(self.studies[cell.study_name])
             note = lr_edge_note(cell, trial.params.get("lr")) if trial is not None else None
