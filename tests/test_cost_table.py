@@ -57,13 +57,16 @@ def test_each_cell_s_medians_its_floor_ratio_and_summed_hours(tmp_path):
     assert t.loc[("dinov2_small", "lora"), "× linear step"] == "—"  # no linear probe on DINOv2-S: no ratio
 
 
-def test_markdown_and_report_show_it_and_a_grid_without_step_times_does_not(tmp_path):
+def test_markdown_and_report_show_it_and_a_grid_without_step_times_does_not(tmp_path, recwarn):
     specs, _ = write_runs(tmp_path, np.random.default_rng(4))
     df = runs_frame(specs, tmp_path)
     text = render_markdown("g", df, "linear")
     assert f"## {COST_TITLE}" in text and "the fairer step ratio" in text
     html = render_report("g", df, {s.run_id: None for s in specs})
     assert f"<h2>{COST_TITLE}</h2>" in html and "× linear step" in html
+    # no result carries curves here: said in one line, not drawn as empty panels (with an empty legend's warning)
+    assert "No per-epoch curves in these results" in html
+    assert not [w for w in recwarn if "No artists with labels" in str(w.message)]
     untimed = df.assign(step_ms=np.nan)
     assert cost_table(untimed).empty and COST_TITLE not in render_markdown("g", untimed, "linear")
 

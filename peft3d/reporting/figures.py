@@ -196,6 +196,8 @@ def curves_figure(df: pd.DataFrame, results: dict[str, Any]) -> Any | None:
     """Validation (dashed) and test (solid) accuracy per epoch: the mean of a cell's runs while they run, the
     band their range; one panel per dataset × method, four to a row."""
     ok = df[df["status"] == "success"]
+    has_curves = {x for x in ok["run_id"] if (r := results.get(x)) and r.metrics and r.metrics.curves}
+    ok = ok[ok["run_id"].isin(has_curves)]  # results without per-epoch curves would draw empty panels
     if ok.empty:
         return None
     cells = list(dict.fromkeys(zip(ok["dataset"], ok["method"], strict=True)))
@@ -221,7 +223,7 @@ def curves_figure(df: pd.DataFrame, results: dict[str, Any]) -> Any | None:
             ax.set_xlabel("epoch", fontsize=8)
         if i % cols == 0:
             ax.set_ylabel("accuracy (%)", fontsize=8)
-        if i == 0:
+        if i == 0 and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     return fig

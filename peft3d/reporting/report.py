@@ -68,7 +68,8 @@ def plot_modality(df: pd.DataFrame) -> str:
 
 
 def plot_curves(df: pd.DataFrame, results: dict[str, RunResult | None]) -> str:
-    return _plot(figures.curves_figure(df, results), "learning curves per method (validation dashed, test solid)")
+    return _plot(figures.curves_figure(df, results), "learning curves per method (validation dashed, test solid)",
+                 "<p class=note>No per-epoch curves in these results: no learning curves to plot.</p>")
 
 
 def plot_cd(summary: pd.DataFrame) -> str:
