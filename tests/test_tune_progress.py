@@ -223,5 +223,5 @@ def test_a_best_lr_at_the_edge_of_its_range_is_said_when_the_tuned_runs_start_an
     lines = progress_lines(grid_progress("study", tuner.cells, tmp_path, o.storage, PLAN.trials))
     rows = {line.split()[0]: line for line in lines[1:5]}
     assert "3.10e-04 §" in rows["test_bert[pretrained]/linear"]
-    assert "3.00e-03 §" not in rows[middle.base.backbone + "[pretrained]/" + middle.base.method]
+    assert "3.00e-03 §" not in rows[f"{middle.base.backbone}[{middle.base.weights}]/{middle.base.method}"]
     assert notes[0] in lines

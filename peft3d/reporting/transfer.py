@@ -45,14 +45,15 @@ def arm_config(runs: pd.DataFrame) -> dict:
         vals = runs[col].dropna().unique() if col in runs else []
         return float(vals[0]) if len(vals) == 1 else math.nan
 
+    def only(col: str) -> str | None:  # a text column's single value, else None
+        vals = runs[col].dropna().unique() if col in runs else []
+        return vals[0] if len(vals) == 1 else None
+
     tuned = bool(len(runs)) and "tuned" in runs and bool(runs["tuned"].fillna(False).astype(bool).all())
     edge = bool(runs["lr_edge"].fillna(False).astype(bool).any()) if "lr_edge" in runs else False
-    studies = runs["tune_study"].dropna().unique() if "tune_study" in runs else []
-    ranges = runs["lr_range"].dropna().unique() if "lr_range" in runs else []
     return {"lr": one("lr"), "weight_decay": one("weight_decay"), "tuned": tuned,
-            "tune_objective": one("tune_objective"), "lr_edge": edge,
-            "tune_study": studies[0] if len(studies) == 1 else None,
-            "lr_range": ranges[0] if len(ranges) == 1 else None}
+            "tune_objective": one("tune_objective"), "lr_edge": edge, "tune_study": only("tune_study"),
+            "lr_range": only("lr_range")}
 
 
 def _control_pool(cell: pd.DataFrame, kind: str, backbone: str, method: str) -> tuple[pd.DataFrame, str]:

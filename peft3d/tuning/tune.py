@@ -27,7 +27,7 @@ from peft3d.core.errors import ConfigError
 from peft3d.core.spec import RunSpec
 from peft3d.tuning.budget import Echo, TuneOptions, counts, open_studies, recover_orphans
 from peft3d.tuning.cells import Cell, cells_of, lr_edge_note
-from peft3d.tuning.final import Blocks, FinalRuns, best_spec, read_manifest
+from peft3d.tuning.final import Blocks, FinalRuns, read_manifest
 from peft3d.tuning.precision import check_covered
 from peft3d.tuning.sharing import StaleRetry, open_storage
 from peft3d.tuning.tracking import TuneTracker
@@ -100,13 +100,6 @@ class Tuner:
                 rest.append((i, cell))
         return rest
 
-    def _say_lr_edges(self, cells: list[Cell]) -> None:
-        for cell in cells:
-            _, trial = best_spec(self.studies[cell.study_name])
-            note = lr_edge_note(cell, trial.params.get("lr")) if trial is not None else None
-            if note:
-                self.echo(note)
-
     def finish(self, cells: list[Cell], run_final: Callable[[list[RunSpec], Blocks], None] | None) -> None:
         """Run the best configurations of ``cells`` on the grid's seeds (what is not done yet), then write the
         manifest of every cell tuned so far."""
@@ -120,7 +113,9 @@ class Tuner:
             if not tried:
                 for m in missing:
                     self.echo(f"{m}: no complete trial (all pruned or failed): no tuned runs for this cell")
-                self._say_lr_edges(cells)
+                best_lr = {b["study"]: (b["best_params"] or {}).get("lr") for b in blocks.values()}
+                for note in filter(None, (lr_edge_note(c, best_lr.get(c.study_name)) for c in cells)):
+                    self.echo(note)  # from the blocks just built: no second read of the studies
             which = cells[0].study_name if len(cells) == 1 else f"{len(cells)} cells"  # a log line names its cell
             self.echo(f"tuned runs of {which}: {len(specs)}, {len(specs) - len(todo)} already done, "
                       f"{len(todo)} to run")
