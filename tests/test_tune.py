@@ -326,3 +326,36 @@ def test_table_and_report_of_the_tuned_runs(tmp_path):
     assert out.exit_code == 0, out.output
     html = (tmp_path / "report" / "smoke.tuned.html").read_text()
     assert "2 Optuna trials per cell" in html and all(t.run_id in html for t in tuned_specs("smoke", tmp_path))
+
+
+def test_best_configuration_is_the_earliest_of_tied_objectives():
+    """Two trials whose mean fold accuracies are equal on paper but differ in the last bit (as two finished
+    transfer-study trials did) tie, and the earlier one is chosen; a real difference of one model still wins."""
+    import optuna
+
+    from peft3d.tuning.final import best_spec
+
+    spec = smoke_specs()[0]
+    # two trials right on 28, 28, 31 and 31, 28, 28 of 37 validation models in folds f0, f1, f2: the same mean
+    tied_sum = sum(k / 37 for k in (28, 28, 31)) / 3
+    other_order = sum(k / 37 for k in (31, 28, 28)) / 3
+    assert tied_sum != other_order  # the float noise this test is about
+
+    def study_with(values):
+        study = optuna.create_study(direction="maximize")
+        for i, v in enumerate(values):
+            lr = 1e-4 * (i + 1)
+            study.add_trial(optuna.trial.create_trial(
+                params={"lr": lr}, distributions={"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2)},
+                value=v, user_attrs={"peft3d.core.spec": spec.replace(
+                    budget=spec.budget.__class__(**{**spec.budget.__dict__, "lr": lr})).to_dict()}))
+        return study
+
+    low_first = study_with([0.5, min(tied_sum, other_order), max(tied_sum, other_order)])
+    chosen, trial = best_spec(low_first)
+    assert trial.number == 1 and chosen.budget.lr == 2e-4
+    high_first = study_with([max(tied_sum, other_order), min(tied_sum, other_order)])
+    assert best_spec(high_first)[1].number == 0
+    one_model_better = study_with([tied_sum, tied_sum + 1 / 3 / 37])  # one more of 37 validation models right
+    assert best_spec(one_model_better)[1].number == 1
+    assert best_spec(optuna.create_study(direction="maximize")) == (None, None)
