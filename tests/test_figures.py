@@ -131,6 +131,23 @@ def test_learning_rate_sensitivity_is_legible(lrs):
     assert collisions(sensitivity.sensitivity_figure(trials)) == []
 
 
+def test_only_a_study_that_spent_its_budget_has_a_chosen_configuration():
+    """A study still short of trials (2 of 8 counted) shows its best so far without the ring of a choice, and
+    the pretrained − random gap at the chosen configurations waits for both arms; a full study keeps both."""
+    lrs = list(np.geomspace(3e-4, 3e-2, 4))
+    manifest = _manifest(["bb"], ["full"], lrs)
+    for w, counted in (("pretrained", 2), ("random", 8)):
+        manifest["studies"][f"bb/{w}/full"].update(counted=counted, n_trials=8)
+    trials = sensitivity.trials_frame(manifest)
+    chosen = trials[trials["best"]]
+    assert list(chosen["weights"]) == ["random"] and list(chosen["number"]) == [1]
+    flips = sensitivity.flips_frame(trials)
+    assert len(flips) == 1 and flips.loc[0, "points"] == 3 and math.isnan(flips.loc[0, "delta_chosen"])
+    manifest["studies"]["bb/pretrained/full"]["counted"] = 8
+    flips = sensitivity.flips_frame(sensitivity.trials_frame(manifest))
+    assert flips.loc[0, "delta_chosen"] == pytest.approx(1.0)  # trial 1: 71 % pretrained against 70 % random
+
+
 def test_data_efficiency_curve_is_legible(crowded):
     import pandas as pd
 

@@ -36,22 +36,31 @@ def _pct(x: Any) -> float:
     return 100 * float(x) if x is not None else math.nan
 
 
+def _study_full(study: dict[str, Any]) -> bool:
+    """Whether a study has spent its trial budget: before that its best trial is the best so far, not the
+    configuration the arm runs with (a manifest without the counts is taken as full)."""
+    budget = study.get("n_trials")
+    return budget is None or study.get("counted", 0) >= budget
+
+
 def trials_frame(manifest: dict[str, Any]) -> pd.DataFrame:
     """One row per trial of every study with a cell record: params, state, objective (%; a pruned trial's last
-    running mean in ``last_value``) and whether it is the study's best (the configuration the arm was run with)."""
+    running mean in ``last_value``) and whether it is the configuration the arm was run with (the best trial of a
+    study that has spent its budget; none while a study is still short of trials)."""
     rows = []
     for name, study in manifest.get("studies", {}).items():
         cell = study.get("cell")
         if not cell:
             continue
         arm = f"{cell['backbone']} [{cell['weights']}]"
+        chosen = study.get("best_trial") if _study_full(study) else None
         for t in study.get("trials") or []:
             p = t.get("params") or {}
             rows.append({"study": name, "method": cell["method"], "dataset": cell_dataset(cell),
                          "backbone": cell["backbone"], "weights": cell["weights"], "arm": arm,
                          "number": t["number"], "state": t["state"], "lr": p.get("lr", math.nan),
                          "weight_decay": p.get("weight_decay", math.nan), "value": _pct(t.get("value")),
-                         "last_value": _pct(t.get("last_value")), "best": t["number"] == study.get("best_trial")})
+                         "last_value": _pct(t.get("last_value")), "best": chosen is not None and t["number"] == chosen})
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
 
 
@@ -113,6 +122,6 @@ NOTE = ("Each study's trials at their learning rate (x) and validation objective
         "shared Sobol sampler the studies try the same (lr, weight decay) points, so arms are compared at "
         "identical points. Solid: pretrained; dashed: random init. Hollow: a trial pruned after part of its "
         "objective (plotted at its running mean, not comparable to a full objective). Ringed: the chosen "
-        "configuration, which the reported runs used. The table counts, per backbone, at how many shared points "
-        "the pretrained arm led its random-init control on validation: a lead at the chosen configurations but not "
-        "across the points depends on the learning rate.")
+        "configuration, which the reported runs used; a study still short of its trials has no ring yet. The "
+        "table counts, per backbone, at how many shared points the pretrained arm led its random-init control on "
+        "validation: a lead at the chosen configurations but not across the points depends on the learning rate.")
