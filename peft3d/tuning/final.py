@@ -26,8 +26,8 @@ Blocks = dict[str, dict[str, Any]]  # run_id -> the tuning block of its result
 
 # Objectives closer than this are a tie. An objective is a mean of fold accuracies (multiples of 1/n for a few
 # dozen to a few hundred models), so two trials that are equal on paper can differ in the last bit when their
-# folds sum in another order (seen: 0.818068068068068 against 0.8180680680680682); a real difference is at least
-# 1 / (folds × validation models), far above 1e-9 for any split.
+# folds sum in another order (seen: 0.818068068068068 against 0.8180680680680682). A real difference is at least
+# 1 / (folds × n_a × n_b) for validation folds of n_a and n_b models: above 1e-9 while folds hold under ~10,000.
 TIE_TOLERANCE = 1e-9
 
 
