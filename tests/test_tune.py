@@ -341,19 +341,22 @@ def test_best_configuration_is_the_earliest_of_tied_objectives():
     other_order = sum(k / 37 for k in (31, 28, 28)) / 3
     assert tied_sum != other_order  # the float noise this test is about
 
+    def lr_of(number):
+        return spec.budget.lr * (number + 1) / 4
+
     def study_with(values):
         study = optuna.create_study(direction="maximize")
         for i, v in enumerate(values):
-            lr = 1e-4 * (i + 1)
+            params = {"lr": lr_of(i), "weight_decay": 0.01}
+            trial_spec = suggest(optuna.trial.FixedTrial(params), spec, shared_space=True)  # as a trial makes it
             study.add_trial(optuna.trial.create_trial(
-                params={"lr": lr}, distributions={"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2)},
-                value=v, user_attrs={"peft3d.core.spec": spec.replace(
-                    budget=spec.budget.__class__(**{**spec.budget.__dict__, "lr": lr})).to_dict()}))
+                params=params, distributions={k: optuna.distributions.FloatDistribution(1e-6, 1.0) for k in params},
+                value=v, user_attrs={"peft3d.core.spec": trial_spec.to_dict()}))
         return study
 
     low_first = study_with([0.5, min(tied_sum, other_order), max(tied_sum, other_order)])
     chosen, trial = best_spec(low_first)
-    assert trial.number == 1 and chosen.budget.lr == 2e-4
+    assert trial.number == 1 and chosen.budget.lr == lr_of(1)
     high_first = study_with([max(tied_sum, other_order), min(tied_sum, other_order)])
     assert best_spec(high_first)[1].number == 0
     one_model_better = study_with([tied_sum, tied_sum + 1 / 3 / 37])  # one more of 37 validation models right
