@@ -68,6 +68,26 @@ def test_environment_changes_that_can_move_numbers_are_listed():
     assert rep.environment_changes(then, now) == ["packages.torch: 2.14.1 recorded, 2.15.0 now"]
 
 
+def test_another_cpu_is_named_and_an_unrecorded_one_is_said():
+    base = {"packages": {"torch": "2.14.1"}, "torch_threads": 1, "device": "cpu"}
+    avx2, avx512 = "AMD EPYC 7B13 (torch kernels: AVX2)", "Intel(R) Xeon(R) Processor (torch kernels: AVX512)"
+    assert rep.environment_changes({**base, "cpu": avx2}, {**base, "cpu": avx512}) == [
+        f"cpu: {avx2} recorded, {avx512} now"]
+    assert rep.environment_changes({**base, "cpu": avx512}, {**base, "cpu": avx512}) == []
+    assert rep.environment_changes(base, {**base, "cpu": avx512}) == [
+        f"cpu: not recorded, {avx512} now (another kind of CPU trains differently)"]
+
+
+def test_every_result_records_its_cpu_and_kernel_instruction_set():
+    import torch
+
+    from peft3d.core.environment import environment
+
+    cpu = environment("cpu")["cpu"]
+    assert cpu.endswith(f"(torch kernels: {torch.backends.cpu.get_cpu_capability()})")
+    assert not cpu.startswith(" (")  # a processor name precedes it
+
+
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """One tiny run trained and written like a worker writes it."""
@@ -93,7 +113,7 @@ def test_a_recorded_run_retrains_identically_and_nothing_is_written(recorded):
     assert out.returncode == 0, out.stdout + out.stderr
     [row] = json.loads(out.stdout)
     assert row["run_id"] == run_id and row["identical"] is True and row["differences"] == []
-    assert row["environment_changes"] == []
+    assert row["environment_changes"] == []  # the CPU is recorded and the same
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
 
 

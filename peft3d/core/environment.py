@@ -38,8 +38,28 @@ def environment(device: str) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         dev = f"{device} ({torch.cuda.get_device_name()})"
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
-            "plugins": installed_plugins(), "git_sha": git_sha(), "device": dev,
+            "plugins": installed_plugins(), "git_sha": git_sha(), "device": dev, "cpu": cpu(),
             "torch_threads": torch.get_num_threads()}
+
+
+def cpu() -> str:
+    """The processor and the instruction set torch's CPU kernels dispatch to, e.g. ``"Intel(R) Xeon(R) Processor
+    (torch kernels: AVX512)"``. Why recorded: the same code, seed, threads and library versions train
+    bit-identically only on the same kind of CPU. Another instruction set (AVX2 vs AVX512, or oneDNN's AMX paths)
+    sums in another order, and training amplifies the last-bit difference into a different run."""
+    import torch
+
+    return f"{cpu_model()} (torch kernels: {torch.backends.cpu.get_cpu_capability()})"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def installed_plugins() -> list[str]:

@@ -2,9 +2,10 @@
 
 A study that runs across sessions collects its results from several commits of the code (the report lists them).
 The tables may pool them only if those commits train identically. Training is deterministic for a given device,
-thread count and library versions (the resume tests rely on it), so re-running a sample of recorded runs and
-comparing every metric and curve value exactly answers the question from the files alone. Nothing is written to
-the results folder.
+kind of CPU (its instruction set), thread count and library versions (the resume tests rely on it), so re-running
+a sample of recorded runs on the same kind of machine and comparing every metric and curve value exactly answers
+the question from the files alone; an environment change that can move the numbers (another CPU included) is
+printed beside the verdict. Nothing is written to the results folder.
 """
 from __future__ import annotations
 
@@ -97,9 +98,13 @@ def environment_changes(recorded: dict[str, Any], now: dict[str, Any]) -> list[s
     """What differs between the run's recorded environment and this one, among what can change the numbers."""
     pairs = [(f"packages.{p}", (recorded.get("packages") or {}).get(p), (now.get("packages") or {}).get(p))
              for p in PACKAGES_THAT_COMPUTE]
-    pairs += [(k, recorded.get(k), now.get(k)) for k in ("python", "device", "torch_threads", "precision",
+    pairs += [(k, recorded.get(k), now.get(k)) for k in ("python", "device", "cpu", "torch_threads", "precision",
                                                           "geometry", "plugins")]
-    return [f"{k}: {a} recorded, {b} now" for k, a, b in pairs if a is not None and a != b]
+    out = [f"{k}: {a} recorded, {b} now" for k, a, b in pairs if a is not None and a != b]
+    if recorded.get("cpu") is None and now.get("cpu"):
+        # results written before the CPU was recorded: say so, since another CPU alone changes the numbers
+        out.append(f"cpu: not recorded, {now['cpu']} now (another kind of CPU trains differently)")
+    return out
 
 
 def reproduce(result: RunResult, data_roots: dict[str, str] | None = None) -> Outcome:
