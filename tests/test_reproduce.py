@@ -130,7 +130,23 @@ def test_a_changed_number_in_a_result_file_is_found_and_exits_1(recorded, tmp_pa
     assert out.stdout.strip().endswith("0 of 1 identical; 1 differ")
 
 
+def test_same_cpu_draws_only_runs_recorded_on_this_cpu(recorded, tmp_path):
+    root, run_id = recorded
+    out = bench("reproduce", "--results", str(root), "--same-cpu")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("re-training 1 of 1 runs recorded on this CPU (from 1 code commit(s))")
+    data = json.loads((root / "runs" / f"{run_id}.json").read_text())
+    data["environment"]["cpu"] = "Another CPU (torch kernels: AVX2)"
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "runs").mkdir(parents=True)
+    (elsewhere / "runs" / f"{run_id}.json").write_text(json.dumps(data))
+    out = bench("reproduce", "--results", str(elsewhere), "--same-cpu")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stdout + out.stderr
+    assert "--same-cpu: no run in" in out.stderr and "was recorded on this CPU (" in out.stderr
+
+
 @pytest.mark.parametrize("args,message", [
+    (["--same-cpu", "--run", "x"], "--same-cpu chooses the sample, --run names the runs: give one of them"),
     (["--run", "nosuchrun"], "--run nosuchrun: no successful result in"),
     (["--sample", "0"], "--sample must be at least 1, got 0"),
 ])

@@ -17,6 +17,8 @@ def reproduce(results: Optional[Path] = ResultsOpt,
               sample: int = typer.Option(3, "--sample", help="how many runs, one per recorded code commit in "
                                          "turn, drawn at random within each"),
               seed: int = typer.Option(0, "--seed", help="the draw's seed (the same seed draws the same runs)"),
+              same_cpu: bool = typer.Option(False, "--same-cpu", help="draw the sample only from runs recorded on "
+                                            "this kind of CPU (another CPU trains differently)"),
               data_root: Optional[list[str]] = typer.Option(None, "--data-root"),
               as_json: bool = typer.Option(False, "--json", help="one JSON list instead of lines")) -> None:
     """Re-train recorded runs with this checkout's code and compare every metric and curve value with their
@@ -31,6 +33,13 @@ def reproduce(results: Optional[Path] = ResultsOpt,
     found, unreadable = rep.successful_runs(root)
     if not found:
         fail(f"{root / 'runs'} holds no successful run result; fix: point --results at a results folder")
+    if same_cpu:
+        if run:
+            fail("--same-cpu chooses the sample, --run names the runs: give one of them")
+        found, here = rep.recorded_on_this_cpu(found)
+        if not found:
+            fail(f"--same-cpu: no run in {root / 'runs'} was recorded on this CPU ({here}); fix: run bench "
+                 "reproduce on the kind of machine that trained them, or leave out --same-cpu")
     if run:
         by_id = {r.run_id: r for r in found}
         unknown = [rid for rid in run if rid not in by_id]
@@ -43,7 +52,8 @@ def reproduce(results: Optional[Path] = ResultsOpt,
         typer.echo(f"skipped {len(unreadable)} unreadable result file(s): {', '.join(unreadable[:3])}")
     commits = len({rep.commit_of(r) for r in found})
     if not as_json:
-        typer.echo(f"re-training {len(chosen)} of {len(found)} runs (from {commits} code commit(s))")
+        where = " recorded on this CPU" if same_cpu else ""
+        typer.echo(f"re-training {len(chosen)} of {len(found)} runs{where} (from {commits} code commit(s))")
     outcomes = []
     for result in chosen:
         outcome = rep.reproduce(result, roots)

@@ -51,6 +51,14 @@ def successful_runs(root: Path) -> tuple[list[RunResult], list[str]]:
     return good, unreadable
 
 
+def recorded_on_this_cpu(results: list[RunResult]) -> tuple[list[RunResult], str]:
+    """The runs whose recorded CPU is this machine's (runs that recorded none are left out), and this CPU."""
+    from peft3d.core.environment import cpu
+
+    here = cpu()
+    return [r for r in results if r.section("environment").get("cpu") == here], here
+
+
 def commit_of(result: RunResult) -> str:
     sha = result.section("environment").get("git_sha")
     return sha[:12] if isinstance(sha, str) and sha else "unknown"
