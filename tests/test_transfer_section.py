@@ -53,6 +53,27 @@ def test_a_control_run_under_another_method_is_named():
     assert real["vs_none:of"] == "none, linear" and np.isclose(real["vs_none:delta"], 100 * (0.8 + 0.8 + 0.9) / 3 - 60)
 
 
+def test_a_planned_own_control_not_finished_yet_is_not_replaced_by_another_backbones():
+    # the grid plans DINOv2's random twin; its runs have not finished: MiniLM's twin must not stand in for it
+    df = _runs(ROWS)
+    planned = pd.DataFrame([dict(status="missing", dataset="synthetic/scan", method="linear", backbone="dinov2_small",
+                                 weights="random", control="random init", modality="none (random init)", seed=s,
+                                 test_acc=np.nan, val_acc=np.nan, late_selection=False) for s in range(3)])
+    tf = transfer_frame(pd.concat([df, planned], ignore_index=True))
+    real = tf[tf["control"] == ""].set_index("backbone")
+    assert np.isnan(real.loc["dinov2_small", "vs_random:delta"]) and real.loc["dinov2_small", "vs_random:pending"]
+    assert np.isclose(real.loc["minilm", "vs_random:delta"], 4.0)  # a finished own twin is still paired
+    assert np.isclose(real.loc["dinov2_small", "vs_none:delta"], (10 + 9 + 14) / 3)  # other controls unaffected
+    text = "\n".join(transfer_markdown(pd.concat([df, planned], ignore_index=True)))
+    dino = next(line for line in text.splitlines() if "| dinov2_small | pretrained" in line)
+    assert "— (its own not run yet)" in dino and "vs minilm" not in dino
+    # once one seed of the twin succeeds, it is paired with its own (1 pair), not MiniLM's
+    planned.loc[0, ["status", "test_acc", "val_acc"]] = ["success", 0.65, 0.64]
+    real = transfer_frame(pd.concat([df, planned], ignore_index=True)).set_index(["backbone", "weights"])
+    row = real.loc[("dinov2_small", "pretrained")]
+    assert row["vs_random:of"] == "" and row["vs_random:pairs"] == 1 and np.isclose(row["vs_random:delta"], 5.0)
+
+
 def test_the_report_opens_with_the_same_section():
     from peft3d.reporting.report import _transfer_html
 

@@ -4,7 +4,8 @@ Rows: each pretrained backbone (labelled with its modality), ranked by mean test
 dataset, then the controls (random init, shuffled, no transformer). For every pretrained row and every kind of
 control, the paired difference over seeds and its p-values. A pretrained row is compared with the control of
 the *same* backbone when the grid ran one (the fair control: same architecture, same depth); otherwise with
-that kind of control from another backbone, and the column says which (protocol.md "Controls").
+that kind of control from another backbone, and the column says which (protocol.md "Controls"); while the grid's
+own control for that backbone is still running, with none ("its own not run yet").
 """
 from __future__ import annotations
 
@@ -56,10 +57,20 @@ def arm_config(runs: pd.DataFrame) -> dict:
             "lr_range": only("lr_range")}
 
 
-def _control_pool(cell: pd.DataFrame, kind: str, backbone: str, method: str) -> tuple[pd.DataFrame, str]:
+PENDING = "pending"  # the tag of a same-backbone control the grid plans but has not finished
+
+
+def _control_pool(cell: pd.DataFrame, kind: str, backbone: str, method: str,
+                  planned: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
     """The runs of control ``kind`` to pair with ``backbone``/``method``: same backbone if run, else another
-    backbone's (the no-transformer control only has the linear probe: any method is taken, and named)."""
+    backbone's (the no-transformer control only has the linear probe: any method is taken, and named). When the
+    grid plans the same backbone's control (a row of ``planned``, any status) but none of its runs succeeded yet,
+    nothing is paired (tag ``PENDING``): another backbone's twin would stand in for a comparison still running."""
     ctl = cell[cell["control"] == kind]
+    if planned is not None and not len(ctl[(ctl["backbone"] == backbone) & (ctl["method"] == method)]):
+        own = planned[(planned["control"] == kind) & (planned["backbone"] == backbone) & (planned["method"] == method)]
+        if len(own):
+            return ctl.iloc[0:0], PENDING
     for pick in (ctl[(ctl["backbone"] == backbone) & (ctl["method"] == method)], ctl[ctl["method"] == method], ctl):
         if len(pick):
             first = pick.iloc[0]
@@ -78,6 +89,7 @@ def transfer_frame(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (ds, method), cell in ok.groupby(["dataset", "method"], sort=False):
         controls_here = ok[ok["dataset"] == ds]  # controls may have run under another method (none: linear)
+        planned_here = df[df["dataset"] == ds]  # every expected run, finished or not
         for (bb, w), g in cell.groupby(["backbone", "weights"], sort=False):
             acc = (g["test_acc"] * 100).tolist()
             mean, std = stats.mean_std(acc)
@@ -89,7 +101,9 @@ def transfer_frame(df: pd.DataFrame) -> pd.DataFrame:
                  **arm_config(g)}
             if not ctl:
                 for kind in CONTROL_KINDS:
-                    pool, tag = _control_pool(controls_here, kind, bb, method)
+                    pool, tag = _control_pool(controls_here, kind, bb, method, planned_here)
+                    if tag == PENDING:
+                        r[f"vs_{SHORT[kind]}:pending"] = True
                     if pool.empty:
                         continue
                     a, b = _by_replicate(g), _by_replicate(pool)
@@ -116,7 +130,8 @@ def transfer_frame(df: pd.DataFrame) -> pd.DataFrame:
 def _vs_cell(r: pd.Series, key: str) -> str:
     d = r.get(f"vs_{key}:delta")
     if fm.is_missing(d):
-        return fm.MISSING
+        pending = r.get(f"vs_{key}:pending")
+        return f"{fm.MISSING} (its own not run yet)" if not fm.is_missing(pending) and bool(pending) else fm.MISSING
     of = r.get(f"vs_{key}:of") or ""
     folds = r.get(f"vs_{key}:p_folds")
     return f"{fm.signed(d)} (p {fm.p_relation(r[f'vs_{key}:p'])}, n={int(r[f'vs_{key}:pairs'])}" + \
