@@ -183,3 +183,23 @@ def test_the_report_names_every_commit_its_runs_ran_with():
     assert code_versions({**one, "missing": None}) == f"git {'a' * 12}"
     mixed = {**one, "x": run(7, b), "y": run(8, b), "z": run(9, b), "w": run(10, b)}
     assert code_versions(mixed) == f"code of 2 commits (runs each): {'b' * 12}-dirty (4), {'a' * 12} (3)"
+
+
+def test_the_report_names_the_hardware_its_runs_ran_on():
+    from test_tune import result_for
+
+    from peft3d.core.result import RunResult
+    from peft3d.core.spec import RunSpec
+    from peft3d.reporting.report import hardware
+
+    def run(seed, env):
+        d = result_for(RunSpec(backbone="test_bert", method="linear", seed=seed), [0.5])
+        return RunResult.from_dict({**d, "environment": env})
+
+    xeon = {"device": "cpu", "cpu": "Xeon (torch kernels: AVX512)"}
+    same = {str(i): run(i, xeon) for i in range(2)}
+    assert hardware({**same, "missing": None}) == "ran on Xeon (torch kernels: AVX512)"
+    mixed = {**same, "old1": run(5, {"device": "cpu"}), "old2": run(6, {"device": "cpu"}),
+             "old3": run(7, {"device": "cpu"}), "gpu": run(8, {"device": "cuda (NVIDIA H100)", "cpu": "EPYC"})}
+    assert hardware(mixed) == ("ran on 3 kinds of hardware (runs each): CPU not recorded (3), "
+                               "Xeon (torch kernels: AVX512) (2), cuda (NVIDIA H100) (1)")

@@ -122,6 +122,21 @@ def code_versions(results: dict[str, RunResult | None]) -> str:
     return f"code of {len(shas)} commits (runs each): " + ", ".join(f"{sha} ({n})" for sha, n in shas.most_common())
 
 
+def hardware(results: dict[str, RunResult | None]) -> str:
+    """Where the runs ran: the GPU for CUDA runs, else the CPU and its kernels' instruction set
+    (``environment.cpu``). Named because the same seed trains differently on another kind of processor
+    (docs/protocol.md "What a seed fixes"), so a reader of a pooled study should see that it spans several."""
+    def where(env: dict) -> str:
+        device = str(env.get("device") or "")
+        return device if device.startswith("cuda") else (env.get("cpu") or "CPU not recorded")
+
+    kinds = Counter(where(r.section("environment") or {}) for r in results.values() if r is not None)
+    if len(kinds) <= 1:
+        return f"ran on {next(iter(kinds), '?')}"
+    return f"ran on {len(kinds)} kinds of hardware (runs each): " + \
+        ", ".join(f"{k} ({n})" for k, n in kinds.most_common())
+
+
 def _short_sha(sha: str | None) -> str:
     """12 hex digits, keeping ``-dirty`` (code with uncommitted changes must stay visible as such)."""
     if not sha:
@@ -138,7 +153,8 @@ def render_report(grid: str, df: pd.DataFrame, results: dict[str, RunResult | No
     n_ok = int((df["status"] == "success").sum())
     parts = [f"<h1>peft3d report — {html.escape(grid)}</h1>",
              f"<p>{n_ok}/{len(df)} runs succeeded; generated {html.escape(time.strftime('%Y-%m-%d %H:%M:%S'))} "
-             f"from the result JSONs only. {html.escape(code_versions(results))}.</p>",
+             f"from the result JSONs only. {html.escape(code_versions(results))}; "
+             f"{html.escape(hardware(results))}.</p>",
              _notes(["Headline: test accuracy at the epoch with the best validation accuracy (protocol.md). "
                      "Best-on-test is optimistic and never the headline. Failed or missing runs are blanks "
                      "with their reason, never numbers.", *(extra or []), folds_note(df)]),
