@@ -88,6 +88,17 @@ def test_every_result_records_its_cpu_and_kernel_instruction_set():
     assert not cpu.startswith(" (")  # a processor name precedes it
 
 
+def test_the_cpu_is_named_with_its_family_and_model_from_cpuinfo():
+    from peft3d.core.environment import model_from_cpuinfo
+
+    two = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+           "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx512f\n\n"
+           "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC 7B13\n")
+    assert model_from_cpuinfo(two) == "Intel(R) Xeon(R) Processor, family 6 model 143"  # the first processor's
+    assert model_from_cpuinfo("processor\t: 0\nmodel name\t: Some CPU\n") == "Some CPU"
+    assert model_from_cpuinfo("processor\t: 0\nFeatures\t: fp asimd\n") is None  # e.g. an ARM kernel: no name
+
+
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """One tiny run trained and written like a worker writes it."""

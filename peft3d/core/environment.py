@@ -43,23 +43,39 @@ def environment(device: str) -> dict:
 
 
 def cpu() -> str:
-    """The processor and the instruction set torch's CPU kernels dispatch to, e.g. ``"Intel(R) Xeon(R) Processor
-    (torch kernels: AVX512)"``. Why recorded: the same code, seed, threads and library versions train
-    bit-identically only on the same kind of CPU. Another instruction set (AVX2 vs AVX512, or oneDNN's AMX paths)
-    sums in another order, and training amplifies the last-bit difference into a different run."""
+    """The processor and the instruction set torch's CPU kernels dispatch to, e.g. ``"Intel(R) Xeon(R) Processor,
+    family 6 model 167 (torch kernels: AVX512)"``. Why recorded: the same code, seed, threads and library versions
+    train bit-identically only on the same kind of CPU; another one (another instruction set, or another
+    microarchitecture for which the math libraries pick other kernels) rounds differently, and training carries
+    the last-bit difference into a different run. Family and model are kept because a virtual machine's model
+    name is often generic."""
     import torch
 
     return f"{cpu_model()} (torch kernels: {torch.backends.cpu.get_cpu_capability()})"
 
 
 def cpu_model() -> str:
+    """``/proc/cpuinfo``'s model name with its family and model numbers (Linux), else what ``platform`` knows."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        found = model_from_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+        found = None
+    return found or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def model_from_cpuinfo(text: str) -> str | None:
+    """The first processor's ``model name, family F model M`` in a ``/proc/cpuinfo`` text (None without a name)."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if not key.strip():
+            break  # the first processor's block ends at its blank line
+        fields.setdefault(key.strip(), value.strip())
+    if "model name" not in fields:
+        return None
+    if {"cpu family", "model"} <= set(fields):
+        return f"{fields['model name']}, family {fields['cpu family']} model {fields['model']}"
+    return fields["model name"]
 
 
 def installed_plugins() -> list[str]:
