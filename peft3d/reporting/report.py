@@ -119,7 +119,11 @@ def code_versions(results: dict[str, RunResult | None]) -> str:
                    for r in results.values() if r is not None)
     if len(shas) <= 1:
         return f"git {next(iter(shas), '?')}"
-    return f"code of {len(shas)} commits (runs each): " + ", ".join(f"{sha} ({n})" for sha, n in shas.most_common())
+    return f"code of {len(shas)} commits (runs each): " + _runs_each(shas)
+
+
+def _runs_each(counts: Counter) -> str:
+    return ", ".join(f"{name} ({n})" for name, n in counts.most_common())
 
 
 def hardware(results: dict[str, RunResult | None]) -> str:
@@ -133,8 +137,7 @@ def hardware(results: dict[str, RunResult | None]) -> str:
     kinds = Counter(where(r.section("environment") or {}) for r in results.values() if r is not None)
     if len(kinds) <= 1:
         return f"ran on {next(iter(kinds), '?')}"
-    return f"ran on {len(kinds)} kinds of hardware (runs each): " + \
-        ", ".join(f"{k} ({n})" for k, n in kinds.most_common())
+    return f"ran on {len(kinds)} kinds of hardware (runs each): " + _runs_each(kinds)
 
 
 def _short_sha(sha: str | None) -> str:

@@ -66,12 +66,13 @@ def _control_pool(cell: pd.DataFrame, kind: str, backbone: str, method: str,
     backbone's (the no-transformer control only has the linear probe: any method is taken, and named). When the
     grid plans the same backbone's control (a row of ``planned``, any status) but none of its runs succeeded yet,
     nothing is paired (tag ``PENDING``): another backbone's twin would stand in for a comparison still running."""
+    def own(runs: pd.DataFrame) -> pd.DataFrame:
+        return runs[(runs["control"] == kind) & (runs["backbone"] == backbone) & (runs["method"] == method)]
+
     ctl = cell[cell["control"] == kind]
-    if planned is not None and not len(ctl[(ctl["backbone"] == backbone) & (ctl["method"] == method)]):
-        own = planned[(planned["control"] == kind) & (planned["backbone"] == backbone) & (planned["method"] == method)]
-        if len(own):
-            return ctl.iloc[0:0], PENDING
-    for pick in (ctl[(ctl["backbone"] == backbone) & (ctl["method"] == method)], ctl[ctl["method"] == method], ctl):
+    if own(ctl).empty and planned is not None and len(own(planned)):
+        return ctl.iloc[0:0], PENDING
+    for pick in (own(ctl), ctl[ctl["method"] == method], ctl):
         if len(pick):
             first = pick.iloc[0]
             same = pick[(pick["backbone"] == first["backbone"]) & (pick["method"] == first["method"])]
