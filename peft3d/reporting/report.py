@@ -21,7 +21,7 @@ import pandas as pd
 
 from peft3d.analysis import formatting as fm
 from peft3d.core.result import RunResult, atomic_write_text, load_results
-from peft3d.reporting import cost, efficiency, figures, layouts, sensitivity
+from peft3d.reporting import cost, efficiency, figures, layouts, modalities, sensitivity
 from peft3d.reporting.canvas import img
 from peft3d.reporting.folds import CORRECTED_NOTE, TUNED_ON_FOLDS, folds_note, replicates, tuned_on_folds, unit
 from peft3d.reporting.tables import (
@@ -196,8 +196,10 @@ def _layouts_html(df: pd.DataFrame, versus: str | None, reference: str | None) -
 
 
 def _transfer_html(df: pd.DataFrame) -> list[str]:
-    shown = transfer_table(df)
-    return [] if shown.empty else [f"<h2>{html.escape(TITLE)}</h2>", _table(shown), _notes([note(df)])]
+    shown, versus = transfer_table(df), modalities.modality_table(df)
+    return ([] if shown.empty else [f"<h2>{html.escape(TITLE)}</h2>", _table(shown), _notes([note(df)])]) + \
+        ([] if versus.empty else [f"<h2>{html.escape(modalities.TITLE)}</h2>", _table(versus),
+                                  _notes([modalities.note(df)])])
 
 
 def _cost_html(df: pd.DataFrame) -> list[str]:

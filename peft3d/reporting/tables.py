@@ -36,6 +36,7 @@ from peft3d.reporting.folds import (
     tuned_on_folds,
     unit,
 )
+from peft3d.reporting.modalities import modality_markdown
 from peft3d.reporting.objective import remeasured
 from peft3d.reporting.transfer import arm_config, has_controls, transfer_markdown
 
@@ -452,7 +453,7 @@ def render_markdown(grid: str, df: pd.DataFrame, versus: str | None = None) -> s
     parts = [f"# {grid}: test accuracy (%)", "",
              "Overall accuracy on the test set at the epoch with the best validation accuracy; mean ± std "
              f"over {replicates(df)} (n = successful/expected runs).", "",
-             *(transfer_markdown(df) if has_controls(df) else []),
+             *([*transfer_markdown(df), *modality_markdown(df)] if has_controls(df) else []),
              method_table(summary).to_markdown(index=False), "", noise_floor(summary), "",
              *([folds_note(df), ""] if is_pooled(df) else []),
              "## Trainable parameters: each method's own, apart from the shared tokenizer and head", "",
