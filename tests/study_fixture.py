@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from peft3d.core.result import RunResult, atomic_write_text, write_result
+from peft3d.core.result import RunResult, atomic_write_text, read_result, write_result
 from peft3d.core.spec import Budget, RunSpec
 
 FOLDS = ("f0", "f1", "f2", "f3", "f4")
@@ -171,3 +172,22 @@ def write_study(root: Path, few: bool = True, tuned: bool = True, seed: int = 20
     if tuned:
         atomic_write_text(root / "tune" / "transfer_study.json", json.dumps(manifest, indent=1, sort_keys=True))
     return specs, manifest
+
+
+def accuracies(root: Path, specs: list[RunSpec], **where: Any) -> pd.Series:
+    """Test accuracy (points) of the runs matching ``where``, indexed by (fold, seed), read straight from the
+    files the fixture wrote (what the tests recompute the tables' statistics from)."""
+    out = {(s.variant, s.seed): 100 * read_result(root, s.run_id).metrics.test_acc
+           for s in specs if all(getattr(s, k) == v for k, v in where.items())}
+    return pd.Series(out).sort_index()
+
+
+def fold_corrected_p(a: pd.Series, b: pd.Series) -> float:
+    """The corrected resampled t-test of ``a`` − ``b`` recomputed from scratch for the 5-fold partition: seeds
+    averaged per fold, variance × (1/J + 1/4) for J folds, t with J − 1 degrees of freedom."""
+    from scipy import stats as sps
+
+    common = a.index.intersection(b.index)
+    d = (a[common] - b[common]).groupby(level=0).mean().to_numpy()
+    t = d.mean() / math.sqrt((1 / len(d) + 1 / 4) * d.var(ddof=1))
+    return float(2 * sps.t.sf(abs(t), len(d) - 1))

@@ -7,9 +7,8 @@ import math
 import re
 
 import numpy as np
-import pandas as pd
 import pytest
-from study_fixture import BLOCKS, N_TEST, chosen_wd, study_specs, write_study
+from study_fixture import BLOCKS, N_TEST, accuracies, chosen_wd, fold_corrected_p, study_specs, write_study
 
 from peft3d.analysis import formatting as fm
 from peft3d.core.errors import ConfigError
@@ -27,15 +26,6 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     specs, manifest = write_study(root)
     return root, specs, runs_frame(specs, root)
-
-
-def _acc(root, specs, **where) -> pd.Series:
-    """Test accuracy (points) of the matching runs, indexed by (fold, seed), read straight from the files."""
-    out = {}
-    for s in specs:
-        if all(getattr(s, k) == v for k, v in where.items()):
-            out[(s.variant, s.seed)] = 100 * read_result(root, s.run_id).metrics.test_acc
-    return pd.Series(out).sort_index()
 
 
 def test_sweethome3d_declares_its_partitions():
@@ -77,7 +67,7 @@ def test_folds_are_replicates_of_one_cell(study):
     assert set(s.index.get_level_values("dataset")) == {"sweethome3d/cv5", "sweethome3d/cv5_n5",
                                                        "sweethome3d/cv5_n10", "sweethome3d/cv5_n20"}
     cell = s.loc[("minilm", "pretrained", "linear", "sweethome3d/cv5")]
-    acc = _acc(root, specs, backbone="minilm", weights="pretrained", method="linear")
+    acc = accuracies(root, specs, backbone="minilm", weights="pretrained", method="linear")
     acc = acc[[f in N_TEST for f, _ in acc.index]]
     assert cell["n"] == cell["n_expected"] == 15 and len(acc) == 15
     assert math.isclose(cell["mean"], acc.mean()) and math.isclose(cell["std"], acc.std(ddof=1))
@@ -91,8 +81,8 @@ def test_paired_comparisons_pair_over_fold_and_seed(study):
     root, specs, df = study
     pf = paired_frame(df, "linear").set_index(["backbone", "weights", "dataset"])
     row = pf.loc[("dinov2_small", "random", "sweethome3d/cv5")]
-    a = _acc(root, specs, backbone="dinov2_small", weights="random", method="any2point")
-    b = _acc(root, specs, backbone="dinov2_small", weights="random", method="linear")
+    a = accuracies(root, specs, backbone="dinov2_small", weights="random", method="any2point")
+    b = accuracies(root, specs, backbone="dinov2_small", weights="random", method="linear")
     b = b[a.index]
     assert row["n_pairs"] == 15 and math.isclose(row["delta"], (a - b).mean())
 
@@ -102,41 +92,30 @@ def test_pretrained_vs_control_pairs_over_fold_and_seed(study):
     tf = transfer_frame(df)
     row = tf[(tf["backbone"] == "minilm") & (tf["control"] == "") & (tf["method"] == "linear") &
              (tf["dataset"] == "sweethome3d/cv5")].iloc[0]
-    a = _acc(root, specs, backbone="minilm", weights="pretrained", method="linear")
-    b = _acc(root, specs, backbone="minilm", weights="random", method="linear")
+    a = accuracies(root, specs, backbone="minilm", weights="pretrained", method="linear")
+    b = accuracies(root, specs, backbone="minilm", weights="random", method="linear")
     full = [i for i in a.index if i[0] in N_TEST]
     assert row["vs_random:pairs"] == 15 and math.isclose(row["vs_random:delta"], (a[full] - b[full]).mean())
     assert row["vs_random:of"] == ""  # its own random init
     assert row["vs_none:pairs"] == 15
 
 
-def _fold_corrected(a: pd.Series, b: pd.Series) -> float:
-    """The corrected resampled t-test recomputed from scratch: seeds averaged per fold, variance x (1/J + 1/4)
-    for J folds of the 5-fold partition, t with J - 1 degrees of freedom."""
-    from scipy import stats as sps
-
-    common = a.index.intersection(b.index)
-    d = (a[common] - b[common]).groupby(level=0).mean().to_numpy()
-    t = d.mean() / math.sqrt((1 / len(d) + 1 / 4) * d.var(ddof=1))
-    return float(2 * sps.t.sf(abs(t), len(d) - 1))
-
-
 def test_fold_comparisons_carry_the_corrected_t_test_beside_the_permutation_p(study):
     root, specs, df = study
     tf = transfer_frame(df).set_index(["dataset", "method", "backbone", "weights"])
     row = tf.loc[("sweethome3d/cv5", "linear", "dinov2_small", "pretrained")]
-    a = _acc(root, specs, backbone="dinov2_small", weights="pretrained", method="linear")
-    b = _acc(root, specs, backbone="dinov2_small", weights="random", method="linear")
+    a = accuracies(root, specs, backbone="dinov2_small", weights="pretrained", method="linear")
+    b = accuracies(root, specs, backbone="dinov2_small", weights="random", method="linear")
     full = [i for i in a.index if i[0] in N_TEST]
-    assert row["vs_random:p_folds"] == pytest.approx(_fold_corrected(a[full], b[full]))
+    assert row["vs_random:p_folds"] == pytest.approx(fold_corrected_p(a[full], b[full]))
     assert row["vs_random:p_folds"] > row["vs_random:p"]  # 5 fold differences, not 15 independent pairs
     few = tf.loc[("sweethome3d/cv5_n10", "linear", "dinov2_small", "pretrained")]
     f10 = [i for i in a.index if i[0].endswith("_n10")]
-    assert few["vs_random:p_folds"] == pytest.approx(_fold_corrected(a[f10], b[f10]))  # the partition's 1/(k-1)
+    assert few["vs_random:p_folds"] == pytest.approx(fold_corrected_p(a[f10], b[f10]))  # the partition's 1/(k-1)
     pf = paired_frame(df, "linear").set_index(["backbone", "weights", "dataset"])
-    a2p = _acc(root, specs, backbone="minilm", weights="random", method="any2point")
-    lin = _acc(root, specs, backbone="minilm", weights="random", method="linear")
-    assert pf.loc[("minilm", "random", "sweethome3d/cv5"), "p_folds"] == pytest.approx(_fold_corrected(a2p, lin))
+    a2p = accuracies(root, specs, backbone="minilm", weights="random", method="any2point")
+    lin = accuracies(root, specs, backbone="minilm", weights="random", method="linear")
+    assert pf.loc[("minilm", "random", "sweethome3d/cv5"), "p_folds"] == pytest.approx(fold_corrected_p(a2p, lin))
     shown = transfer_table(df).set_index(["dataset", "method", "backbone", "weights"])
     cell = shown.loc[("sweethome3d/cv5", "linear", "dinov2_small", "pretrained"), "Δ vs random"]
     assert f"; p (folds) {fm.p_relation(row['vs_random:p_folds'])})" in cell

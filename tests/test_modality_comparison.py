@@ -5,10 +5,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from study_fixture import write_study
+from study_fixture import accuracies, fold_corrected_p, write_study
 
 from peft3d.analysis import stats
-from peft3d.core.result import read_result
 from peft3d.reporting.modalities import modality_frame, modality_markdown, modality_table
 from peft3d.reporting.tables import render_markdown, runs_frame
 
@@ -65,26 +64,11 @@ def study(tmp_path_factory):
     return root, specs, runs_frame(specs, root)
 
 
-def _acc(root, specs, **where) -> pd.Series:
-    out = {(s.variant, s.seed): 100 * read_result(root, s.run_id).metrics.test_acc
-           for s in specs if all(getattr(s, k) == v for k, v in where.items())}
-    return pd.Series(out).sort_index()
-
-
-def _fold_p(d: pd.Series) -> float:
-    """The corrected resampled t-test from scratch: seeds averaged per fold, variance × (1/5 + 1/4), 4 df."""
-    from scipy import stats as sps
-
-    f = d.groupby(level=0).mean().to_numpy()
-    t = f.mean() / math.sqrt((1 / len(f) + 1 / 4) * f.var(ddof=1))
-    return float(2 * sps.t.sf(abs(t), len(f) - 1))
-
-
 def test_k_fold_cells_pair_over_fold_and_seed_with_the_corrected_p(study):
     root, specs, df = study
     mf = modality_frame(df).set_index(["dataset", "method"])
     row = mf.loc[("sweethome3d/cv5", "any2point")]
-    acc = {(bb, w): _acc(root, specs, backbone=bb, weights=w, method="any2point")
+    acc = {(bb, w): accuracies(root, specs, backbone=bb, weights=w, method="any2point")
            for bb in ("minilm", "dinov2_small") for w in ("pretrained", "random")}
     first = "minilm" if acc[("minilm", "pretrained")].mean() > acc[("dinov2_small", "pretrained")].mean() \
         else "dinov2_small"
@@ -94,9 +78,11 @@ def test_k_fold_cells_pair_over_fold_and_seed_with_the_corrected_p(study):
     assert row["acc:delta"] == pytest.approx(d.mean())
     assert row["acc:p"] == pytest.approx(stats.paired_permutation_p(acc[(first, "pretrained")].to_numpy(),
                                                                     acc[(other, "pretrained")].to_numpy()))
-    assert row["acc:p_folds"] == pytest.approx(_fold_p(d))
-    g = (acc[(first, "pretrained")] - acc[(first, "random")]) - (acc[(other, "pretrained")] - acc[(other, "random")])
-    assert row["gain:delta"] == pytest.approx(g.mean()) and row["gain:p_folds"] == pytest.approx(_fold_p(g))
+    assert row["acc:p_folds"] == pytest.approx(fold_corrected_p(d, 0 * d))
+    gain = {bb: acc[(bb, "pretrained")] - acc[(bb, "random")] for bb in (first, other)}
+    g = gain[first] - gain[other]
+    assert row["gain:delta"] == pytest.approx(g.mean())
+    assert row["gain:p_folds"] == pytest.approx(fold_corrected_p(gain[first], gain[other]))
     # the fixture's arms: DINOv2 pretrained 1 point below MiniLM, its twin 1 below MiniLM's: equal true gains,
     # so the gain difference is noise (SE ≈ 0.8 over 15 pairs) while the pretrained rows differ by about a point
     assert abs(row["gain:delta"]) < 2.5 and np.isfinite(row["gain:p"])
