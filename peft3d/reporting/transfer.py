@@ -48,10 +48,13 @@ def paired(a: pd.Series, b: pd.Series, runs: pd.DataFrame) -> dict[str, float]:
     return {"delta": p.mean_diff, "p": p.p_permutation, "pairs": p.n, "p_folds": folds}
 
 
-def paired_text(delta: float, p: float, pairs: float, p_folds: float = math.nan) -> str:
-    """One paired comparison as a cell: ``+4.4 (p = 0.004, n=15; p (folds) = 0.092)``."""
-    return f"{fm.signed(delta)} (p {fm.p_relation(p)}, n={int(pairs)}" + \
-        ("" if fm.is_missing(p_folds) else f"; p (folds) {fm.p_relation(p_folds)}") + ")"
+def paired_text(delta: float, p: float, pairs: float, p_folds: float = math.nan, also: str = "") -> str:
+    """One paired comparison as a cell: ``+4.4 (p = 0.004, n=15; p (folds) = 0.092)``; ``also`` is added last
+    inside the brackets (e.g. ``vs minilm``)."""
+    parts = [f"p {fm.p_relation(p)}, n={int(pairs)}"]
+    parts += [] if fm.is_missing(p_folds) else [f"p (folds) {fm.p_relation(p_folds)}"]
+    parts += [also] if also else []
+    return f"{fm.signed(delta)} ({'; '.join(parts)})"
 
 
 def arm_config(runs: pd.DataFrame) -> dict:
@@ -145,8 +148,8 @@ def _vs_cell(r: pd.Series, key: str) -> str:
         pending = r.get(f"vs_{key}:pending")
         return f"{fm.MISSING} (its own not run yet)" if not fm.is_missing(pending) and bool(pending) else fm.MISSING
     of = r.get(f"vs_{key}:of") or ""
-    text = paired_text(d, r[f"vs_{key}:p"], r[f"vs_{key}:pairs"], r.get(f"vs_{key}:p_folds", math.nan))
-    return text[:-1] + f"; vs {of})" if of else text
+    return paired_text(d, r[f"vs_{key}:p"], r[f"vs_{key}:pairs"], r.get(f"vs_{key}:p_folds", math.nan),
+                       f"vs {of}" if of else "")
 
 
 TITLE = "Does pretraining transfer? Modality ranking against the controls"
