@@ -18,16 +18,23 @@ from itertools import combinations
 import pandas as pd
 
 from peft3d.analysis import formatting as fm
-from peft3d.reporting.folds import CORRECTED_NOTE, is_pooled, permutation_note
-from peft3d.reporting.transfer import by_replicate, paired, paired_text
+from peft3d.reporting.transfer import by_replicate, paired, paired_text, pairing_note
 
 TITLE = "Modality against modality"
 
 
-def _twin(ok: pd.DataFrame, ds: str, method: str, backbone: str) -> pd.DataFrame:
-    """The random-init runs of ``backbone`` under ``method`` on ``ds`` (empty when the grid ran none)."""
-    return ok[(ok["dataset"] == ds) & (ok["method"] == method) & (ok["backbone"] == backbone) &
-              (ok["control"] == "random init")]
+Series = tuple[pd.Series, "pd.Series | None"]  # a backbone's accuracy and gain per replicate
+
+
+def _arm_series(ok: pd.DataFrame, cell: pd.DataFrame, ds: str, method: str) -> dict[str, Series]:
+    """Per pretrained backbone of the cell: its accuracy per replicate and its gain over its own random-init twin
+    under the same method (None when the grid ran no such twin; NaN where the twin lacks a replicate)."""
+    twins = ok[(ok["dataset"] == ds) & (ok["method"] == method) & (ok["control"] == "random init")]
+    out = {}
+    for bb, g in cell.groupby("backbone", sort=False):
+        acc, twin = by_replicate(g), twins[twins["backbone"] == bb]
+        out[bb] = (acc, acc - by_replicate(twin) if len(twin) else None)
+    return out
 
 
 def modality_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -37,17 +44,15 @@ def modality_frame(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[df["status"] == "success"]
     rows = []
     for (ds, method), cell in ok[ok["control"] == ""].groupby(["dataset", "method"], sort=False):
-        arms = {bb: g for bb, g in cell.groupby("backbone", sort=False)}
-        ranked = sorted(arms, key=lambda bb: -arms[bb]["test_acc"].mean())
+        series = _arm_series(ok, cell, ds, method)
+        modality = cell.groupby("backbone")["modality"].first()
+        ranked = sorted(series, key=lambda bb: -series[bb][0].mean())
         for a, b in combinations(ranked, 2):
-            acc = {bb: by_replicate(arms[bb]) for bb in (a, b)}
-            r = {"dataset": ds, "method": method, "a": a, "b": b, "a_modality": arms[a]["modality"].iloc[0],
-                 "b_modality": arms[b]["modality"].iloc[0],
-                 **{f"acc:{k}": v for k, v in paired(acc[a], acc[b], cell).items()}}
-            twins = {bb: _twin(ok, ds, method, bb) for bb in (a, b)}
-            if all(len(t) for t in twins.values()):
-                gain = {bb: acc[bb] - by_replicate(twins[bb]) for bb in (a, b)}  # NaN where the twin lacks a pair
-                r.update({f"gain:{k}": v for k, v in paired(gain[a].dropna(), gain[b].dropna(), cell).items()})
+            (acc_a, gain_a), (acc_b, gain_b) = series[a], series[b]
+            r = {"dataset": ds, "method": method, "a": a, "b": b, "a_modality": modality[a],
+                 "b_modality": modality[b], **{f"acc:{k}": v for k, v in paired(acc_a, acc_b, cell).items()}}
+            if gain_a is not None and gain_b is not None:
+                r.update({f"gain:{k}": v for k, v in paired(gain_a.dropna(), gain_b.dropna(), cell).items()})
             rows.append(r)
     return pd.DataFrame(rows)
 
@@ -76,14 +81,11 @@ def modality_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def note(df: pd.DataFrame) -> str:
-    pairing = "(fold, seed)" if is_pooled(df) else "seed"
-    tests = f"p: two-sided paired permutation test ({permutation_note(df)})" + (
-        f"; {CORRECTED_NOTE}" if is_pooled(df) else "")
-    return (f"Every two pretrained backbones of a dataset × method, the higher mean first, paired by {pairing}. "
-            "Δ accuracy = A − B in points: what choosing A over B gives, architecture included. Δ transfer gain = "
-            "(A − A's random init) − (B − B's random init), over the replicates all four ran: each architecture's "
-            "own random initialisation cancels it, so this is the test of whose pretraining transfers more. "
-            f"{tests}. Each p is one comparison's: with m comparisons in a dataset × method (three for three "
+    return ("Every two pretrained backbones of a dataset × method, the higher mean first; Δ "
+            f"{pairing_note(df)}. Δ accuracy = A − B in points: what choosing A over B gives, architecture included. "
+            "Δ transfer gain = (A − A's random init) − (B − B's random init), over the replicates all four ran: each "
+            "architecture's own random initialisation cancels it, so this is the test of whose pretraining "
+            "transfers more. Each p is one comparison's: with m comparisons in a dataset × method (three for three "
             "modalities), an ordering is established only where p is below 0.05 / m (Bonferroni) under both tests.")
 
 

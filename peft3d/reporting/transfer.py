@@ -127,7 +127,7 @@ def transfer_frame(df: pd.DataFrame) -> pd.DataFrame:
                         continue
                     key = SHORT[kind]
                     pair = paired(by_replicate(g), by_replicate(pool), g)
-                    r.update({f"vs_{key}:{k}": v for k, v in pair.items() if k != "p_folds" or is_pooled(g)})
+                    r.update({f"vs_{key}:{k}": v for k, v in pair.items()})
                     r[f"vs_{key}:of"] = tag
             rows.append(r)
     out = pd.DataFrame(rows)
@@ -153,14 +153,20 @@ def _vs_cell(r: pd.Series, key: str) -> str:
 
 
 TITLE = "Does pretraining transfer? Modality ranking against the controls"
+
+
+def pairing_note(df: pd.DataFrame) -> str:
+    """How the paired Δ of this section and the next are paired and tested, for the table's replicates."""
+    if is_pooled(df):
+        return ("paired by (fold, seed); p: two-sided paired permutation test over those pairs (" +
+                permutation_note(df) + "); " + CORRECTED_NOTE)
+    return ("paired by seed; p: two-sided paired permutation test (with 3 seeds p ≥ 0.25, so no single grid "
+            "of 3 seeds is 'significant': read Δ against the test set's noise floor and the CIs)")
+
+
 def note(df: pd.DataFrame) -> str:
     """What the section's numbers are; the pairing and the smallest p follow the table's replicates."""
-    if is_pooled(df):
-        pairing = ("paired by (fold, seed); p: two-sided paired permutation test over those pairs (" +
-                   permutation_note(df) + "); " + CORRECTED_NOTE)
-    else:
-        pairing = ("paired by seed; p: two-sided paired permutation test (with 3 seeds p ≥ 0.25, so no single grid "
-                   "of 3 seeds is 'significant': read Δ against the test set's noise floor and the CIs)")
+    pairing = pairing_note(df)
     tuned = (" lr / wd: the learning rate and weight decay `bench tune` chose for the arm on validation (its "
              f"own study, the same budget as every arm). {fm.EDGE_NOTE}"
              if "tuned" in df and df["tuned"].fillna(False).any() else "")
