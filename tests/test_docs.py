@@ -225,3 +225,28 @@ def test_readme_commands_install_the_constraints_and_ci_runs_the_test_command():
               if "==" in line}
     assert {"torch", "transformers", "timm", "peft", "pytest-randomly"} <= pinned
     assert "peft3d" not in pinned
+
+
+# -- the SweetHome3D class table shown in docs/protocol.md is the one the code applies ----------------------------
+
+def _class_table_block(text: str) -> str:
+    section = text.split("### The SweetHome3D class table", 1)[1]
+    return section.split("```text\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_protocol_shows_the_class_table_the_code_applies():
+    from peft3d.datasets import sh3f
+
+    shown = _class_table_block((REPO / "docs" / "protocol.md").read_text())
+    assert shown == sh3f.class_table_text(), "docs/protocol.md's class table is stale: paste `bench data info " \
+                                             "sweethome3d`'s class table (peft3d/datasets/sh3f.py class_table_text)"
+    assert "(img/sweethome3d_contact_sheet.png)" in (REPO / "docs" / "protocol.md").read_text()
+
+
+def test_the_class_table_check_sees_an_edited_rule():
+    from peft3d.datasets import sh3f
+
+    doc = f"### The SweetHome3D class table\n\n```text\n{sh3f.class_table_text()}\n```\n"
+    assert _class_table_block(doc) == sh3f.class_table_text()
+    edited = doc.replace("not freezer", "not fridge")
+    assert _class_table_block(edited) != sh3f.class_table_text()
