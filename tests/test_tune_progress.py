@@ -188,9 +188,9 @@ def test_dry_run_lists_each_study_with_its_lr_range_as_text_or_json(tmp_path):
     assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
     rows = json.loads(as_json.stdout)
     assert len(rows) == 31 and len(text.stdout.splitlines()) == 31
-    full = [r for r in rows if "/full/" in r["study"]]
-    assert len(full) == 6 and {r["lr"] for r in full} == {"log-uniform [3e-05, 0.003]"}
-    assert {r["lr"] for r in rows if r not in full} == {"log-uniform [0.0003, 0.03]"}
+    low = [r for r in rows if "/full/" in r["study"] or "/lora/" in r["study"]]  # the weight-changing methods
+    assert len(low) == 9 and {r["lr"] for r in low} == {"log-uniform [3e-05, 0.003]"}
+    assert {r["lr"] for r in rows if r not in low} == {"log-uniform [0.0003, 0.03]"}
     assert {r["tuning_seed"] for r in rows} == {100}
     first = rows[0]
     assert text.stdout.splitlines()[0] == (f"  {first['study']}  ({first['runs']} runs, trials at seed 100, "
