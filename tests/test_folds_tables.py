@@ -126,6 +126,28 @@ def test_fold_comparisons_carry_the_corrected_t_test_beside_the_permutation_p(st
     assert note(df).count("(") == note(df).count(")")  # the note's asides all close
 
 
+def test_the_transfer_section_states_how_large_a_gap_the_fold_test_could_resolve(study):
+    from scipy import stats as sps
+
+    from peft3d.reporting.transfer import resolution_note
+
+    root, specs, df = study
+    tf = transfer_frame(df)
+    row = tf.set_index(["dataset", "method", "backbone", "weights"]).loc[
+        ("sweethome3d/cv5", "linear", "minilm", "pretrained")]
+    a = accuracies(root, specs, backbone="minilm", weights="pretrained", method="linear")
+    b = accuracies(root, specs, backbone="minilm", weights="random", method="linear")
+    full = [i for i in a.index if i[0] in N_TEST]
+    d = (a[full] - b[full]).groupby(level=0).mean()  # from scratch: seeds averaged per fold, five folds
+    assert row["vs_random:lsd"] == pytest.approx(sps.t.ppf(0.975, 4) * math.sqrt((1 / 5 + 1 / 4) * d.var(ddof=1)))
+    cv5 = tf[(tf["dataset"] == "sweethome3d/cv5") & (tf["control"] == "")]["vs_random:lsd"]
+    note = resolution_note(tf)
+    assert (f"sweethome3d/cv5: vs random init {cv5.min():.1f} to {cv5.max():.1f} points (median "
+            f"{cv5.median():.1f}, {len(cv5)} comparisons)") in note
+    assert note.count("sweethome3d/cv5") == 4  # the full partition and each few-label group
+    assert note in render_markdown("transfer_study.tuned", df, "linear")
+
+
 def test_a_dataset_without_folds_has_no_corrected_p(tmp_path):
     from study_fixture import result_json
 

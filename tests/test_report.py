@@ -102,6 +102,7 @@ def test_a_tuned_kfold_study_report_has_its_sections(study_report):
     assert "binomial SE of the pooled test set" in text
     assert "; p (folds) " in text and "Nadeau &amp; Bengio" in text  # the conservative p beside each Δ, explained
     assert "<th>p_folds</th>" in text  # and in the paired comparisons between methods
+    assert "Resolution of p (folds): the least significant difference" in text  # how large a gap it could see
     # the sensitivity table counts, at the (lr, wd) points both studies completed, where pretrained led
     pre, rnd = trials_of("minilm", "pretrained", "linear"), trials_of("minilm", "random", "linear")
     shared = [(a, b) for a, b in zip(pre, rnd, strict=True)

@@ -130,3 +130,15 @@ def test_corrected_fold_t_test_edge_cases():
     assert stats.corrected_fold_p([0.0, 0.0, 0.0], 0.25) == 1.0
     assert stats.corrected_fold_p([2.0, 2.0, 2.0], 0.25) == 0.0
     assert stats.corrected_fold_p([1.0, float("nan"), 3.0], 0.25) == pytest.approx(stats.corrected_fold_p([1, 3], 0.25))
+
+
+def test_the_fold_tests_least_significant_difference_is_where_its_p_crosses_alpha():
+    d = np.random.default_rng(5).normal(2.0, 3.0, 5)
+    lsd = stats.corrected_fold_lsd(d, 0.25)
+    centred = d - d.mean()  # the same spread, any mean
+    assert stats.corrected_fold_p(centred + lsd, 0.25) == pytest.approx(0.05)
+    assert stats.corrected_fold_p(centred + 0.99 * lsd, 0.25) > 0.05 > stats.corrected_fold_p(centred + 1.01 * lsd,
+                                                                                              0.25)
+    assert lsd == pytest.approx(sps.t.ppf(0.975, 4) * math.sqrt((1 / 5 + 0.25) * d.var(ddof=1)))
+    assert stats.corrected_fold_lsd(d, 0.25, alpha=0.01) > lsd > stats.corrected_fold_lsd(d, 0.0)
+    assert math.isnan(stats.corrected_fold_lsd([3.0], 0.25)) and math.isnan(stats.corrected_fold_lsd(d, math.nan))

@@ -44,6 +44,7 @@ def test_the_section_opens_the_markdown_only_when_controls_ran():
     assert "Modality ranking against the controls" in text
     assert "+4.0 (p = 0.250, n=3)" in text and "vs minilm" in text and "control: no transformer" in text
     assert "82.0 ± 2.0 ‡" in text  # seed 0 selected a late epoch
+    assert "Resolution of p (folds)" not in text  # seeds only: no fold test, so no resolution to state
 
 
 def test_a_control_run_under_another_method_is_named():

@@ -98,6 +98,18 @@ def corrected_fold_p(fold_diffs: Sequence[float], test_train_ratio: float) -> fl
     return float(2 * stats.t.sf(abs(t), k - 1))
 
 
+def corrected_fold_lsd(fold_diffs: Sequence[float], test_train_ratio: float, alpha: float = 0.05) -> float:
+    """The least significant difference of :func:`corrected_fold_p`: the smallest |mean fold difference| that
+    test puts below ``alpha`` at the spread ``fold_diffs`` show, t(1 − alpha/2, k − 1) · sqrt((1/k + ratio) ·
+    var). A gap smaller than it is unresolved by this test — neither shown nor ruled out —, so it says how large
+    an effect the study could have established, in the comparison's own units (points)."""
+    d = _arr(fold_diffs)
+    k = len(d)
+    if k < 2 or test_train_ratio is None or not test_train_ratio >= 0:
+        return NAN
+    return float(stats.t.ppf(1 - alpha / 2, k - 1) * math.sqrt((1 / k + test_train_ratio) * float(d.var(ddof=1))))
+
+
 def wilcoxon_p(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``); nan when all differences are 0."""
     x, y = np.asarray(a, float), np.asarray(b, float)

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from peft3d.analysis import stats
@@ -94,14 +95,26 @@ def test_train_ratio(runs: pd.DataFrame) -> float:
     return 1 / (k - 1) if k > 1 else math.nan
 
 
-def fold_corrected_p(a: pd.Series, b: pd.Series, ratio: float) -> float:
-    """The corrected resampled t-test's p (:func:`peft3d.analysis.stats.corrected_fold_p`) of ``a`` − ``b``,
-    both indexed by (fold, seed): the seeds a fold shares are averaged into one difference per fold first."""
+def fold_differences(a: pd.Series, b: pd.Series) -> np.ndarray | None:
+    """One ``a`` − ``b`` difference per fold, both indexed by (fold, seed): the seeds a fold shares are averaged
+    first (they share its test models). None when the two have no (fold, seed) in common."""
     common = a.index.intersection(b.index)
     if not len(common) or not isinstance(common, pd.MultiIndex):
-        return math.nan
-    diffs = (a[common] - b[common]).groupby(level=0).mean()
-    return stats.corrected_fold_p(diffs.to_numpy(), ratio)
+        return None
+    return (a[common] - b[common]).groupby(level=0).mean().to_numpy()
+
+
+def fold_corrected_p(a: pd.Series, b: pd.Series, ratio: float) -> float:
+    """The corrected resampled t-test's p (:func:`peft3d.analysis.stats.corrected_fold_p`) of ``a`` − ``b``."""
+    diffs = fold_differences(a, b)
+    return math.nan if diffs is None else stats.corrected_fold_p(diffs, ratio)
+
+
+def fold_lsd(a: pd.Series, b: pd.Series, ratio: float) -> float:
+    """That test's least significant difference for ``a`` − ``b``
+    (:func:`peft3d.analysis.stats.corrected_fold_lsd`)."""
+    diffs = fold_differences(a, b)
+    return math.nan if diffs is None else stats.corrected_fold_lsd(diffs, ratio)
 
 
 CORRECTED_NOTE = ("p (folds): the corrected resampled t-test (Nadeau & Bengio 2003; Bouckaert & Frank 2004) on one "

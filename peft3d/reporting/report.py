@@ -37,7 +37,7 @@ from peft3d.reporting.tables import (
     summarize,
     tuned_table,
 )
-from peft3d.reporting.transfer import TITLE, has_controls, note, transfer_table
+from peft3d.reporting.transfer import TITLE, has_controls, note, resolution_note, transfer_frame, transfer_table
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
@@ -197,9 +197,10 @@ def _layouts_html(df: pd.DataFrame, versus: str | None, reference: str | None) -
 
 def _transfer_html(df: pd.DataFrame) -> list[str]:
     shown, versus = transfer_table(df), modalities.modality_table(df)
-    return ([] if shown.empty else [f"<h2>{html.escape(TITLE)}</h2>", _table(shown), _notes([note(df)])]) + \
-        ([] if versus.empty else [f"<h2>{html.escape(modalities.TITLE)}</h2>", _table(versus),
-                                  _notes([modalities.note(df)])])
+    out = [] if shown.empty else [f"<h2>{html.escape(TITLE)}</h2>", _table(shown),
+                                  _notes([note(df), resolution_note(transfer_frame(df))])]
+    return out + ([] if versus.empty else [f"<h2>{html.escape(modalities.TITLE)}</h2>", _table(versus),
+                                           _notes([modalities.note(df)])])
 
 
 def _cost_html(df: pd.DataFrame) -> list[str]:

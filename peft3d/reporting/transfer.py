@@ -18,6 +18,7 @@ from peft3d.analysis import stats
 from peft3d.reporting.folds import (
     CORRECTED_NOTE,
     fold_corrected_p,
+    fold_lsd,
     is_pooled,
     permutation_note,
     replicate_keys,
@@ -41,11 +42,14 @@ def by_replicate(g: pd.DataFrame) -> pd.Series:
 
 def paired(a: pd.Series, b: pd.Series, runs: pd.DataFrame) -> dict[str, float]:
     """``a`` − ``b`` over the replicates both have (series indexed like :func:`by_replicate`): mean difference,
-    permutation p, number of pairs and, on a k-fold dataset (``runs`` say which), the corrected fold p."""
+    permutation p, number of pairs and, on a k-fold dataset (``runs`` say which), the corrected fold p and that
+    test's least significant difference (``lsd``)."""
     common = a.index.intersection(b.index)
     p = stats.paired_compare(a[common].to_numpy(), b[common].to_numpy())
-    folds = fold_corrected_p(a, b, test_train_ratio(runs)) if is_pooled(runs) else math.nan  # pool: same folds
-    return {"delta": p.mean_diff, "p": p.p_permutation, "pairs": p.n, "p_folds": folds}
+    pooled, ratio = is_pooled(runs), test_train_ratio(runs)  # pool: the same folds on both sides
+    return {"delta": p.mean_diff, "p": p.p_permutation, "pairs": p.n,
+            "p_folds": fold_corrected_p(a, b, ratio) if pooled else math.nan,
+            "lsd": fold_lsd(a, b, ratio) if pooled else math.nan}
 
 
 def paired_text(delta: float, p: float, pairs: float, p_folds: float = math.nan, also: str = "") -> str:
@@ -206,7 +210,34 @@ def transfer_table(df: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
+def resolution_note(tf: pd.DataFrame) -> str:
+    """How large a pretrained − control gap the conservative test could have established, per k-fold dataset and
+    kind of control: the range and median of its least significant differences. Without it a reader takes
+    "not significant" for "no transfer"; a gap below the LSD is unresolved, not absent. Empty off folds."""
+    parts = []
+    for ds, g in tf.groupby("dataset", sort=False):
+        kinds = []
+        for kind in CONTROL_KINDS:
+            col = f"vs_{SHORT[kind]}:lsd"
+            lsd = g[col].dropna() if col in g else pd.Series(dtype=float)
+            if len(lsd):
+                kinds.append(f"vs {kind} {lsd.min():.1f} to {lsd.max():.1f} points (median {lsd.median():.1f}, "
+                             f"{len(lsd)} comparison{'s' if len(lsd) > 1 else ''})")
+        if kinds:
+            parts.append(f"{ds}: " + ", ".join(kinds))
+    if not parts:
+        return ""
+    return ("Resolution of p (folds): the least significant difference, the |Δ| that test puts below 0.05 at the "
+            "spread of a comparison's fold differences, t(0.975, J − 1) · √((1/J + 1/(k − 1)) · s²) — "
+            + "; ".join(parts) + ". A gap smaller than its comparison's is unresolved by the conservative test: "
+            "neither shown nor ruled out.")
+
+
 def transfer_markdown(df: pd.DataFrame) -> list[str]:
-    """The opening section: modality ranking with CIs, controls below, paired tests against each control."""
+    """The opening section: modality ranking with CIs, controls below, paired tests against each control, and
+    on folds how large a gap those tests could resolve."""
     shown = transfer_table(df)
-    return [] if shown.empty else [f"## {TITLE}", "", fm.markdown(shown), "", note(df), ""]
+    if shown.empty:
+        return []
+    resolution = resolution_note(transfer_frame(df))
+    return [f"## {TITLE}", "", fm.markdown(shown), "", note(df), "", *([resolution, ""] if resolution else [])]
