@@ -196,9 +196,10 @@ def _layouts_html(df: pd.DataFrame, versus: str | None, reference: str | None) -
 
 
 def _transfer_html(df: pd.DataFrame) -> list[str]:
-    shown, versus = transfer_table(df), modalities.modality_table(df)
+    tf = transfer_frame(df)
+    shown, versus = transfer_table(df, tf), modalities.modality_table(df)
     out = [] if shown.empty else [f"<h2>{html.escape(TITLE)}</h2>", _table(shown),
-                                  _notes([note(df), resolution_note(transfer_frame(df))])]
+                                  _notes([note(df), resolution_note(tf)])]
     return out + ([] if versus.empty else [f"<h2>{html.escape(modalities.TITLE)}</h2>", _table(versus),
                                            _notes([modalities.note(df)])])
 

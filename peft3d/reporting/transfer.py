@@ -182,9 +182,10 @@ def note(df: pd.DataFrame) -> str:
             f"than the noise.{tuned}")
 
 
-def transfer_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Display strings of :func:`transfer_frame` (empty when nothing succeeded)."""
-    tf = transfer_frame(df)
+def transfer_table(df: pd.DataFrame, tf: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Display strings of :func:`transfer_frame` (empty when nothing succeeded); ``tf``: that frame, when the
+    caller has it already (its permutation tests are the section's cost)."""
+    tf = transfer_frame(df) if tf is None else tf
     if tf.empty:
         return tf
     kinds = [SHORT[k] for k in CONTROL_KINDS if f"vs_{SHORT[k]}:delta" in tf]
@@ -236,8 +237,9 @@ def resolution_note(tf: pd.DataFrame) -> str:
 def transfer_markdown(df: pd.DataFrame) -> list[str]:
     """The opening section: modality ranking with CIs, controls below, paired tests against each control, and
     on folds how large a gap those tests could resolve."""
-    shown = transfer_table(df)
+    tf = transfer_frame(df)
+    shown = transfer_table(df, tf)
     if shown.empty:
         return []
-    resolution = resolution_note(transfer_frame(df))
+    resolution = resolution_note(tf)
     return [f"## {TITLE}", "", fm.markdown(shown), "", note(df), "", *([resolution, ""] if resolution else [])]
