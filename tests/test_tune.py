@@ -121,6 +121,22 @@ def test_equal_budgets_recorded_everywhere(tmp_path):
     assert all("curve.val_acc" in r.data.metrics for r in trials)
 
 
+def test_the_manifest_lists_a_cells_tuned_runs_before_they_start(tmp_path):
+    """`bench status --tuned` reads the manifest: a cell whose tuned runs are under way must be in it, or its
+    running runs are invisible until the whole cell has finished (hours on a CPU)."""
+    specs = smoke_specs(["linear", "lora"])
+    listed_when_started = []
+
+    def run(todo, blocks):
+        listed = {s.run_id for s in tuned_specs("smoke", tmp_path)}
+        listed_when_started.append(all(s.run_id in listed for s in todo))
+        fake_final(tmp_path)(todo, blocks)
+
+    Tuner("smoke", specs, tmp_path, opts(tmp_path, 2, mlflow=False), execute=FakeExecutor(),
+          echo=lambda s: None).run(run_final=run)
+    assert listed_when_started and all(listed_when_started)
+
+
 def test_pruned_and_failed_trials_count_against_the_budget(tmp_path):
     curves = {1: [0.5, 0.6], 2: [0.6, 0.7], 3: [0.1, 0.9], 5: [0.55, 0.65]}  # trial 3 is pruned at epoch 1
     ex = FakeExecutor(curve=lambda s, i: curves[i], fail=lambda s, i: i == 4)

@@ -123,8 +123,14 @@ class Tuner:
             if not fresh:  # done, or only runs that already failed in this call: never loop on them
                 break
             tried |= {s.run_id for s in fresh}
+            self._write_manifest(final)  # before they start: `bench status --tuned` lists them as running
             (run_final or final.run)(fresh, blocks)
         for s in specs:
             final.annotate(s.run_id, blocks[s.run_id])
+        self._write_manifest(final)
+
+    @staticmethod
+    def _write_manifest(final: FinalRuns) -> None:
+        """The manifest of every cell tuned so far (``bench status`` / ``bench table --tuned`` read it)."""
         every, _, without = final.specs()
         final.write_manifest(every, without)
